@@ -1,0 +1,771 @@
+"""Convert npy / npz / CSV / svmlight files to the dense HDF5 layout.
+
+Everything streams in chunks of at most ``chunk_rows`` rows (lowered for very
+wide data so one chunk holds at most 2**24 values), so inputs larger than
+memory work:
+
+* ``.npy``: X memory-mapped (``np.load(mmap_mode='r', allow_pickle=False)``),
+  labels from a second ``.npy`` given as ``y_src``.
+* ``.npz``: members ``x_key`` and ``y_key``; each member's ``.npy`` header is
+  read through :mod:`zipfile` and its bytes are streamed (stored or
+  compressed members, never fully loaded).
+* ``.csv`` / ``.tsv`` / ``.txt``: one row per line, label in column
+  ``label_col`` (negative counts from the end). ``delimiter=None``: tab for
+  ``.tsv``, otherwise guessed from the first line (comma, tab, semicolon, else
+  whitespace). ``has_header='auto'``: the first line is a header when one of
+  its fields is not a number. Blank lines and lines starting with ``#`` are
+  skipped.
+* ``.svm`` / ``.svmlight`` / ``.libsvm``: ``label idx:val idx:val ...``;
+  text after ``#`` is a comment, ``qid:`` tokens are ignored, missing entries
+  are 0. ``zero_based='auto'``: zero-based when index 0 appears, otherwise
+  one-based (LIBSVM). ``n_features`` defaults to the largest index found in a
+  first pass. When the labels are exactly {-1, +1} they are stored as {0, 1}
+  and the root attribute ``label_map`` records it (JSON ``{"-1": 0, "1": 1}``).
+
+Output: ``X`` (N, D) as ``dtype`` and ``y`` (N,) int64 when every label is a
+whole number, else float64. NaN/Inf values in X are kept (training rejects
+them). The output is written to a temporary file next to ``dst`` and renamed
+at the end. Every problem with the input raises DataError naming the file and
+line/row; bad options raise ConfigError. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zipfile
+import zlib
+
+import h5py
+import numpy as np
+
+from ..errors import ConfigError, DataError, MpidmlError
+
+__all__ = ["convert", "FORMATS"]
+
+FORMATS = ("auto", "npy", "npz", "csv", "svmlight")
+_EXTENSIONS = {
+    ".npy": "npy", ".npz": "npz", ".csv": "csv", ".tsv": "csv", ".txt": "csv",
+    ".svm": "svmlight", ".svmlight": "svmlight", ".libsvm": "svmlight",
+}
+_MAX_CHUNK_ELEMENTS = 1 << 24   # values per in-memory chunk (128 MiB of float64)
+_MAX_FEATURES = 1 << 24         # dense output wider than this is certainly a mistake
+_OUT_CHUNK_BYTES = 1 << 20      # HDF5 chunk size for resizable (CSV) output
+_MAX_EXACT_INT = 2.0 ** 53
+
+# What parsing/reading code may raise on malformed input; turned into DataError.
+_INPUT_ERRORS = (ValueError, TypeError, OSError, EOFError, UnicodeError, IndexError,
+                 KeyError, OverflowError, zipfile.BadZipFile, zlib.error, struct.error,
+                 RuntimeError)
+
+
+# --------------------------------------------------------------------------- output
+
+class _Output:
+    """Temporary HDF5 file + a raw float64 spill file for y (its dtype is known at the end)."""
+
+    def __init__(self, tmp_path: str, x_name: str, y_name: str, dtype: np.dtype):
+        self.tmp_path = tmp_path
+        self.y_path = tmp_path + ".y"
+        self.x_name, self.y_name, self.dtype = x_name, y_name, dtype
+        self.f = None
+        self.yfile = None
+        self.X = None
+        self.resizable = False
+        self.nx = 0
+        self.ny = 0
+        self.all_int = True
+
+    def open(self):
+        self.f = h5py.File(self.tmp_path, "w")
+        self.yfile = open(self.y_path, "wb")
+
+    def start(self, n_features: int, n_rows: int | None = None):
+        if n_rows is None:
+            crow = max(1, min(65536, _OUT_CHUNK_BYTES // (n_features * self.dtype.itemsize)))
+            self.X = self.f.create_dataset(self.x_name, shape=(0, n_features),
+                                           maxshape=(None, n_features),
+                                           chunks=(crow, n_features), dtype=self.dtype)
+            self.resizable = True
+        else:
+            self.X = self.f.create_dataset(self.x_name, shape=(n_rows, n_features),
+                                           dtype=self.dtype)
+
+    def put_x(self, Xc: np.ndarray):
+        n = Xc.shape[0]
+        if n == 0:
+            return
+        if self.resizable:
+            self.X.resize(self.nx + n, axis=0)
+        self.X[self.nx:self.nx + n] = np.asarray(Xc, dtype=self.dtype)
+        self.nx += n
+
+    def put_x_column(self, j: int, start: int, v: np.ndarray):
+        self.X[start:start + v.shape[0], j] = np.asarray(v, dtype=self.dtype)
+
+    def put_y(self, yc: np.ndarray):
+        y = np.ascontiguousarray(yc, dtype=np.float64)
+        if self.all_int and y.size:
+            self.all_int = bool(np.all(np.isfinite(y) & (np.abs(y) <= _MAX_EXACT_INT)
+                                       & (y == np.trunc(y))))
+        y.tofile(self.yfile)
+        self.ny += y.shape[0]
+
+    def finish(self, n_rows: int, step: int, attrs: dict) -> np.dtype:
+        self.yfile.close()
+        self.yfile = None
+        y_dt = np.dtype(np.int64 if self.all_int else np.float64)
+        Y = self.f.create_dataset(self.y_name, shape=(n_rows,), dtype=y_dt)
+        with open(self.y_path, "rb") as fh:
+            for a in range(0, n_rows, step):
+                n = min(step, n_rows - a)
+                v = np.fromfile(fh, dtype=np.float64, count=n)
+                if v.shape[0] != n:  # pragma: no cover - our own spill file
+                    raise OSError(f"temporary label file {self.y_path} is short")
+                Y[a:a + n] = v.astype(y_dt)
+        for key, val in attrs.items():
+            if val is not None:
+                self.f.attrs[key] = val
+        self.f.close()
+        self.f = None
+        return y_dt
+
+    def cleanup(self):
+        for obj in (self.yfile, self.f):
+            if obj is not None:
+                try:
+                    obj.close()
+                except Exception:
+                    pass
+        self.yfile = self.f = None
+        for p in (self.y_path, self.tmp_path):
+            if os.path.exists(p):
+                try:
+                    os.remove(p)
+                except OSError:
+                    pass
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _step(chunk_rows: int, n_cols: int) -> int:
+    return int(max(1, min(chunk_rows, _MAX_CHUNK_ELEMENTS // max(1, n_cols))))
+
+
+def _check_numeric(dt: np.dtype, where: str, role: str):
+    if dt.hasobject:
+        raise DataError(f"{where} holds Python objects (pickled data), which are never loaded; "
+                        f"save {role} as a numeric array")
+    if dt.names is not None or dt.subdtype is not None:
+        raise DataError(f"{where} has a structured dtype {dt}; save {role} as a plain "
+                        "numeric array")
+    if dt.kind not in "biuf":
+        raise DataError(f"{where} has dtype {dt}; {role} must be numeric (bool, int or float)")
+
+
+def _npy_header(fp, where: str):
+    """Read an .npy header from ``fp``: (shape, fortran_order, dtype); DataError if malformed."""
+    try:
+        version = np.lib.format.read_magic(fp)
+    except _INPUT_ERRORS as exc:
+        raise DataError(f"{where} is not a valid .npy array (bad magic/header: {exc})") from None
+    try:
+        if version == (1, 0):
+            shape, fortran, dt = np.lib.format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran, dt = np.lib.format.read_array_header_2_0(fp)
+        else:
+            raise DataError(f"{where} uses .npy format version {version[0]}.{version[1]}, which is "
+                            "only needed for structured arrays; save a plain numeric array")
+    except MpidmlError:
+        raise
+    except Exception as exc:  # numpy parses the header with ast: SyntaxError, TokenError, ...
+        raise DataError(f"{where} has a malformed .npy header "
+                        f"({type(exc).__name__})") from None
+    dt = np.dtype(dt)
+    return tuple(int(s) for s in shape), bool(fortran), dt
+
+
+def _check_x_shape(shape, where: str):
+    if len(shape) != 2:
+        raise DataError(f"{where}: X must be 2-D (rows, features), got shape {shape}")
+    if shape[0] == 0:
+        raise DataError(f"{where}: X has zero rows; nothing to convert")
+    if shape[1] == 0:
+        raise DataError(f"{where}: X has zero features (shape {shape})")
+    if shape[1] > _MAX_FEATURES:
+        raise DataError(f"{where}: X has {shape[1]} features, more than the {_MAX_FEATURES} "
+                        "supported for dense data")
+
+
+def _check_y_shape(shape, n_rows: int, where: str, x_where: str):
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        raise DataError(f"{where}: labels must be 1-D (one per row), got shape {shape}")
+    if shape[0] != n_rows:
+        raise DataError(f"{where} has {shape[0]} labels but {x_where} has {n_rows} rows; "
+                        "they must match")
+
+
+def _read_exact(fp, nbytes: int, where: str) -> bytes:
+    parts = []
+    left = nbytes
+    while left > 0:
+        b = fp.read(left)
+        if not b:
+            raise DataError(f"{where} is truncated: expected {nbytes} more bytes of array data")
+        parts.append(b)
+        left -= len(b)
+    return b"".join(parts) if len(parts) != 1 else parts[0]
+
+
+# --------------------------------------------------------------------------- npy
+
+def _load_npy(path: str, role: str):
+    if not os.path.isfile(path):
+        raise DataError(f"{role} file {path} does not exist; check the path")
+    with open(path, "rb") as fp:
+        shape, _, dt = _npy_header(fp, path)
+    _check_numeric(dt, path, role)
+    if 0 in shape:
+        return None, shape, dt
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except _INPUT_ERRORS as exc:
+        raise DataError(f"{path} is not a readable .npy array (truncated?): {exc}") from None
+    if not isinstance(arr, np.ndarray):
+        raise DataError(f"{path} is not a single .npy array; use fmt 'npz' for archives")
+    return arr, tuple(arr.shape), arr.dtype
+
+
+def _convert_npy(src, y_src, out: _Output, chunk_rows: int) -> dict:
+    if y_src is None:
+        raise ConfigError(f"{src} is a .npy file holding X only; give the labels as y_src "
+                          "(a second .npy file)")
+    X, xshape, _ = _load_npy(src, "X")
+    _check_x_shape(xshape, src)
+    Y, yshape, _ = _load_npy(y_src, "y")
+    _check_y_shape(yshape, xshape[0], y_src, src)
+    n, d = xshape
+    Y = Y.reshape(-1)
+    out.start(d, n)
+    step = _step(chunk_rows, d)
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        out.put_x(X[a:b])
+        out.put_y(Y[a:b])
+    return {"rows": n, "features": d}
+
+
+# --------------------------------------------------------------------------- npz
+
+class _NpzMember:
+    def __init__(self, zf: zipfile.ZipFile, src: str, key: str, role: str):
+        names = zf.namelist()
+        name = key + ".npy" if key + ".npy" in names else key if key in names else None
+        if name is None:
+            keys = [n[:-4] if n.endswith(".npy") else n for n in names]
+            shown = ", ".join(repr(k) for k in keys[:10]) + (", ..." if len(keys) > 10 else "")
+            raise DataError(f"{src} has no array '{key}' for {role} (arrays: {shown or 'none'}); "
+                            f"pass the right key")
+        self.zf, self.info, self.where = zf, zf.getinfo(name), f"{src}['{key}']"
+        self.role = role
+        with zf.open(self.info) as fp:
+            self.shape, self.fortran, self.dtype = _npy_header(fp, self.where)
+            self.header_len = fp.tell()
+        _check_numeric(self.dtype, self.where, role)
+        count = 1
+        for s in self.shape:
+            count *= s
+        self.count = count
+        if self.info.file_size - self.header_len != count * self.dtype.itemsize:
+            raise DataError(f"{self.where} is truncated or inconsistent: header says shape "
+                            f"{self.shape} of {self.dtype} but the member holds "
+                            f"{self.info.file_size - self.header_len} data bytes")
+
+    def open(self):
+        fp = self.zf.open(self.info)
+        _read_exact(fp, self.header_len, self.where)
+        return fp
+
+    def rows(self, step: int, n_cols: int):
+        """Yield C-order blocks of ``step`` rows (each ``n_cols`` values)."""
+        n = self.shape[0]
+        row_bytes = n_cols * self.dtype.itemsize
+        with self.open() as fp:
+            for a in range(0, n, step):
+                m = min(step, n - a)
+                buf = _read_exact(fp, m * row_bytes, self.where)
+                yield np.frombuffer(buf, dtype=self.dtype).reshape(m, n_cols)
+
+    def columns(self, step: int):
+        """Fortran order: yield (column, start_row, values) pieces."""
+        n, d = self.shape
+        with self.open() as fp:
+            for j in range(d):
+                for a in range(0, n, step):
+                    m = min(step, n - a)
+                    buf = _read_exact(fp, m * self.dtype.itemsize, self.where)
+                    yield j, a, np.frombuffer(buf, dtype=self.dtype)
+
+
+def _convert_npz(src, x_key, y_key, out: _Output, chunk_rows: int) -> dict:
+    try:
+        zf = zipfile.ZipFile(src)
+    except Exception as exc:
+        raise DataError(f"{src} is not a valid .npz (zip) archive: {exc}") from None
+    with zf:
+        try:
+            return _stream_npz(zf, src, x_key, y_key, out, chunk_rows)
+        except MpidmlError:
+            raise
+        except Exception as exc:  # zipfile/zlib/lzma/bz2 errors from a damaged archive
+            text = str(exc).strip()
+            msg = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+            raise DataError(f"{src} is a damaged or unsupported .npz archive ({msg})") from exc
+
+
+def _stream_npz(zf, src, x_key, y_key, out: _Output, chunk_rows: int) -> dict:
+    xm = _NpzMember(zf, src, x_key, "X")
+    _check_x_shape(xm.shape, xm.where)
+    ym = _NpzMember(zf, src, y_key, "y")
+    _check_y_shape(ym.shape, xm.shape[0], ym.where, xm.where)
+    n, d = xm.shape
+    out.start(d, n)
+    step = _step(chunk_rows, d)
+    if xm.fortran and d > 1:
+        for j, a, v in xm.columns(_step(chunk_rows, 1)):
+            out.put_x_column(j, a, v)
+        out.nx = n
+    else:
+        for block in xm.rows(step, d):
+            out.put_x(block)
+    for block in ym.rows(_step(chunk_rows, 1), 1):
+        out.put_y(block[:, 0])
+    return {"rows": n, "features": d}
+
+
+# --------------------------------------------------------------------------- text
+
+def _lines(path: str):
+    """Yield (line_number, text) without the line ending; DataError on bad UTF-8."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path} line {lineno}: not valid UTF-8 text "
+                                "(is this a binary file?)") from None
+            yield lineno, text.rstrip("\r\n")
+
+
+def _float(tok: str) -> float:
+    return float(tok.strip())
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        _float(tok)
+        return True
+    except ValueError:
+        return False
+
+
+def _split(line: str, delim):
+    return line.split() if delim is None else line.split(delim)
+
+
+def _guess_delimiter(line: str):
+    for cand in (",", "\t", ";"):
+        if cand in line:
+            return cand
+    return None
+
+
+def _describe_delim(delim) -> str:
+    return "whitespace" if delim is None else repr(delim)
+
+
+def _parse_csv_block(block, src: str, delim, n_cols: int) -> np.ndarray:
+    texts = [t for _, t in block]
+    try:
+        arr = np.loadtxt(texts, delimiter=delim, dtype=np.float64, ndmin=2, comments=None)
+        if arr.shape == (len(texts), n_cols):
+            return arr
+    except Exception:
+        pass
+    # Slow path: authoritative, finds the exact line/field of the problem.
+    arr = np.empty((len(texts), n_cols), dtype=np.float64)
+    for i, (lineno, text) in enumerate(block):
+        fields = _split(text, delim)
+        if len(fields) != n_cols:
+            raise DataError(f"{src} line {lineno}: expected {n_cols} fields separated by "
+                            f"{_describe_delim(delim)}, found {len(fields)}")
+        for c, tok in enumerate(fields):
+            try:
+                arr[i, c] = _float(tok)
+            except ValueError:
+                what = "is empty (missing value)" if not tok.strip() else \
+                    f"{tok.strip()[:40]!r} is not a number"
+                raise DataError(f"{src} line {lineno}, column {c + 1}: {what}") from None
+    return arr
+
+
+def _convert_csv(src, out: _Output, *, label_col, delimiter, has_header, n_features,
+                 chunk_rows) -> dict:
+    ext = os.path.splitext(src)[1].lower()
+    lines = _lines(src)
+    first = None
+    for lineno, text in lines:
+        if text.strip() and not text.lstrip().startswith("#"):
+            first = (lineno, text)
+            break
+    if first is None:
+        raise DataError(f"{src} is empty (no data lines)")
+    delim = delimiter
+    if delim is None:
+        delim = "\t" if ext == ".tsv" else _guess_delimiter(first[1])
+    fields = _split(first[1], delim)
+    n_cols = len(fields)
+    numeric = all(_is_number(t) for t in fields)
+    header = (not numeric) if has_header == "auto" else bool(has_header)
+    if n_cols < 2:
+        raise DataError(f"{src} line {first[0]}: found {n_cols} column with delimiter "
+                        f"{_describe_delim(delim)}; need a label column and at least one "
+                        "feature column (set the delimiter?)")
+    lc = label_col + n_cols if label_col < 0 else label_col
+    if not 0 <= lc < n_cols:
+        raise ConfigError(f"label_col {label_col} is out of range for {src}, which has "
+                          f"{n_cols} columns")
+    d = n_cols - 1
+    if n_features is not None and n_features != d:
+        raise DataError(f"{src} line {first[0]}: has {d} feature columns but n_features="
+                        f"{n_features} was given")
+    out.start(d, None)
+    step = _step(chunk_rows, n_cols)
+    rows = 0
+
+    def flush(block):
+        arr = _parse_csv_block(block, src, delim, n_cols)
+        out.put_y(arr[:, lc])
+        out.put_x(np.delete(arr, lc, axis=1))
+        return arr.shape[0]
+
+    block = [] if header else [first]
+    for lineno, text in lines:
+        if not text.strip() or text.lstrip().startswith("#"):
+            continue
+        block.append((lineno, text))
+        if len(block) >= step:
+            rows += flush(block)
+            block = []
+    if block:
+        rows += flush(block)
+    if rows == 0:
+        raise DataError(f"{src} has a header line but no data rows")
+    return {"rows": rows, "features": d, "has_header": header,
+            "delimiter": "whitespace" if delim is None else delim, "label_col": lc}
+
+
+# --------------------------------------------------------------------------- svmlight
+
+class _SvmBlock:
+    __slots__ = ("labels", "idx", "val", "counts", "linenos")
+
+
+def _svm_line_slow(src: str, lineno: int, toks: list):
+    """Parse one line's tokens authoritatively: (label, [idx], [val]); DataError if bad."""
+    try:
+        label = _float(toks[0])
+    except ValueError:
+        raise DataError(f"{src} line {lineno}: label {toks[0][:40]!r} is not a number") from None
+    idxs, vals = [], []
+    for tok in toks[1:]:
+        i, sep, v = tok.partition(":")
+        if i == "qid":
+            continue
+        if not sep:
+            raise DataError(f"{src} line {lineno}: bad token {tok[:40]!r}; expected index:value")
+        try:
+            idx = int(i)
+        except ValueError:
+            raise DataError(f"{src} line {lineno}: bad feature index in {tok[:40]!r}; "
+                            "expected a non-negative integer") from None
+        if idx < 0:
+            raise DataError(f"{src} line {lineno}: negative feature index {idx}")
+        if idx > _MAX_FEATURES * 64:
+            raise DataError(f"{src} line {lineno}: feature index {idx} is too large")
+        try:
+            val = _float(v)
+        except ValueError:
+            raise DataError(f"{src} line {lineno}: bad value in {tok[:40]!r}; "
+                            "expected index:number") from None
+        idxs.append(idx)
+        vals.append(val)
+    return label, idxs, vals
+
+
+def _parse_svm_block(block, src: str) -> _SvmBlock:
+    labels, idx_s, val_s, counts, linenos, tokens = [], [], [], [], [], []
+    for lineno, text in block:
+        toks = text.split("#", 1)[0].split()
+        if not toks:
+            continue
+        tokens.append(toks)
+        labels.append(toks[0])
+        cnt = 0
+        for tok in toks[1:]:
+            i, sep, v = tok.partition(":")
+            if i == "qid":
+                continue
+            idx_s.append(i if sep else "?")
+            val_s.append(v)
+            cnt += 1
+        counts.append(cnt)
+        linenos.append(lineno)
+    out = _SvmBlock()
+    try:
+        out.labels = np.array(labels, dtype=np.float64)
+        out.idx = np.array(idx_s, dtype=np.int64)
+        out.val = np.array(val_s, dtype=np.float64)
+    except (ValueError, OverflowError):
+        # Slow path: authoritative, finds the exact line of the problem.
+        labels, idx_l, val_l = [], [], []
+        for lineno, toks in zip(linenos, tokens):
+            label, idxs, vals = _svm_line_slow(src, lineno, toks)
+            labels.append(label)
+            idx_l.extend(idxs)
+            val_l.extend(vals)
+        out.labels = np.array(labels, dtype=np.float64)
+        out.idx = np.array(idx_l, dtype=np.int64)
+        out.val = np.array(val_l, dtype=np.float64)
+    out.counts = np.array(counts, dtype=np.int64)
+    out.linenos = np.array(linenos, dtype=np.int64)
+    row_line = np.repeat(out.linenos, out.counts)
+    bad = np.flatnonzero((out.idx < 0) | (out.idx > _MAX_FEATURES * 64))
+    if bad.size:
+        k = int(bad[0])
+        what = "negative" if out.idx[k] < 0 else "too large a"
+        raise DataError(f"{src} line {row_line[k]}: {what} feature index {out.idx[k]}")
+    if out.idx.size:
+        rows = np.repeat(np.arange(len(counts)), out.counts)
+        order = np.lexsort((out.idx, rows))
+        r, c = rows[order], out.idx[order]
+        dup = np.flatnonzero((r[1:] == r[:-1]) & (c[1:] == c[:-1]))
+        if dup.size:
+            k = int(order[dup[0]])
+            raise DataError(f"{src} line {row_line[k]}: feature index {out.idx[k]} appears twice")
+    return out
+
+
+def _svm_blocks(src: str, step: int):
+    block = []
+    for item in _lines(src):
+        block.append(item)
+        if len(block) >= step:
+            yield _parse_svm_block(block, src)
+            block = []
+    if block:
+        yield _parse_svm_block(block, src)
+
+
+def _convert_svmlight(src, out: _Output, *, n_features, zero_based, chunk_rows) -> dict:
+    # Pass 1: validate everything, count rows, find the index range and the label set.
+    line_step = _step(chunk_rows, 1)
+    n_rows = 0
+    min_idx = max_idx = None
+    min_line = max_line = 0
+    labels_pm1 = True
+    has_neg = has_pos = False
+    for blk in _svm_blocks(src, line_step):
+        n_rows += blk.labels.shape[0]
+        if blk.idx.size:
+            row_line = np.repeat(blk.linenos, blk.counts)
+            kmin, kmax = int(np.argmin(blk.idx)), int(np.argmax(blk.idx))
+            if min_idx is None or blk.idx[kmin] < min_idx:
+                min_idx, min_line = int(blk.idx[kmin]), int(row_line[kmin])
+            if max_idx is None or blk.idx[kmax] > max_idx:
+                max_idx, max_line = int(blk.idx[kmax]), int(row_line[kmax])
+        if labels_pm1 and blk.labels.size:
+            labels_pm1 = bool(np.all((blk.labels == 1) | (blk.labels == -1)))
+            has_neg = has_neg or bool(np.any(blk.labels == -1))
+            has_pos = has_pos or bool(np.any(blk.labels == 1))
+    if n_rows == 0:
+        raise DataError(f"{src} is empty (no data lines)")
+    if zero_based == "auto":
+        zb = min_idx == 0
+    else:
+        zb = bool(zero_based)
+    offset = 0 if zb else 1
+    if not zb and min_idx == 0:
+        raise DataError(f"{src} line {min_line}: feature index 0 in a one-based file; "
+                        "use zero_based=True (or 'auto')")
+    if n_features is None:
+        if max_idx is None:
+            raise DataError(f"{src} has no features at all; give n_features")
+        d = max_idx - offset + 1
+        if d > _MAX_FEATURES:
+            raise DataError(f"{src} line {max_line}: feature index {max_idx} implies {d} "
+                            f"features, more than the {_MAX_FEATURES} supported for dense data")
+    else:
+        d = n_features
+        if max_idx is not None and max_idx - offset >= d:
+            raise DataError(f"{src} line {max_line}: feature index {max_idx} is out of range for "
+                            f"n_features={d} ({'zero' if zb else 'one'}-based indices)")
+    label_map = {-1: 0, 1: 1} if (labels_pm1 and has_neg and has_pos) else None
+
+    # Pass 2: fill dense blocks.
+    out.start(d, n_rows)
+    rows_written = 0
+    for blk in _svm_blocks(src, _step(chunk_rows, d)):
+        m = blk.labels.shape[0]
+        if m == 0:
+            continue
+        Xb = np.zeros((m, d), dtype=np.float64)
+        if blk.idx.size:
+            rows = np.repeat(np.arange(m), blk.counts)
+            cols = blk.idx - offset
+            if cols.min() < 0 or cols.max() >= d:  # the file changed since pass 1
+                raise DataError(f"{src} changed while being converted; try again")
+            Xb[rows, cols] = blk.val
+        out.put_x(Xb)
+        y = blk.labels
+        if label_map is not None:
+            y = (y > 0).astype(np.float64)
+        out.put_y(y)
+        rows_written += m
+    if rows_written != n_rows:
+        raise DataError(f"{src} changed while being converted; try again")
+    return {"rows": n_rows, "features": d, "zero_based": zb, "label_map": label_map}
+
+
+# --------------------------------------------------------------------------- entry point
+
+def _name(value, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _safe_attr(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def convert(src, dst, *, fmt="auto", y_src=None, label_col=0, delimiter=None, has_header="auto",
+            n_features=None, zero_based="auto", x_key="X", y_key="y", x_name="X", y_name="y",
+            dtype="float64", chunk_rows=65536, overwrite=False) -> dict:
+    """Convert ``src`` to a dense HDF5 file ``dst`` (see the module docstring).
+
+    Returns ``{'rows', 'features', 'format', 'src', 'dst', 'x_dtype', 'y_dtype',
+    'label_map'}`` plus ``has_header``/``delimiter``/``label_col`` (CSV) or
+    ``zero_based`` (svmlight). ``dst`` is replaced only with ``overwrite=True``.
+    """
+    try:
+        src = os.fspath(src)
+        dst = os.fspath(dst)
+        y_src = None if y_src is None else os.fspath(y_src)
+    except TypeError:
+        raise ConfigError("src, dst and y_src must be strings or paths") from None
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown input format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if has_header not in ("auto", True, False):
+        raise ConfigError(f"has_header must be 'auto', True or False, got {has_header!r}")
+    if zero_based not in ("auto", True, False):
+        raise ConfigError(f"zero_based must be 'auto', True or False, got {zero_based!r}")
+    if isinstance(label_col, bool) or not isinstance(label_col, (int, np.integer)):
+        raise ConfigError(f"label_col must be an integer column index, got {label_col!r}")
+    label_col = int(label_col)
+    if delimiter is not None and (not isinstance(delimiter, str) or not delimiter
+                                  or delimiter in "\r\n"):
+        raise ConfigError(f"delimiter must be a non-empty string (or None to guess), "
+                          f"got {delimiter!r}")
+    if n_features is not None:
+        if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) \
+                or n_features < 1:
+            raise ConfigError(f"n_features must be a positive integer, got {n_features!r}")
+        if n_features > _MAX_FEATURES:
+            raise ConfigError(f"n_features={n_features} is more than the {_MAX_FEATURES} "
+                              "supported for dense data")
+        n_features = int(n_features)
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) \
+            or chunk_rows < 1:
+        raise ConfigError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+    chunk_rows = int(chunk_rows)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
+    for value, what in ((x_key, "x_key"), (y_key, "y_key"), (x_name, "x_name"),
+                        (y_name, "y_name")):
+        _name(value, what)
+    if x_name == y_name:
+        raise ConfigError(f"x_name and y_name must differ, both are {x_name!r}")
+
+    if fmt == "auto":
+        ext = os.path.splitext(src)[1].lower()
+        if ext not in _EXTENSIONS:
+            raise ConfigError(f"cannot tell the format of {src} from its extension; pass the "
+                              f"format (one of {', '.join(FORMATS[1:])})")
+        fmt = _EXTENSIONS[ext]
+    if not os.path.exists(src):
+        raise DataError(f"input file {src} does not exist; check the path")
+    if os.path.isdir(src):
+        raise DataError(f"input path {src} is a directory, not a file")
+    if os.path.isdir(dst):
+        raise ConfigError(f"output path {dst} is a directory; give a file name")
+    for other in (src, y_src):
+        if other is not None and os.path.exists(dst) and os.path.exists(other) \
+                and os.path.samefile(other, dst):
+            raise ConfigError(f"output {dst} is the same file as the input {other}")
+    if os.path.exists(dst) and not overwrite:
+        raise ConfigError(f"output file {dst} exists; remove it or pass overwrite")
+    parent = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(parent):
+        raise ConfigError(f"output directory {parent} does not exist; create it first")
+
+    out = _Output(f"{dst}.tmp{os.getpid()}", x_name, y_name, dt)
+    try:
+        out.open()
+        if fmt == "npy":
+            info = _convert_npy(src, y_src, out, chunk_rows)
+        elif fmt == "npz":
+            info = _convert_npz(src, x_key, y_key, out, chunk_rows)
+        elif fmt == "csv":
+            info = _convert_csv(src, out, label_col=label_col, delimiter=delimiter,
+                                has_header=has_header, n_features=n_features,
+                                chunk_rows=chunk_rows)
+        else:
+            info = _convert_svmlight(src, out, n_features=n_features, zero_based=zero_based,
+                                     chunk_rows=chunk_rows)
+        n_rows = info["rows"]
+        if out.nx != n_rows or out.ny != n_rows:  # pragma: no cover - internal consistency
+            raise DataError(f"{src}: read {out.nx} rows of X but {out.ny} labels")
+        label_map = info.get("label_map")
+        attrs = {
+            "source": _safe_attr(os.path.basename(src)),
+            "format": fmt,
+            "label_map": None if label_map is None else
+            json.dumps({str(k): v for k, v in label_map.items()}),
+            "zero_based": info.get("zero_based"),
+        }
+        y_dt = out.finish(n_rows, _step(chunk_rows, 1), attrs)
+        os.replace(out.tmp_path, dst)
+    except MpidmlError:
+        raise
+    except Exception as exc:
+        # Malformed input can make the parsers underneath (numpy's header parser, zipfile,
+        # zlib/lzma/bz2, codecs) raise almost anything; report it as bad data. The cause is
+        # chained for debugging.
+        text = str(exc).strip()
+        msg = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+        raise DataError(f"cannot convert {src} to {dst}: {msg}") from exc
+    finally:
+        out.cleanup()
+    info.setdefault("label_map", None)
+    info.update({"format": fmt, "src": src, "dst": dst, "x_dtype": str(dt),
+                 "y_dtype": str(y_dt)})
+    return info
