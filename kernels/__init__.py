@@ -1,0 +1,30 @@
+"""Pure Numba compute kernels for mpidml (no MPI, no I/O).
+
+Conventions (all kernels):
+
+* ``X``: (n, D) float32 or float64, C-contiguous; accumulation is in float64.
+* ``y``: float64 (n,) for linear/logistic (logistic labels 0.0/1.0); int64 (n,) in
+  0..K-1 for softmax.
+* ``sw``: float64 (n,) per-row sample weights, or an array of size 0 for all ones.
+* ``params``: one flat float64 vector. linear/logistic: (D+1,) = [w, b];
+  softmax: (K*(D+1),) = coef (K, D) row-major, then the K intercepts.
+* ``rows``: int64 (m,) row indices of X to process, in order (may be empty).
+* ``grad``: float64 like params; kernels ADD the weighted gradient SUM into it.
+* ``with_loss``: return the weighted loss sum if True, else 0.0 (cheaper).
+* No regularisation in the kernels.
+"""
+from .linear import linear_loss_grad, linear_predict
+from .logistic import logistic_decision, logistic_loss_grad
+from .softmax import softmax_decision, softmax_loss_grad, softmax_loss_grad_ws
+from .util import select_local_rows
+
+__all__ = [
+    "linear_loss_grad",
+    "linear_predict",
+    "logistic_loss_grad",
+    "logistic_decision",
+    "softmax_loss_grad",
+    "softmax_loss_grad_ws",
+    "softmax_decision",
+    "select_local_rows",
+]

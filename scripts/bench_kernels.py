@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Benchmark the fused Numba loss/gradient kernels (single thread).
+
+For each (kernel, dtype, D) it times, after one warm-up call:
+  grad       kernel with with_loss=False
+  loss_grad  kernel with with_loss=True
+  numpy      NumPy two-pass reference computing loss and gradient
+             (logistic: z = X@w + b; p = expit(z); g = X.T@(p - y); loss = sum(logaddexp(0, z) - y z);
+              linear/softmax alike); for float32 X the vectors are cast to float32 so BLAS runs sgemv/sgemm
+  stream     a STREAM-like Numba read of the same X (sum of all elements, vectorised)
+and reports min and median seconds over --repeats, bytes of X read per second (X.nbytes / min time),
+and the ratios kernel/stream bandwidth and numpy_time/kernel_time. One JSON document goes to stdout.
+
+Sizes: each X has min(--rows, --max-bytes // (D * itemsize)) rows, i.e. --rows rows unless X would
+exceed --max-bytes (default 512 MiB); the actual row count is in each result.
+"""
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_v] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import njit  # noqa: E402
+
+try:
+    from scipy.special import expit  # noqa: E402
+except ImportError:  # pragma: no cover
+    def expit(z):
+        return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+from mpidml.kernels import linear_loss_grad, logistic_loss_grad, softmax_loss_grad_ws  # noqa: E402
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def stream_sum(X):
+    """Sum of all elements of a C-contiguous 2-D array (read-bandwidth reference)."""
+    n, d = X.shape
+    s = 0.0
+    for i in range(n):
+        for j in range(d):
+            s += X[i, j]
+    return s
+
+
+def numpy_linear(X, y, params):
+    d = X.shape[1]
+    w, b = params[:d].astype(X.dtype), X.dtype.type(params[d])
+    r = (X @ w + b) - y
+    return 0.5 * float(r @ r), np.append(X.T @ r.astype(X.dtype), r.sum())
+
+
+def numpy_logistic(X, y, params):
+    d = X.shape[1]
+    w, b = params[:d].astype(X.dtype), X.dtype.type(params[d])
+    z = X @ w + b
+    p = expit(z)
+    g = X.T @ (p - y).astype(X.dtype)
+    loss = float(np.sum(np.logaddexp(0.0, z) - y * z))
+    return loss, np.append(g, np.sum(p - y))
+
+
+def numpy_softmax(X, y, params):
+    d = X.shape[1]
+    k = params.size // (d + 1)
+    W = params[: k * d].reshape(k, d).astype(X.dtype)
+    c = params[k * d:].astype(X.dtype)
+    Z = X @ W.T + c
+    zmax = Z.max(axis=1, keepdims=True)
+    E = np.exp(Z - zmax)
+    s = E.sum(axis=1, keepdims=True)
+    loss = float(np.sum(np.log(s[:, 0]) + zmax[:, 0] - Z[np.arange(len(y)), y]))
+    G = E / s
+    G[np.arange(len(y)), y] -= 1
+    return loss, np.concatenate([(G.T @ X).ravel(), G.sum(axis=0)])
+
+
+def timeit(fn, repeats):
+    fn()  # warm-up (and JIT compile)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return {"min": min(ts), "median": float(np.median(ts))}
+
+
+def make_x(n, d, dtype, align, rng):
+    itemsize = np.dtype(dtype).itemsize
+    if align:
+        buf = np.empty(n * d + align // itemsize, dtype=dtype)
+        off = (-buf.ctypes.data % align) // itemsize
+        X = buf[off:off + n * d].reshape(n, d)
+    else:
+        X = np.empty((n, d), dtype=dtype)
+    for i in range(0, n, 1 << 16):  # chunked fill keeps peak memory low
+        X[i:i + (1 << 16)] = rng.standard_normal((min(1 << 16, n - i), d), dtype=np.float32)
+    return X
+
+
+def machine_info():
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                   "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")},
+        "numba_num_threads": numba.config.NUMBA_NUM_THREADS,
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000, help="rows of X (capped by --max-bytes)")
+    ap.add_argument("--features", default="16,64,256,1024", help="comma-separated D values")
+    ap.add_argument("--dtypes", default="float32,float64")
+    ap.add_argument("--kernels", default="linear,logistic,softmax")
+    ap.add_argument("--classes", type=int, default=10, help="K for softmax")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--max-bytes", type=int, default=512 * 2**20, help="cap on X.nbytes (rows are reduced)")
+    ap.add_argument("--align", type=int, default=0,
+                    help="allocate X aligned to this many bytes (0: NumPy's default allocation)")
+    ap.add_argument("--quick", action="store_true", help="small sizes for a smoke test")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.rows, a.features, a.repeats = min(a.rows, 20_000), "8,32", min(a.repeats, 2)
+    feats = [int(v) for v in a.features.split(",") if v]
+    dtypes = [np.dtype(v) for v in a.dtypes.split(",") if v]
+    kernels = [v for v in a.kernels.split(",") if v]
+    rng = np.random.default_rng(a.seed)
+    results = []
+    for dtype in dtypes:
+        for d in feats:
+            n = max(1, min(a.rows, a.max_bytes // (d * dtype.itemsize)))
+            X = make_x(n, d, dtype, a.align, rng)
+            rows = np.arange(n, dtype=np.int64)
+            sw = np.empty(0)
+            nbytes = X.nbytes
+            t_stream = timeit(lambda: stream_sum(X), a.repeats)
+            for kern in kernels:
+                print(f"[bench] {kern} {dtype.name} n={n} D={d}", file=sys.stderr, flush=True)
+                if kern == "softmax":
+                    k = a.classes
+                    y = rng.integers(0, k, n).astype(np.int64)
+                    params = rng.standard_normal(k * (d + 1)) / np.sqrt(d)
+                    work = np.empty(2 * k)
+
+                    def run(with_loss, g=np.zeros(params.size)):
+                        return softmax_loss_grad_ws(X, y, sw, params, rows, g, with_loss, work)
+                    ref = numpy_softmax
+                else:
+                    k = None
+                    fn = linear_loss_grad if kern == "linear" else logistic_loss_grad
+                    y = (rng.random(n) < 0.5).astype(np.float64)
+                    params = rng.standard_normal(d + 1) / np.sqrt(d)
+
+                    def run(with_loss, g=np.zeros(d + 1), fn=fn):
+                        return fn(X, y, sw, params, rows, g, with_loss)
+                    ref = numpy_linear if kern == "linear" else numpy_logistic
+                times = {
+                    "grad": timeit(lambda: run(False), a.repeats),
+                    "loss_grad": timeit(lambda: run(True), a.repeats),
+                    "numpy": timeit(lambda: ref(X, y, params), a.repeats),
+                    "stream": t_stream,
+                }
+                g_k = np.zeros(params.size)
+                if kern == "softmax":
+                    l_k = softmax_loss_grad_ws(X, y, sw, params, rows, g_k, True, work)
+                else:
+                    l_k = fn(X, y, sw, params, rows, g_k, True)
+                l_n, g_n = ref(X, y, params)
+                check = {"loss_rel_diff": abs(l_k - l_n) / max(abs(l_n), 1e-300),
+                         "grad_rel_diff": float(np.max(np.abs(g_k - g_n)) / max(np.max(np.abs(g_n)), 1e-300))}
+                gbps = {key: {s: nbytes / v[s] / 1e9 for s in ("min", "median")} for key, v in times.items()}
+                ratios = {}
+                for s in ("min", "median"):
+                    ts = times["stream"][s]
+                    ratios[s] = {
+                        "grad_vs_stream_bw": ts / times["grad"][s],
+                        "loss_grad_vs_stream_bw": ts / times["loss_grad"][s],
+                        "numpy_over_grad": times["numpy"][s] / times["grad"][s],
+                        "numpy_over_loss_grad": times["numpy"][s] / times["loss_grad"][s],
+                    }
+                results.append({
+                    "kernel": kern, "dtype": dtype.name, "rows": n, "features": d, "classes": k,
+                    "x_bytes": nbytes, "x_align64": X.ctypes.data % 64 == 0,
+                    "seconds": times, "gb_per_s": gbps, "ratios": ratios, "check_vs_numpy": check,
+                })
+            del X
+    doc = {"machine": machine_info(), "args": vars(a), "results": results}
+    json.dump(doc, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()

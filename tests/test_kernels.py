@@ -1,0 +1,279 @@
+"""Serial tests of the Numba kernels against plain NumPy references (no MPI)."""
+import numpy as np
+import pytest
+
+from mpidml.kernels import (
+    linear_loss_grad,
+    linear_predict,
+    logistic_decision,
+    logistic_loss_grad,
+    select_local_rows,
+    softmax_decision,
+    softmax_loss_grad,
+    softmax_loss_grad_ws,
+)
+
+N, D, K = 61, 7, 4
+EMPTY = np.empty(0, dtype=np.float64)
+
+# ---------------------------------------------------------------- NumPy references
+# Each returns (loss_sum, grad_sum, loss_scale, grad_scale); the scales are the sums of
+# absolute values of the summed terms, i.e. the natural bound for rounding errors.
+
+
+def _softplus(z):
+    return np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z)))
+
+
+def _sigmoid(z):
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def ref_linear(X, y, s, params):
+    w, b = params[:-1], params[-1]
+    d = X @ w + b - y
+    loss = np.sum(s * 0.5 * d * d)
+    r = s * d
+    grad = np.append(X.T @ r, r.sum())
+    a = np.abs(X) @ np.abs(w) + abs(b) + np.abs(y)  # bound on |d| terms
+    lscale = np.sum(np.abs(s) * 0.5 * a * a)
+    gscale = np.append(np.abs(X).T @ (np.abs(s) * a), np.sum(np.abs(s) * a))
+    return loss, grad, lscale, gscale
+
+
+def ref_logistic(X, y, s, params):
+    w, b = params[:-1], params[-1]
+    z = X @ w + b
+    loss = np.sum(s * (_softplus(z) - y * z))
+    r = s * (_sigmoid(z) - y)
+    grad = np.append(X.T @ r, r.sum())
+    lscale = np.sum(np.abs(s) * (_softplus(z) + np.abs(y * z)))
+    gscale = np.append(np.abs(X).T @ np.abs(s), np.abs(s).sum())
+    return loss, grad, lscale, gscale
+
+
+def ref_softmax(X, y, s, params):
+    k = params.size // (X.shape[1] + 1)
+    W = params[: k * X.shape[1]].reshape(k, X.shape[1])
+    c = params[k * X.shape[1]:]
+    Z = X @ W.T + c
+    zmax = Z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(Z - zmax).sum(axis=1)) + zmax[:, 0]
+    zy = Z[np.arange(len(y)), y]
+    loss = np.sum(s * (lse - zy))
+    P = np.exp(Z - lse[:, None])
+    G = (P - np.eye(k)[y]) * s[:, None]
+    grad = np.concatenate([(G.T @ X).ravel(), G.sum(axis=0)])
+    lscale = np.sum(np.abs(s) * (np.abs(lse) + np.abs(zy)))
+    gscale = np.concatenate([np.outer(np.full(k, 2.0), np.abs(X).T @ np.abs(s)).ravel(),
+                             np.full(k, 2.0 * np.abs(s).sum())])
+    return loss, grad, lscale, gscale
+
+
+MODELS = {
+    "linear": (linear_loss_grad, ref_linear),
+    "logistic": (logistic_loss_grad, ref_logistic),
+    "softmax": (softmax_loss_grad, ref_softmax),
+}
+
+
+def make_problem(model, dtype, seed=0, n=N, d=D):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)).astype(dtype)
+    if model == "softmax":
+        y = rng.integers(0, K, n).astype(np.int64)
+        params = rng.standard_normal(K * (d + 1)) / np.sqrt(d)
+    elif model == "logistic":
+        y = (rng.random(n) < 0.5).astype(np.float64)
+        params = rng.standard_normal(d + 1) * 2.0 / np.sqrt(d)
+    else:
+        y = rng.standard_normal(n)
+        params = rng.standard_normal(d + 1) / np.sqrt(d)
+    sw = rng.uniform(0.1, 3.0, n)
+    return X, y, sw, params
+
+
+def rows_for(kind, n, seed=1):
+    rng = np.random.default_rng(seed)
+    if kind == "full":
+        return np.arange(n, dtype=np.int64)
+    if kind == "empty":
+        return np.empty(0, dtype=np.int64)
+    if kind == "subset":  # random unordered subset, with a repeated row
+        r = rng.choice(n, n // 2, replace=False)
+        return np.append(r, r[3]).astype(np.int64)
+    if kind == "runs":  # contiguous runs of odd/even length, reversed runs, singletons
+        return np.concatenate([np.arange(5, 12), [40, 3, 3, 17], np.arange(20, 29)[::-1],
+                               np.arange(50, 53), np.arange(30, 36)]).astype(np.int64)
+    raise ValueError(kind)
+
+
+def check_close(got, ref, scale, rtol):
+    got, ref, scale = np.atleast_1d(got), np.atleast_1d(ref), np.atleast_1d(scale)
+    err = np.abs(got - ref)
+    bound = rtol * np.maximum(scale, np.abs(ref)) + 1e-300
+    assert np.all(err <= bound), f"max err/bound {np.max(err / bound)}\n{got}\n{ref}"
+
+
+# ---------------------------------------------------------------- loss/grad vs NumPy
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("rows_kind", ["full", "subset", "runs", "empty"])
+@pytest.mark.parametrize("d", [D, 70])  # 70 float64 features: one-row-at-a-time path
+def test_loss_grad_matches_numpy(model, dtype, weighted, rows_kind, d):
+    kern, ref = MODELS[model]
+    X, y, sw, params = make_problem(model, dtype, d=d)
+    rows = rows_for(rows_kind, X.shape[0])
+    Xr = X[rows].astype(np.float64)  # same float32 values, upcast exactly
+    s = sw[rows] if weighted else np.ones(rows.size)
+    rloss, rgrad, lscale, gscale = ref(Xr, y[rows], s, params)
+    rtol = 1e-12 if dtype == np.float64 else 1e-10
+
+    g0 = np.linspace(-1.0, 1.0, params.size)  # grad must be ADDED to
+    grad = g0.copy()
+    loss = kern(X, y, sw if weighted else EMPTY, params, rows, grad, True)
+    check_close(loss, rloss, lscale, rtol)
+    check_close(grad - g0, rgrad, gscale, rtol)
+    if rows_kind == "empty":
+        assert loss == 0.0 and np.array_equal(grad, g0)
+
+    grad2 = np.zeros_like(params)
+    out = kern(X, y, sw if weighted else EMPTY, params, rows, grad2, False)
+    assert out == 0.0
+    check_close(grad2, rgrad, gscale, rtol)
+    np.testing.assert_allclose(grad2, grad - g0, rtol=1e-14, atol=1e-14 * np.max(np.abs(gscale)))
+
+
+def test_softmax_ws_matches_allocating_version():
+    X, y, sw, params = make_problem("softmax", np.float64)
+    rows = rows_for("runs", X.shape[0])
+    g1, g2 = np.zeros_like(params), np.zeros_like(params)
+    l1 = softmax_loss_grad(X, y, sw, params, rows, g1, True)
+    l2 = softmax_loss_grad_ws(X, y, sw, params, rows, g2, True, np.empty(2 * K + 3))
+    assert l1 == l2 and np.array_equal(g1, g2)
+
+
+def test_unit_weights_equal_empty_weights():
+    for model, (kern, _) in MODELS.items():
+        X, y, _, params = make_problem(model, np.float64)
+        rows = rows_for("full", X.shape[0])
+        g1, g2 = np.zeros_like(params), np.zeros_like(params)
+        l1 = kern(X, y, EMPTY, params, rows, g1, True)
+        l2 = kern(X, y, np.ones(X.shape[0]), params, rows, g2, True)
+        assert l1 == l2 and np.array_equal(g1, g2)
+
+
+# ---------------------------------------------------------------- finite differences
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_gradient_finite_differences(model):
+    kern, _ = MODELS[model]
+    X, y, sw, params = make_problem(model, np.float64, seed=3, n=40, d=5)
+    params *= 0.5
+    rows = rows_for("subset", X.shape[0])
+    grad = np.zeros_like(params)
+    kern(X, y, sw, params, rows, grad, True)
+    fd = np.empty_like(params)
+    tmp = np.zeros_like(params)
+    for k in range(params.size):
+        h = 1e-6 * max(1.0, abs(params[k]))
+        pp, pm = params.copy(), params.copy()
+        pp[k] += h
+        pm[k] -= h
+        fd[k] = (kern(X, y, sw, pp, rows, tmp, True) - kern(X, y, sw, pm, rows, tmp, True)) / (2 * h)
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-6 * np.abs(grad).max())
+
+
+# ---------------------------------------------------------------- extreme margins
+
+
+def test_logistic_extreme_margins():
+    z = np.array([800.0, 800.0, -800.0, -800.0, 1e4, 1e4, -1e4, -1e4, 710.0, -745.5])
+    y = np.array([0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0])
+    X = np.column_stack([z, np.zeros_like(z)])
+    params = np.array([1.0, 0.0, 0.0])
+    rows = np.arange(z.size, dtype=np.int64)
+    expected = np.where(y == 1.0, np.maximum(-z, 0.0), np.maximum(z, 0.0))  # exp(-|z|) underflows
+    expected_r = np.where(z > 0, 1.0, 0.0) - y
+    for i in range(z.size):
+        g = np.zeros(3)
+        with np.errstate(all="raise"):
+            loss = logistic_loss_grad(X, y, EMPTY, params, rows[i:i + 1], g, True)
+        assert np.isfinite(loss) and np.all(np.isfinite(g))
+        assert loss == expected[i], (i, loss)
+        assert g[2] == expected_r[i] and g[0] == expected_r[i] * z[i] and g[1] == 0.0
+    g = np.zeros(3)
+    total = logistic_loss_grad(X, y, EMPTY, params, rows, g, True)
+    assert total == expected.sum() and np.all(np.isfinite(g))
+    # moderate margin: loss = log1p(exp(-30)) accurately (relative), not 0 or rounding noise
+    Xm = np.array([[30.0, 0.0]])
+    lm = logistic_loss_grad(Xm, np.array([1.0]), EMPTY, params, np.zeros(1, np.int64), np.zeros(3), True)
+    np.testing.assert_allclose(lm, np.log1p(np.exp(-30.0)), rtol=1e-14)
+
+
+def test_softmax_extreme_logits():
+    # logits of row i are scale_i * [1, 0, -1] (+ intercept 0): spread up to 2e4
+    scales = np.array([1e4, -1e4, 800.0, 5e3])
+    X = scales[:, None].astype(np.float64)
+    params = np.array([1.0, 0.0, -1.0, 0.0, 0.0, 0.0])  # coef (3, 1), intercepts (3,)
+    y = np.array([0, 0, 1, 2], dtype=np.int64)
+    rows = np.arange(4, dtype=np.int64)
+    g = np.zeros(6)
+    with np.errstate(all="raise"):
+        loss = softmax_loss_grad(X, y, EMPTY, params, rows, g, True)
+    # argmax logit is |scale|; loss_i = |scale| - z_i[y_i]
+    Z = scales[:, None] * np.array([1.0, 0.0, -1.0])
+    expected = np.sum(np.abs(scales) - Z[rows, y])
+    assert np.isfinite(loss) and loss == expected
+    P = np.eye(3)[np.argmax(Z, axis=1)]
+    G = P - np.eye(3)[y]
+    np.testing.assert_array_equal(g, np.concatenate([(G.T @ X).ravel(), G.sum(0)]))
+
+
+def test_linear_large_values_finite():
+    X = np.array([[1e150, 1.0], [-1e150, 2.0]])
+    params = np.array([1.0, 0.0, 0.0])
+    g = np.zeros(3)
+    loss = linear_loss_grad(X, np.zeros(2), EMPTY, params, np.arange(2, dtype=np.int64), g, True)
+    assert loss == pytest.approx(1e300, rel=1e-15) and np.all(np.isfinite(g))
+
+
+# ---------------------------------------------------------------- predict / decision
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_predict_decision(dtype):
+    X, _, _, p = make_problem("linear", dtype)
+    for kind in ("full", "runs", "subset", "empty"):
+        rows = rows_for(kind, X.shape[0])
+        Xr = X[rows].astype(np.float64)
+        for fn in (linear_predict, logistic_decision):
+            out = np.full(rows.size, np.nan)
+            fn(X, p, rows, out)
+            np.testing.assert_allclose(out, Xr @ p[:-1] + p[-1], rtol=1e-12, atol=1e-12)
+        ps = make_problem("softmax", dtype)[3]
+        out = np.full((rows.size, K), np.nan)
+        softmax_decision(X, ps, rows, out)
+        ref = Xr @ ps[: K * D].reshape(K, D).T + ps[K * D:]
+        np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- select_local_rows
+
+
+@pytest.mark.parametrize("lo,hi", [(0, 100), (250, 400), (900, 1000), (500, 500), (2000, 3000)])
+def test_select_local_rows(lo, hi):
+    rng = np.random.default_rng(lo)
+    batch = rng.choice(1000, 300, replace=False).astype(np.int64)
+    out = np.full(batch.size, -7, dtype=np.int64)
+    c = select_local_rows(batch, lo, hi, out)
+    ref = batch[(batch >= lo) & (batch < hi)] - lo
+    assert c == ref.size
+    np.testing.assert_array_equal(out[:c], ref)
+    assert np.all(out[c:] == -7)
+    assert select_local_rows(np.empty(0, np.int64), lo, hi, out) == 0
