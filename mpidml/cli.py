@@ -1,0 +1,300 @@
+"""The ``mpidml`` command line: train, evaluate, generate, convert, info.
+
+This module imports nothing heavy at the top: ``--threads`` must reach
+NUMBA_NUM_THREADS / OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS
+before NumPy and Numba load their thread pools. One process per core is the
+MPI way, so the default is one thread per rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def _launcher_rank() -> int:
+    """This process's rank from the launcher's environment, without initialising MPI."""
+    for var in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            try:
+                return int(os.environ[var])
+            except ValueError:
+                pass
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that prints usage errors on rank 0 only (every rank still exits 2)."""
+
+    def error(self, message):
+        if _launcher_rank() == 0:
+            self.print_usage(sys.stderr)
+            sys.stderr.write(f"mpidml: error: {message}\n")
+        sys.exit(2)
+
+
+def _flag(p, name, type_, help_, metavar=None):
+    p.add_argument(f"--{name}", dest=name.replace("-", "_"), type=type_, default=None, help=help_, metavar=metavar)
+
+
+def _switch(p, name, help_):
+    p.add_argument(f"--{name}", dest=name.replace("-", "_"), action="store_const", const=True, default=None, help=help_)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mpidml", description="Distributed machine learning on MPI. "
+                     "Launch training with: mpirun -n N mpidml train DATA.h5 --out RUN")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"mpidml {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a model on an HDF5 dataset (run under mpirun/srun)",
+                       description="Train on an HDF5 dataset with datasets X (N, D) and y (N,). "
+                       "Flags override the --config TOML file, which overrides the defaults. "
+                       "Objective: (1/N) sum_i loss_i + (l2/2)||W||^2 (intercepts not penalised).")
+    t.add_argument("data", nargs="?", default=None, help="HDF5 file with X and y")
+    t.add_argument("--config", help="TOML file with options (same names as the flags, _ for -)")
+    _flag(t, "out", str, "run directory to create (config.toml, metrics.jsonl, summary.json, model.h5)", "RUN")
+    _flag(t, "model", str, "linear | logistic | softmax (default logistic)")
+    _flag(t, "classes", int, "softmax: number of classes (default: max label + 1)")
+    _flag(t, "l2", float, "L2 penalty on the coefficients (default 1e-4)")
+    _flag(t, "strategy", str, "allreduce (default)")
+    _flag(t, "optimizer", str, "sgd | adam | gd | lbfgs (default lbfgs)")
+    _flag(t, "lr", float, "learning rate for sgd, adam and gd (default 0.1)")
+    _flag(t, "lr-schedule", str, "constant | inverse_sqrt | step | cosine (default constant)")
+    _flag(t, "momentum", float, "sgd/gd momentum in [0, 1) (default 0)")
+    _switch(t, "nesterov", "Nesterov momentum")
+    _flag(t, "beta1", float, "adam beta1 (default 0.9)")
+    _flag(t, "beta2", float, "adam beta2 (default 0.999)")
+    _flag(t, "batch-size", int, "global mini-batch size over all ranks (default 256)")
+    _flag(t, "epochs", int, "sgd/adam epochs (default 10)")
+    _flag(t, "max-iter", int, "lbfgs iterations / gd steps (default 1000)")
+    _flag(t, "tol", float, "lbfgs/gd: stop when max|gradient| <= tol (default 1e-8)")
+    _flag(t, "memory", int, "lbfgs history size (default 10)")
+    _flag(t, "shuffle", str, "global (one seeded permutation of all rows per epoch; default) | none")
+    _flag(t, "seed", int, "seed of the epoch shuffles (default 0)")
+    _flag(t, "threads", int, "threads per rank for Numba/OpenMP/BLAS (default 1)")
+    _flag(t, "x-name", str, "name of the features dataset (default X)")
+    _flag(t, "y-name", str, "name of the labels dataset (default y)")
+    _flag(t, "driver", str, "auto | mpio | independent: how ranks read HDF5 (default auto)")
+    _flag(t, "log-every", int, "steps between metric lines (default: ~10 per epoch; every L-BFGS iteration)")
+    _flag(t, "progress", str, "auto | bar | log | none (default auto: bar on a terminal)")
+    _switch(t, "overwrite", "replace the contents of an existing run directory")
+    _switch(t, "verbose", "let every rank print its log lines")
+
+    e = sub.add_parser("evaluate", help="objective, accuracy and per-class counts of a model on data (JSON)")
+    e.add_argument("model", help="model.h5 written by mpidml train")
+    e.add_argument("data", help="HDF5 file with X and y")
+    _flag(e, "x-name", str, "features dataset (default X)")
+    _flag(e, "y-name", str, "labels dataset (default y)")
+    _flag(e, "driver", str, "auto | mpio | independent")
+    _flag(e, "threads", int, "threads per rank (default 1)")
+
+    g = sub.add_parser("generate", help="write a synthetic dataset with known true parameters")
+    g.add_argument("kind", choices=("linear", "logistic", "softmax"))
+    g.add_argument("-o", "--output", required=True, help="HDF5 file to write")
+    g.add_argument("--rows", type=int, default=100_000)
+    g.add_argument("--features", type=int, default=32)
+    g.add_argument("--classes", type=int, default=None, help="softmax classes (default 3)")
+    g.add_argument("--noise", type=float, default=0.1)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    g.add_argument("--overwrite", action="store_true")
+
+    c = sub.add_parser("convert", help="convert .npy/.npz, CSV or svmlight/LIBSVM text to the HDF5 layout")
+    c.add_argument("src", help="input file (.npy .npz .csv .tsv .txt .svm .svmlight .libsvm)")
+    c.add_argument("-o", "--output", required=True, help="HDF5 file to write")
+    c.add_argument("--format", dest="fmt", default="auto", choices=("auto", "npy", "npz", "csv", "svmlight"))
+    c.add_argument("--labels", dest="y_src", default=None, help=".npy file with the labels (for .npy input)")
+    c.add_argument("--label-col", type=int, default=0, help="CSV: label column (negative counts from the end)")
+    c.add_argument("--delimiter", default=None, help="CSV delimiter (default: ',' or tab for .tsv)")
+    c.add_argument("--features", dest="n_features", type=int, default=None, help="svmlight: number of features")
+    c.add_argument("--zero-based", default="auto", choices=("auto", "true", "false"))
+    c.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    c.add_argument("--chunk-rows", type=int, default=65536)
+    c.add_argument("--overwrite", action="store_true")
+
+    i = sub.add_parser("info", help="versions, MPI library, parallel HDF5 support, thread settings")
+    _flag(i, "threads", int, "threads per rank (default 1)")
+    return parser
+
+
+def set_threads(n: int | None) -> int:
+    """Pin thread pools before NumPy/Numba load (explicit --threads wins over the environment)."""
+    if n is not None:
+        for var in THREAD_VARS:
+            os.environ[var] = str(n)
+        return n
+    for var in THREAD_VARS:
+        os.environ.setdefault(var, "1")
+    return int(os.environ["NUMBA_NUM_THREADS"])
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    set_threads(getattr(args, "threads", None))
+
+    from .comm import install_abort_hook
+    from .errors import MpidmlError
+    from mpi4py import MPI
+
+    install_abort_hook()
+    rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+    try:
+        return COMMANDS[args.command](args)
+    except MpidmlError as e:
+        if getattr(e, "agreed", False) or size == 1:
+            if rank == 0:
+                sys.stderr.write(f"mpidml: error: {e}\n")
+            sys.stderr.flush()
+            sys.exit(e.exit_code)
+        # Found on this rank alone: the others may be waiting in a collective, so abort.
+        sys.stderr.write(f"mpidml: error: [rank {rank}] {e}\n")
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(e.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"mpidml: interrupted on rank {rank}\n")
+        MPI.COMM_WORLD.Abort(130)
+
+
+def cmd_train(args) -> int:
+    from .comm import Context
+    from .config import build_config, read_toml
+    from .train import run_train
+
+    ctx = Context()
+    cli = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    file_options = ctx.collective(read_toml, args.config) if args.config else {}
+    cfg = ctx.collective(build_config, file_options, cli)
+    summary = run_train(cfg, ctx)
+    if ctx.is_root:
+        result = {k: summary.get(k) for k in ("objective", "accuracy", "rmse", "r2", "converged", "steps")
+                  if summary.get(k) is not None}
+        result["wall_seconds"] = round(summary["time"]["wall"], 3)
+        result["run_dir"] = summary["run_dir"]
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from .comm import Context
+    from .errors import DataError
+    from .modelio import load_model
+    from .train import evaluate_params, load_training_data
+
+    ctx = Context()
+    model, params, attrs = ctx.collective(load_model, args.model)
+
+    class _Cfg:  # the few options load_training_data reads
+        data = args.data
+        x_name = args.x_name or "X"
+        y_name = args.y_name or "y"
+        driver = args.driver or "auto"
+
+    meta, shard = load_training_data(ctx, _Cfg, np.int64 if model.name == "softmax" else np.float64)
+    if meta["n_features"] != model.n_features:
+        ctx.agree(DataError(f"{args.data} has {meta['n_features']} features but the model expects {model.n_features}"))
+    ctx.collective(model.check_labels, shard.y, shard.lo)
+    result = evaluate_params(ctx, model, shard, params, float(attrs.get("l2", 0.0)))
+    if ctx.is_root:
+        out = {"model": model.name, "data": os.path.abspath(args.data), "ranks": ctx.size,
+               "io_driver": shard.driver, **result}
+        print(json.dumps(out))
+    return 0
+
+
+def _root_only(fn):
+    """Run a serial command on rank 0; other ranks wait and share its outcome."""
+    from .comm import Context
+
+    ctx = Context()
+    result = ctx.collective(lambda: fn() if ctx.is_root else None)
+    return result
+
+
+def cmd_generate(args) -> int:
+    from .data import generate
+
+    def go():
+        return generate(args.kind, args.output, rows=args.rows, features=args.features,
+                        classes=args.classes or (2 if args.kind != "softmax" else 3),
+                        noise=args.noise, seed=args.seed, dtype=args.dtype, overwrite=args.overwrite)
+
+    meta = _root_only(go)
+    if meta is not None:
+        print(json.dumps({"output": os.path.abspath(args.output), **_jsonable(meta)}))
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .data import convert
+
+    zero_based = {"auto": "auto", "true": True, "false": False}[args.zero_based]
+
+    def go():
+        return convert(args.src, args.output, fmt=args.fmt, y_src=args.y_src, label_col=args.label_col,
+                       delimiter=args.delimiter, n_features=args.n_features, zero_based=zero_based,
+                       dtype=args.dtype, chunk_rows=args.chunk_rows, overwrite=args.overwrite)
+
+    meta = _root_only(go)
+    if meta is not None:
+        print(json.dumps({"output": os.path.abspath(args.output), **_jsonable(meta)}))
+    return 0
+
+
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if hasattr(v, "tolist"):
+            v = v.tolist()
+        try:
+            json.dumps(v)
+        except TypeError:
+            v = str(v)
+        out[k] = v
+    return out
+
+
+def cmd_info(args) -> int:
+    import numba
+    from mpi4py import MPI
+
+    from .comm import mpi_vendor
+    from .data import h5py_has_mpi
+    from .train import thread_settings, versions
+
+    if MPI.COMM_WORLD.Get_rank() != 0:
+        return 0
+    info = {
+        "versions": versions(),
+        "mpi_vendor": mpi_vendor(),
+        "mpi_ranks": MPI.COMM_WORLD.Get_size(),
+        "h5py_mpi": h5py_has_mpi(),
+        "io_driver_default": "mpio" if h5py_has_mpi() else "independent",
+        "threads": {"numba": numba.get_num_threads(), "numba_layer": numba.config.THREADING_LAYER,
+                    **thread_settings()},
+    }
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [{k: p.get(k) for k in ("internal_api", "num_threads", "version")} for p in threadpool_info()]
+    except ImportError:
+        pass
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "convert": cmd_convert,
+            "info": cmd_info}
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

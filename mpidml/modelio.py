@@ -1,0 +1,58 @@
+"""model.h5: the trained model in scikit-learn's convention.
+
+Datasets ``coef`` (K, D) and ``intercept`` (K,) (K = 1 for linear and binary
+logistic regression), attributes ``model``, ``l2``, ``n_features``,
+``n_classes`` and ``mpidml_version``. Written to a temporary file, fsynced and
+renamed into place, so a crash never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .errors import DataError
+from .models import make_model
+
+
+def save_model(path: str, model, params: np.ndarray, **attrs) -> None:
+    coef, intercept = model.coef_intercept(params)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("coef", data=coef)
+        f.create_dataset("intercept", data=intercept)
+        f.attrs["model"] = model.name
+        f.attrs["n_features"] = model.n_features
+        f.attrs["n_classes"] = getattr(model, "n_classes", 0)
+        f.attrs["mpidml_version"] = __version__
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        f.flush()
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_model(path: str):
+    """Read model.h5: returns (model, params, attrs). DataError if missing or malformed."""
+    if not os.path.exists(path):
+        raise DataError(f"model file not found: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+            coef = np.asarray(f["coef"][...], dtype=np.float64)
+            intercept = np.asarray(f["intercept"][...], dtype=np.float64)
+    except (OSError, KeyError) as e:
+        raise DataError(f"{path} is not an mpidml model file (expected datasets coef and intercept): {e}") from None
+    name = attrs.get("model")
+    if isinstance(name, bytes):
+        name = name.decode()
+    if coef.ndim != 2 or intercept.shape != (coef.shape[0],):
+        raise DataError(f"{path}: coef must be (K, D) and intercept (K,), got {coef.shape} and {intercept.shape}")
+    model = make_model(str(name), coef.shape[1], int(attrs.get("n_classes", coef.shape[0])))
+    if model.n_outputs != coef.shape[0]:
+        raise DataError(f"{path}: model {name} expects {model.n_outputs} rows of coef, found {coef.shape[0]}")
+    return model, model.params_from(coef, intercept), attrs

@@ -1,0 +1,91 @@
+"""The model interface: what a training strategy needs to know about a model.
+
+A model is a parameter count, an initial parameter vector, and the summed
+loss and gradient over some rows of this rank's shard. Parameters are ONE
+flat float64 vector (intercepts last) so that a strategy can reduce, send and
+update them without knowing the model's structure. Models never import MPI:
+the strategy reduces the sums they return.
+
+The objective, the same for every model so results compare with other tools:
+
+    f(params) = (1/W) * sum_i sw_i * loss_i + (l2/2) * ||params[penalized]||^2
+
+with W the global sum of sample weights (N for unit weights). Intercepts are
+not penalised, which gives scikit-learn's optimum with C = 1/(l2*N).
+
+The interface is deliberately shard-typed (``loss_grad(shard, ...)``) so that
+later models fit it: a CSR shard for sparse text, a ratings shard for matrix
+factorisation, dense mini-batches for an MLP.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DataError
+
+
+class Model:
+    """Base class. Subclasses set ``name``, ``n_features``, ``n_outputs`` and ``n_params``."""
+
+    name = "model"
+    is_classifier = False
+    y_dtype = np.float64
+
+    def __init__(self, n_features: int, n_outputs: int = 1):
+        self.n_features = int(n_features)
+        self.n_outputs = int(n_outputs)
+        self.n_params = self.n_outputs * (self.n_features + 1)
+        # Penalised entries: the coefficient block, not the trailing intercepts.
+        self.penalized = slice(0, self.n_outputs * self.n_features)
+
+    # -- parameters --------------------------------------------------------
+    def init_params(self) -> np.ndarray:
+        """Initial parameters (zeros: a convex objective needs no random start)."""
+        return np.zeros(self.n_params, dtype=np.float64)
+
+    def coef_intercept(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Views of params as scikit-learn's ``coef_`` (K, D) and ``intercept_`` (K,)."""
+        K, D = self.n_outputs, self.n_features
+        return params[: K * D].reshape(K, D), params[K * D:]
+
+    def params_from(self, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+        coef = np.asarray(coef, dtype=np.float64).reshape(self.n_outputs, self.n_features)
+        intercept = np.asarray(intercept, dtype=np.float64).reshape(self.n_outputs)
+        return np.concatenate([coef.ravel(), intercept])
+
+    # -- objective ---------------------------------------------------------
+    def loss_grad(self, shard, params, rows, grad, with_loss=True) -> float:
+        """Add sum_i sw_i * dloss_i/dparams over ``rows`` into ``grad``; return the loss sum.
+
+        shard: this rank's data; params: (n_params,) float64; rows: int64 local
+        row indices; grad: (n_params,) float64, added to (caller zeroes it).
+        Returns sum_i sw_i * loss_i (0.0 when with_loss is False).
+        """
+        raise NotImplementedError
+
+    def check_labels(self, y: np.ndarray, lo: int) -> None:
+        """Raise DataError if this rank's labels are invalid for the model (local check)."""
+
+    # -- evaluation --------------------------------------------------------
+    def n_stats(self) -> int:
+        """Length of the float64 statistics vector from :meth:`stats` (reduced by SUM)."""
+        return 0
+
+    def stats(self, shard, params, rows) -> np.ndarray:
+        """Sufficient statistics for metrics on these rows (summed across ranks)."""
+        return np.zeros(0)
+
+    def metrics_from_stats(self, stats: np.ndarray, weight_sum: float) -> dict:
+        return {}
+
+
+def first_bad(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def check_integer_labels(y: np.ndarray, lo: int, n_classes: int, what: str) -> None:
+    bad = (y < 0) | (y >= n_classes) | (y != np.floor(y))
+    if bad.any():
+        i = first_bad(bad)
+        raise DataError(f"label {y[i]!r} at row {lo + i} is not valid for {what}")

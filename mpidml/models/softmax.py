@@ -1,0 +1,44 @@
+"""Multinomial (softmax) logistic regression.
+
+Parameters: coef (K, D) row-major, then K intercepts: (K*(D+1),). Loss per
+row: logsumexp(z) - z[y] with z = W x + c, labels y in 0..K-1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from .base import Model, check_integer_labels
+from .linear import _classification_metrics, _confusion
+
+
+class SoftmaxRegression(Model):
+    name = "softmax"
+    is_classifier = True
+    y_dtype = np.int64
+
+    def __init__(self, n_features: int, n_classes: int):
+        super().__init__(n_features, n_classes)
+        self.n_classes = int(n_classes)
+        self._work = np.empty(2 * self.n_classes)  # kernel scratch: no allocation per step
+
+    def check_labels(self, y, lo):
+        check_integer_labels(y, lo, self.n_classes, f"softmax with {self.n_classes} classes (labels must be integers 0..{self.n_classes - 1})")
+
+    def loss_grad(self, shard, params, rows, grad, with_loss=True):
+        return kernels.softmax_loss_grad_ws(shard.X, shard.y, shard.sw, params, rows, grad, with_loss, self._work)
+
+    def predict_labels(self, shard, params, rows) -> np.ndarray:
+        z = np.empty((rows.size, self.n_classes))
+        kernels.softmax_decision(shard.X, params, rows, z)
+        return np.argmax(z, axis=1).astype(np.int64)
+
+    def n_stats(self):
+        return self.n_classes * self.n_classes
+
+    def stats(self, shard, params, rows):
+        return _confusion(shard, rows, self.predict_labels(shard, params, rows), self.n_classes)
+
+    def metrics_from_stats(self, s, weight_sum):
+        return _classification_metrics(s, self.n_classes)

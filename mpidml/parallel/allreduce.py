@@ -1,0 +1,265 @@
+"""Synchronous data-parallel training with MPI Allreduce.
+
+Every rank holds a replica of the flat parameter vector and the optimizer
+state. Each step, every rank computes the loss and gradient SUMS over its
+rows of the global batch into one buffer ``[grad_sum (P), loss_sum, weight_sum]``,
+one ``Allreduce`` adds the buffers of all ranks, and every rank divides by the
+global weight sum. Uneven shards are therefore weighted exactly, and N rows on
+P ranks give the single-process answer for any N and P.
+
+Mini-batches: each epoch draws one seeded permutation of all N global rows;
+step s takes ``perm[s*B:(s+1)*B]`` and each rank works on the rows of that
+batch that it holds. The trained model does not depend on the number of ranks.
+
+Replicas stay identical by construction: full-batch evaluations (L-BFGS, GD)
+reduce to the root and broadcast the root's sums, so every rank takes the same
+line-search and stopping decisions; mini-batch SGD, whose control flow never
+depends on reduced values, checks at each epoch end that all replicas agree
+bitwise (a cheap checksum reduction) and re-broadcasts the root's state if a
+reduction ever rounded differently on some rank.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from .. import kernels
+from ..errors import ConfigError, DivergedError
+from ..optim import LBFGS, SGD, Adam, make_schedule
+
+
+class AllreduceTrainer:
+    """Train ``model`` on this rank's ``shard`` with the options in ``cfg``.
+
+    Parameters
+    ----------
+    ctx : mpidml.comm.Context
+    model : mpidml.models.Model
+    shard : this rank's data (``n_local`` rows, global offset ``lo``)
+    cfg : mpidml.config.TrainConfig
+    reporter : mpidml.metrics.Reporter
+    weight_sum : float
+        Global sum of sample weights (N for unit weights).
+    """
+
+    def __init__(self, ctx, model, shard, cfg, reporter, weight_sum):
+        self.ctx, self.model, self.shard, self.cfg, self.reporter = ctx, model, shard, cfg, reporter
+        self.comm = ctx.comm
+        self.n_params = P = model.n_params
+        self.weight_sum = float(weight_sum)
+        self.l2 = float(cfg.l2)
+        # [grad_sum (P), loss_sum, weight_sum]: the one buffer reduced per step.
+        self.buf = np.zeros(P + 2, dtype=np.float64)
+        self.grad_sum = self.buf[:P]
+        self.grad = np.zeros(P, dtype=np.float64)
+        self._tmp = np.zeros(P, dtype=np.float64)
+        self.pen = model.penalized
+        self.all_rows = np.arange(shard.n_local, dtype=np.int64)
+        self.local_weight_sum = float(shard.sw.sum()) if shard.sw.size else float(shard.n_local)
+        self.timers = ctx.timers
+        self.steps = 0
+        self.epochs_done = 0
+        self.n_evals = 0
+        self.replica_resyncs = 0
+        self.history = []
+
+    # -- the objective ----------------------------------------------------
+    def _finish(self, params, grad_out) -> float:
+        """Turn reduced sums in self.buf into the mean gradient (grad_out) and objective."""
+        w = self.buf[-1]
+        np.multiply(self.grad_sum, 1.0 / w, out=grad_out)
+        pen = self.pen
+        np.multiply(params[pen], self.l2, out=self._tmp[pen])
+        grad_out[pen] += self._tmp[pen]
+        wp = params[pen]
+        return self.buf[-2] / w + 0.5 * self.l2 * float(np.dot(wp, wp))
+
+    def objective(self, params, grad_out) -> float:
+        """Full-batch objective f(params) and its gradient (written to grad_out), collectively.
+
+        Reduces to the root and broadcasts the root's sums so every rank gets
+        bitwise the same f and gradient (L-BFGS decisions must agree).
+        """
+        t0 = time.perf_counter()
+        self.buf[:] = 0.0
+        loss = self.model.loss_grad(self.shard, params, self.all_rows, self.grad_sum, True)
+        self.buf[-2] = loss
+        self.buf[-1] = self.local_weight_sum
+        t1 = time.perf_counter()
+        if self.ctx.is_root:
+            self.comm.Reduce(MPI.IN_PLACE, self.buf, op=MPI.SUM, root=0)
+        else:
+            self.comm.Reduce(self.buf, None, op=MPI.SUM, root=0)
+        self.comm.Bcast(self.buf, root=0)
+        t2 = time.perf_counter()
+        f = self._finish(params, grad_out)
+        self.timers.add("compute", (t1 - t0) + (time.perf_counter() - t2))
+        self.timers.add("comm", t2 - t1)
+        self.n_evals += 1
+        return f
+
+    # -- strategies ---------------------------------------------------------
+    def fit(self, params: np.ndarray) -> dict:
+        opt = self.cfg.optimizer
+        if opt == "lbfgs":
+            return self._fit_lbfgs(params)
+        if opt == "gd":
+            return self._fit_gd(params)
+        return self._fit_minibatch(params)
+
+    def _check_finite(self, value, what, params=None):
+        if not math.isfinite(value):
+            raise _diverged(self.steps, what, value)
+
+    def _fit_lbfgs(self, params):
+        cfg = self.cfg
+        lb = LBFGS(self.n_params, memory=cfg.memory, tol=cfg.tol, max_iter=cfg.max_iter)
+        lb.reset(params, self.objective)
+        self._check_finite(lb.f, "loss")
+        log_every = cfg.log_every or 1
+        self.reporter.log({"iter": 0, "loss": lb.f, "grad_max": float(np.max(np.abs(lb.g))), "evals": self.n_evals})
+        while not lb.converged and lb.n_iter < cfg.max_iter:
+            stop = lb.step(self.objective)
+            self.steps = lb.n_iter
+            self._check_finite(lb.f, "loss")
+            if lb.n_iter % log_every == 0 or stop:
+                self.reporter.log({"iter": lb.n_iter, "loss": lb.f, "grad_max": float(np.max(np.abs(lb.g))),
+                                   "evals": self.n_evals})
+            if stop:
+                break
+        params[:] = lb.x
+        return {"converged": bool(lb.converged), "message": lb.message, "iterations": lb.n_iter,
+                "evaluations": self.n_evals}
+
+    def _fit_gd(self, params):
+        """Full-batch gradient descent (optionally with momentum / Nesterov, or Adam-free)."""
+        cfg = self.cfg
+        opt = SGD(self.n_params, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        schedule = make_schedule(cfg.lr_schedule, cfg.lr, total_steps=cfg.max_iter)
+        log_every = cfg.log_every or 1
+        converged = False
+        for it in range(cfg.max_iter):
+            f = self.objective(params, self.grad)
+            self._check_finite(f, "loss")
+            gmax = float(np.max(np.abs(self.grad)))
+            if it % log_every == 0:
+                self.reporter.log({"iter": it, "loss": f, "grad_max": gmax, "lr": schedule(it)})
+            if gmax <= cfg.tol:
+                converged = True
+                break
+            t0 = time.perf_counter()
+            opt.step(params, self.grad, lr=schedule(it))
+            self.timers.add("compute", time.perf_counter() - t0)
+            self.steps = it + 1
+        return {"converged": converged, "message": "max|grad| <= tol" if converged else "max_iter reached",
+                "iterations": self.steps, "evaluations": self.n_evals}
+
+    def _fit_minibatch(self, params):
+        cfg, shard, model = self.cfg, self.shard, self.model
+        N = int(self.shard.n_total)
+        B = int(cfg.batch_size)
+        if B > N:
+            raise ConfigError(f"--batch-size {B} is larger than the dataset ({N} rows)")
+        if cfg.optimizer == "adam":
+            opt = Adam(self.n_params, cfg.lr, beta1=cfg.beta1, beta2=cfg.beta2)
+        else:
+            opt = SGD(self.n_params, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        steps_per_epoch = -(-N // B)
+        total = steps_per_epoch * cfg.epochs
+        schedule = make_schedule(cfg.lr_schedule, cfg.lr, total_steps=total)
+        log_every = cfg.log_every or max(1, steps_per_epoch // 10)
+        local_rows = np.empty(B, dtype=np.int64)
+        lo, hi = shard.lo, shard.hi
+        comm, buf, grad, grad_sum = self.comm, self.buf, self.grad, self.grad_sum
+        sw = shard.sw
+        timers = self.timers
+        t_compute = t_comm = 0.0
+        samples_since, t_log = 0, time.perf_counter()
+        for epoch in range(cfg.epochs):
+            perm = epoch_permutation(N, cfg.seed, epoch, cfg.shuffle)
+            for s in range(steps_per_epoch):
+                step = epoch * steps_per_epoch + s
+                log_now = (step + 1) % log_every == 0 or step + 1 == total
+                t0 = time.perf_counter()
+                batch = perm[s * B:(s + 1) * B]
+                m = kernels.select_local_rows(batch, lo, hi, local_rows)
+                rows = local_rows[:m]
+                buf[:] = 0.0
+                buf[-2] = model.loss_grad(shard, params, rows, grad_sum, log_now)
+                buf[-1] = float(sw[rows].sum()) if sw.size else float(m)
+                t1 = time.perf_counter()
+                comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+                t2 = time.perf_counter()
+                f = self._finish(params, grad)
+                gnorm2 = float(np.dot(grad, grad))
+                if not math.isfinite(gnorm2):
+                    raise _diverged(step, "gradient", gnorm2)
+                lr = schedule(step)
+                opt.step(params, grad, lr=lr)
+                t3 = time.perf_counter()
+                t_compute += (t1 - t0) + (t3 - t2)
+                t_comm += t2 - t1
+                samples_since += len(batch)
+                self.steps = step + 1
+                if log_now:
+                    if not math.isfinite(f):
+                        raise _diverged(step, "loss", f)
+                    now = time.perf_counter()
+                    self.reporter.log({"step": step + 1, "epoch": epoch + (s + 1) / steps_per_epoch,
+                                       "loss": f, "lr": lr,
+                                       "samples_per_s": samples_since / max(now - t_log, 1e-12)})
+                    samples_since, t_log = 0, now
+            self.epochs_done = epoch + 1
+            t0 = time.perf_counter()
+            self._check_replicas(params, opt)
+            t_comm += time.perf_counter() - t0
+        timers.add("compute", t_compute)
+        timers.add("comm", t_comm)
+        return {"converged": None, "message": f"{cfg.epochs} epochs done", "iterations": self.steps,
+                "evaluations": self.steps}
+
+    def _check_replicas(self, params, opt) -> None:
+        """Collective: make sure every rank holds bitwise the same parameters.
+
+        Allreduce of (checksum, -checksum) with MAX: equal on all ranks iff the
+        max and min checksums agree. If not, the root's parameters and optimizer
+        state are broadcast (counted in summary.json as replica_resyncs).
+        """
+        if self.ctx.size == 1:
+            return
+        c = np.array([_checksum(params)], dtype=np.int64)
+        both = np.array([c[0], -c[0]], dtype=np.int64)
+        self.comm.Allreduce(MPI.IN_PLACE, both, op=MPI.MAX)
+        if both[0] == -both[1]:
+            return
+        self.replica_resyncs += 1
+        self.comm.Bcast(params, root=0)
+        state = opt.state_dict()
+        for value in state.values():
+            if isinstance(value, np.ndarray):
+                self.comm.Bcast(value, root=0)
+        opt.load_state_dict(state)
+        self.reporter.message(f"warning: replicas differed after epoch {self.epochs_done}; re-synchronised from rank 0")
+
+
+def _checksum(arr: np.ndarray) -> int:
+    """Order-sensitive 63-bit checksum of the bits of a float64 array."""
+    bits = arr.view(np.uint64)
+    mix = bits * np.uint64(0x9E3779B97F4A7C15) + np.arange(bits.size, dtype=np.uint64)
+    return int(np.bitwise_xor.reduce(mix) >> np.uint64(1)) if bits.size else 0
+
+
+def epoch_permutation(n_rows: int, seed: int, epoch: int, shuffle: str = "global") -> np.ndarray:
+    """The global row order of one epoch: the same on every rank for a given seed and epoch."""
+    if shuffle == "none":
+        return np.arange(n_rows, dtype=np.int64)
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    return rng.permutation(n_rows).astype(np.int64, copy=False)
+
+
+def _diverged(step, what, value):
+    return DivergedError(f"diverged at step {step} ({what}={value}); try a smaller --lr or a larger --l2")

@@ -1,0 +1,220 @@
+"""The training job, from a validated config to a run directory.
+
+    prepare RUN/  ->  read this rank's rows  ->  check labels  ->  build model
+    ->  strategy.fit  ->  final objective and metrics on all rows  ->  model.h5,
+    summary.json
+
+Every step that can fail on bad input runs locally and then agrees across
+ranks (:meth:`Context.collective`), so a problem on one rank ends the job on
+every rank with the same one-line message instead of a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+from . import __version__
+from .comm import Context, mpi_library_version
+from .config import TrainConfig
+from .data import h5py_has_mpi, inspect, read_shard
+from .errors import ConfigError, DataError, MpidmlError
+from .metrics import Reporter, write_json_atomic
+from .modelio import save_model
+from .models import make_model
+from .parallel import STRATEGIES
+
+
+def prepare_run_dir(path: str, overwrite: bool) -> None:
+    """Root only: create RUN/, refusing to mix a new run into an old one."""
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ConfigError(f"--out {path} exists and is not a directory")
+        if os.listdir(path) and not overwrite:
+            raise ConfigError(f"run directory {path} is not empty; use --overwrite to replace it")
+        for name in ("metrics.jsonl", "summary.json", "model.h5", "config.toml"):
+            if os.path.exists(os.path.join(path, name)):
+                os.remove(os.path.join(path, name))
+    else:
+        try:
+            os.makedirs(path)
+        except OSError as e:
+            raise ConfigError(f"cannot create run directory {path}: {e.strerror}") from None
+    probe = os.path.join(path, f".write-test.{os.getpid()}")
+    try:
+        with open(probe, "w") as fh:
+            fh.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"run directory {path} is not writable: {e.strerror}") from None
+
+
+def versions() -> dict:
+    import h5py
+    import mpi4py
+    import numba
+
+    return {"mpidml": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "numba": numba.__version__, "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version,
+            "mpi4py": mpi4py.__version__, "mpi_library": mpi_library_version()}
+
+
+def thread_settings() -> dict:
+    keys = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    return {k: os.environ.get(k) for k in keys}
+
+
+def load_training_data(ctx: Context, cfg: TrainConfig, y_dtype):
+    """Metadata check, then this rank's rows; both agreed across ranks."""
+    meta = ctx.collective(inspect, cfg.data, x_name=cfg.x_name, y_name=cfg.y_name)
+    if meta["n_rows"] < ctx.size:
+        ctx.agree(DataError(f"{cfg.data} has {meta['n_rows']} rows, fewer than the {ctx.size} ranks; "
+                              f"use fewer ranks"))
+    t0 = time.perf_counter()
+    shard = ctx.collective(read_shard, cfg.data, ctx.comm, x_name=cfg.x_name, y_name=cfg.y_name,
+                           driver=cfg.driver, y_dtype=y_dtype)
+    ctx.timers.add("io", time.perf_counter() - t0)
+    return meta, shard
+
+
+def infer_classes(ctx: Context, cfg: TrainConfig, shard) -> int:
+    if cfg.model != "softmax":
+        return 2
+    if cfg.classes:
+        return cfg.classes
+    local_max = float(np.max(shard.y)) if shard.n_local else -1.0
+    return int(ctx.allreduce_scalar(local_max, op="max")) + 1
+
+
+def warm_up_kernels(ctx: Context, model, shard) -> None:
+    """Compile (or load from Numba's cache) on rank 0 first, then on the others.
+
+    With ``cache=True`` every rank would otherwise compile at once and race to
+    write the same cache files; this way rank 0 writes them and the others read.
+    """
+    def compile_once():
+        rows = np.arange(min(1, shard.n_local), dtype=np.int64)
+        scratch = np.zeros(model.n_params)
+        model.loss_grad(shard, model.init_params(), rows, scratch, True)
+        model.loss_grad(shard, model.init_params(), rows, scratch, False)
+
+    if ctx.is_root:
+        compile_once()
+    ctx.barrier()
+    if not ctx.is_root:
+        compile_once()
+    ctx.barrier()  # so the first training collective does not absorb the others' cache loads
+
+
+def evaluate_params(ctx: Context, model, shard, params, l2: float) -> dict:
+    """Objective on all rows (loss + (l2/2)||W||^2) and model metrics, collectively."""
+    rows = np.arange(shard.n_local, dtype=np.int64)
+    scratch = np.zeros(model.n_params)
+    n_stats = model.n_stats()
+    buf = np.zeros(2 + n_stats)
+    t0 = time.perf_counter()
+    buf[0] = model.loss_grad(shard, params, rows, scratch, True)
+    buf[1] = float(shard.sw.sum()) if shard.sw.size else float(shard.n_local)
+    buf[2:] = model.stats(shard, params, rows)
+    t1 = time.perf_counter()
+    ctx.allreduce_array(buf)
+    ctx.timers.add("compute", t1 - t0)
+    ctx.timers.add("comm", time.perf_counter() - t1)
+    wp = params[model.penalized]
+    out = {"objective": float(buf[0] / buf[1] + 0.5 * l2 * np.dot(wp, wp)),
+           "mean_loss": float(buf[0] / buf[1]), "n_rows": int(round(buf[1])) if not shard.sw.size else None,
+           "weight_sum": float(buf[1])}
+    out.update(model.metrics_from_stats(buf[2:], buf[1]))
+    return out
+
+
+def run_train(cfg: TrainConfig, ctx: Context) -> dict:
+    """Run ``mpidml train`` collectively; returns the summary (on every rank)."""
+    t_start = time.perf_counter()
+    ctx.collective(lambda: prepare_run_dir(cfg.out, cfg.overwrite) if ctx.is_root else None)
+    if ctx.is_root:
+        with open(os.path.join(cfg.out, "config.toml"), "w") as fh:
+            fh.write(cfg.to_toml())
+    verbose_prefix = f"[rank {ctx.rank}] " if (ctx.size > 1 and cfg.verbose) else ""
+    say = Reporter(None, mode=cfg.progress if cfg.progress != "bar" else "log", prefix=verbose_prefix,
+                   enabled=ctx.is_root or cfg.verbose)
+
+    y_dtype = np.int64 if cfg.model == "softmax" else np.float64
+    meta, shard = load_training_data(ctx, cfg, y_dtype)
+    io_reason = ("h5py built with MPI" if h5py_has_mpi() else "h5py built without MPI") if cfg.driver == "auto" \
+        else f"forced with --driver {cfg.driver}"
+    say.message(f"io: {shard.driver} reads of {meta['n_rows']} x {meta['n_features']} {meta['x_dtype']} "
+                f"from {cfg.data} ({io_reason}); {ctx.size} rank(s), {shard.n_local} rows here")
+
+    n_classes = infer_classes(ctx, cfg, shard)
+    model = ctx.collective(make_model, cfg.model, meta["n_features"], n_classes)
+    ctx.collective(model.check_labels, shard.y, shard.lo)
+    weight_sum = ctx.allreduce_scalar(float(shard.sw.sum()) if shard.sw.size else float(shard.n_local))
+
+    t0 = time.perf_counter()
+    warm_up_kernels(ctx, model, shard)
+    compile_seconds = time.perf_counter() - t0
+
+    cfg_total = cfg.max_iter if cfg.optimizer in ("lbfgs", "gd") else -(-meta["n_rows"] // cfg.batch_size) * cfg.epochs
+    reporter = Reporter(cfg.out if ctx.is_root else None, total=cfg_total,
+                        unit="iter" if cfg.optimizer in ("lbfgs", "gd") else "step",
+                        mode=cfg.progress, prefix=verbose_prefix, enabled=ctx.is_root or cfg.verbose)
+    trainer = STRATEGIES[cfg.strategy](ctx, model, shard, cfg, reporter, weight_sum)
+    params = model.init_params()
+    t_fit = time.perf_counter()
+    try:
+        fit = trainer.fit(params)
+    except MpidmlError as e:
+        # Raised from values every rank holds identically (global N, reduced sums).
+        e.agreed = True
+        raise
+    finally:
+        reporter.close()
+    fit_seconds = time.perf_counter() - t_fit
+
+    final = evaluate_params(ctx, model, shard, params, cfg.l2)
+    t0 = time.perf_counter()
+    model_path = os.path.join(cfg.out, "model.h5")
+    if ctx.is_root:
+        save_model(model_path, model, params, l2=cfg.l2, objective=final["objective"],
+                   trained_on=os.path.abspath(cfg.data), config_hash=cfg.training_hash())
+    ctx.timers.add("io", time.perf_counter() - t0)
+
+    times = ctx.timers.snapshot()
+    per_rank = ctx.gather_floats([times[k] for k in ("wall", "io", "compute", "comm", "other")] + [shard.n_local])
+    hostnames = ctx.gather_hostnames()
+    summary = None
+    if ctx.is_root:
+        summary = {
+            "command": "train",
+            "model": model.name, "optimizer": cfg.optimizer, "strategy": cfg.strategy,
+            "objective": final["objective"],
+            **{k: final[k] for k in ("accuracy", "rmse", "r2") if k in final},
+            "metrics": final,
+            "converged": fit["converged"], "message": fit["message"],
+            "steps": trainer.steps, "epochs": trainer.epochs_done if cfg.optimizer in ("sgd", "adam") else None,
+            "evaluations": fit["evaluations"],
+            "n_rows": meta["n_rows"], "n_features": meta["n_features"], "n_params": model.n_params,
+            "n_classes": getattr(model, "n_classes", None),
+            "ranks": ctx.size, "hostnames": hostnames,
+            "shard_rows": [int(r) for r in per_rank[:, 5]],
+            "io": {"driver": shard.driver, "reason": io_reason, "path": os.path.abspath(cfg.data),
+                   "x_dtype": str(meta["x_dtype"])},
+            "time": {"wall": times["wall"], "io": times["io"], "compute": times["compute"],
+                     "comm": times["comm"], "other": times["other"], "fit": fit_seconds,
+                     "jit_compile": compile_seconds, "since_start": time.perf_counter() - t_start},
+            "time_per_rank": {k: per_rank[:, i].tolist() for i, k in enumerate(("wall", "io", "compute", "comm", "other"))},
+            "replica_resyncs": getattr(trainer, "replica_resyncs", 0),
+            "config_hash": cfg.training_hash(),
+            "threads": thread_settings(),
+            "versions": versions(),
+            "run_dir": os.path.abspath(cfg.out),
+            "model_path": os.path.abspath(model_path),
+            "argv": sys.argv,
+        }
+        write_json_atomic(os.path.join(cfg.out, "summary.json"), summary)
+    return summary

@@ -1,0 +1,162 @@
+"""End to end through the command line: generate -> mpirun train -> evaluate, with timeouts.
+
+Each mpirun runs as a subprocess with a hard timeout, so a hang fails the test
+instead of stalling the suite.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from helpers import BIN, mpirun_exe, objective_numpy
+
+MPIDML = [sys.executable, "-m", "mpidml"]
+TIMEOUT = 180
+
+
+def run(args, ranks=None, check=True, timeout=TIMEOUT, cwd=None):
+    cmd = list(args)
+    if ranks:
+        cmd = [mpirun_exe(), "-n", str(ranks), "--oversubscribe"] + cmd
+    env = dict(os.environ)
+    if os.geteuid() == 0:
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env.setdefault("OMPI_MCA_btl", "^ofi")
+    env.setdefault("OMPI_MCA_mtl", "^ofi")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def logistic_h5(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "lr.h5"
+    run(MPIDML + ["generate", "logistic", "--rows", "5003", "--features", "8", "--seed", "3", "-o", str(path)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def softmax_h5(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "sm.h5"
+    run(MPIDML + ["generate", "softmax", "--rows", "3001", "--features", "6", "--classes", "4", "-o", str(path)])
+    return path
+
+
+def test_train_on_two_ranks_writes_a_complete_run(logistic_h5, tmp_path):
+    out = tmp_path / "run"
+    proc = run(MPIDML + ["train", str(logistic_h5), "--model", "logistic", "--optimizer", "lbfgs", "--l2", "1e-3",
+                         "--tol", "1e-10", "--out", str(out)], ranks=2)
+    printed = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name in ("config.toml", "metrics.jsonl", "summary.json", "model.h5"):
+        assert (out / name).is_file(), name
+    s = json.loads((out / "summary.json").read_text())
+    assert s["ranks"] == 2 and s["shard_rows"] == [2502, 2501] and len(s["hostnames"]) == 2
+    assert s["io"]["driver"] in ("independent", "mpio-collective")
+    assert set(s["time"]) >= {"wall", "io", "compute", "comm", "other"}
+    assert s["versions"]["numpy"] == np.__version__
+    assert s["converged"] is True and printed["objective"] == s["objective"]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["iter"] == 0 and lines[-1]["loss"] <= lines[0]["loss"]
+
+    # The model file follows scikit-learn's convention and its objective checks out in NumPy.
+    with h5py.File(out / "model.h5") as f:
+        coef, intercept = f["coef"][...], f["intercept"][...]
+        assert f.attrs["model"] == "logistic"
+    with h5py.File(logistic_h5) as f:
+        X, y = f["X"][...], f["y"][...]
+    assert coef.shape == (1, 8) and intercept.shape == (1,)
+    f_np = objective_numpy("logistic", X, y, coef, intercept, 1e-3)
+    assert abs(f_np - s["objective"]) <= 1e-12 * abs(f_np)
+    acc = np.mean(((X @ coef.T)[:, 0] + intercept[0] > 0) == (y == 1))
+    assert abs(acc - s["accuracy"]) < 1e-12
+
+    # evaluate on 1 and 3 ranks gives the same objective and accuracy.
+    for ranks in (None, 3):
+        ev = json.loads(run(MPIDML + ["evaluate", str(out / "model.h5"), str(logistic_h5)], ranks=ranks).stdout)
+        assert abs(ev["objective"] - s["objective"]) <= 1e-12 * abs(s["objective"])
+        assert ev["accuracy"] == pytest.approx(s["accuracy"], abs=1e-15)
+        assert sum(ev["class_counts"]) == 5003
+
+
+def test_config_file_and_cli_override(logistic_h5, tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('model = "logistic"\nl2 = 0.01\n\n[optim]\noptimizer = "sgd"\nlr = 0.3\nbatch_size = 500\nepochs = 2\n')
+    out = tmp_path / "run"
+    run(MPIDML + ["train", str(logistic_h5), "--config", str(cfg), "--epochs", "3", "--out", str(out)], ranks=2)
+    import tomllib
+
+    resolved = tomllib.loads((out / "config.toml").read_text())
+    assert resolved["optimizer"] == "sgd" and resolved["lr"] == 0.3 and resolved["epochs"] == 3
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] == 3 * 11 and s["epochs"] == 3
+    # The resolved config reproduces the run exactly.
+    out2 = tmp_path / "again"
+    run(MPIDML + ["train", "--config", str(out / "config.toml"), "--out", str(out2)], ranks=2)
+    s2 = json.loads((out2 / "summary.json").read_text())
+    assert s2["objective"] == s["objective"]
+
+
+def test_softmax_on_three_ranks_equals_one_rank(softmax_h5, tmp_path):
+    results = []
+    for ranks in (1, 3):
+        out = tmp_path / f"r{ranks}"
+        run(MPIDML + ["train", str(softmax_h5), "--model", "softmax", "--optimizer", "sgd", "--momentum", "0.9",
+                      "--batch-size", "256", "--epochs", "2", "--lr", "0.1", "--out", str(out)], ranks=ranks)
+        with h5py.File(out / "model.h5") as f:
+            results.append(f["coef"][...])
+            assert f["coef"].shape == (4, 6)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--model", "lasso"], "unknown model 'lasso'"),
+    (["--optimizer", "sgdd"], "did you mean 'sgd'"),
+    (["--lr", "-1", "--optimizer", "sgd"], "--lr must be > 0"),
+    (["--batch-size", "100000", "--optimizer", "sgd"], "larger than the dataset"),
+])
+def test_bad_options_fail_with_one_line_on_every_rank(logistic_h5, tmp_path, args, expect):
+    proc = run(MPIDML + ["train", str(logistic_h5), "--out", str(tmp_path / "r")] + args, ranks=2, check=False)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mpidml: error:")]
+    assert len(errors) == 1 and expect in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_file_and_labels_errors(logistic_h5, softmax_h5, tmp_path):
+    proc = run(MPIDML + ["train", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "a")], ranks=2, check=False)
+    assert proc.returncode == 2 and "nope.h5" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run(MPIDML + ["train", str(softmax_h5), "--model", "logistic", "--out", str(tmp_path / "b")], ranks=2,
+               check=False)
+    assert proc.returncode == 2 and "not valid for logistic" in proc.stderr
+
+
+def test_out_dir_not_empty_needs_overwrite(logistic_h5, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "something").write_text("x")
+    proc = run(MPIDML + ["train", str(logistic_h5), "--out", str(out)], ranks=2, check=False)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    run(MPIDML + ["train", str(logistic_h5), "--out", str(out), "--overwrite", "--max-iter", "5"], ranks=2)
+    assert (out / "summary.json").is_file()
+
+
+def test_info_reports_versions_mpi_and_threads():
+    info = json.loads(run(MPIDML + ["info", "--threads", "2"]).stdout)
+    assert info["versions"]["mpi4py"] and "h5py_mpi" in info
+    assert info["threads"]["NUMBA_NUM_THREADS"] == "2" and info["threads"]["numba"] == 2
+
+
+def test_linear_on_two_ranks_recovers_true_coefficients(tmp_path):
+    data = tmp_path / "lin.h5"
+    run(MPIDML + ["generate", "linear", "--rows", "20000", "--features", "5", "--noise", "0.01", "-o", str(data)])
+    run(MPIDML + ["train", str(data), "--model", "linear", "--l2", "0", "--out", str(tmp_path / "r")], ranks=2)
+    with h5py.File(tmp_path / "r" / "model.h5") as f, h5py.File(data) as g:
+        np.testing.assert_allclose(f["coef"][...], g["true_coef"][...], atol=1e-3)
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["r2"] > 0.99

@@ -1,0 +1,106 @@
+"""Training reaches independent optima: scikit-learn's solvers and the closed-form ridge solution.
+
+Objective: f = (1/N) sum_i loss_i + (l2/2)||W||^2, intercepts not penalised,
+which is scikit-learn's LogisticRegression objective with C = 1/(l2*N).
+"""
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+from sklearn.linear_model import LogisticRegression
+
+from mpidml.comm import Context
+
+from helpers import make_problem, objective_numpy, train
+
+L2 = 1e-3
+
+
+def rel_gap(f, f_ref):
+    return (f - f_ref) / abs(f_ref)
+
+
+def sklearn_logistic(X, y, l2, sw=None):
+    W = len(y) if sw is None else sw.sum()
+    clf = LogisticRegression(C=1.0 / (l2 * W), tol=1e-14, max_iter=100_000, solver="lbfgs")
+    clf.fit(X, y, sample_weight=sw)
+    return clf.coef_, clf.intercept_
+
+
+def test_logistic_lbfgs_reaches_sklearn_optimum():
+    X, y = make_problem("logistic", n=2000, d=10, seed=1)
+    params, _ = train(Context(MPI.COMM_SELF), X, y, model="logistic", optimizer="lbfgs", tol=1e-10, l2=L2)
+    coef_ref, b_ref = sklearn_logistic(X, y, L2)
+    f = objective_numpy("logistic", X, y, params[:-1], params[-1:], L2)
+    f_ref = objective_numpy("logistic", X, y, coef_ref, b_ref, L2)
+    assert rel_gap(f, f_ref) <= 1e-8
+    np.testing.assert_allclose(params[:-1], coef_ref.ravel(), rtol=1e-4, atol=1e-6)
+
+
+def test_logistic_ill_conditioned_reaches_sklearn_optimum():
+    d = 12
+    scales = np.logspace(-1, 1, d)  # feature scales spread over two orders of magnitude
+    X, y = make_problem("logistic", n=3000, d=d, seed=2, scales=scales)
+    X[:, 1] = X[:, 0] * 0.9 + 0.1 * X[:, 1]  # correlated columns
+    params, trainer = train(Context(MPI.COMM_SELF), X, y, model="logistic", optimizer="lbfgs", tol=1e-10, l2=1e-4,
+                            max_iter=5000)
+    coef_ref, b_ref = sklearn_logistic(X, y, 1e-4)
+    f = objective_numpy("logistic", X, y, params[:-1], params[-1:], 1e-4)
+    f_ref = objective_numpy("logistic", X, y, coef_ref, b_ref, 1e-4)
+    assert rel_gap(f, f_ref) <= 1e-8
+
+
+def test_weighted_logistic_matches_sklearn_sample_weight():
+    X, y = make_problem("logistic", n=1500, d=6, seed=5)
+    sw = np.random.default_rng(1).uniform(0.2, 2.0, len(y))
+    params, _ = train(Context(MPI.COMM_SELF), X, y, sw=sw, model="logistic", optimizer="lbfgs", tol=1e-10, l2=L2)
+    coef_ref, b_ref = sklearn_logistic(X, y, L2, sw)
+    f = objective_numpy("logistic", X, y, params[:-1], params[-1:], L2, sw)
+    f_ref = objective_numpy("logistic", X, y, coef_ref, b_ref, L2, sw)
+    assert rel_gap(f, f_ref) <= 1e-8
+
+
+def test_softmax_lbfgs_reaches_sklearn_multinomial_optimum():
+    k, d = 4, 8
+    X, y = make_problem("softmax", n=2000, d=d, k=k, seed=3)
+    params, _ = train(Context(MPI.COMM_SELF), X, y, model="softmax", optimizer="lbfgs", tol=1e-10, l2=L2)
+    clf = LogisticRegression(C=1.0 / (L2 * len(y)), tol=1e-14, max_iter=100_000).fit(X, y)
+    coef, intercept = params[: k * d].reshape(k, d), params[k * d:]
+    f = objective_numpy("softmax", X, y, coef, intercept, L2)
+    f_ref = objective_numpy("softmax", X, y, clf.coef_, clf.intercept_, L2)
+    assert rel_gap(f, f_ref) <= 1e-8
+
+
+def test_linear_lbfgs_matches_closed_form_ridge():
+    X, y = make_problem("linear", n=1500, d=9, seed=4)
+    n = len(y)
+    params, _ = train(Context(MPI.COMM_SELF), X, y, model="linear", optimizer="lbfgs", tol=1e-12, l2=L2)
+    # Closed form: minimise (1/2N)||Xw + b - y||^2 + (l2/2)||w||^2 -> centre, then solve.
+    xm, ym = X.mean(axis=0), y.mean()
+    Xc, yc = X - xm, y - ym
+    w = np.linalg.solve(Xc.T @ Xc / n + L2 * np.eye(X.shape[1]), Xc.T @ yc / n)
+    b = ym - xm @ w
+    np.testing.assert_allclose(params, np.append(w, b), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("optimizer,options", [
+    ("gd", dict(lr=1.0, max_iter=3000, tol=1e-7)),
+    ("sgd", dict(lr=0.5, batch_size=100, epochs=40, momentum=0.9, lr_schedule="inverse_sqrt")),
+    ("adam", dict(lr=0.02, batch_size=200, epochs=60, lr_schedule="cosine")),
+])
+def test_first_order_optimizers_approach_the_optimum(optimizer, options):
+    X, y = make_problem("logistic", n=2000, d=6, seed=6)
+    params, _ = train(Context(MPI.COMM_SELF), X, y, model="logistic", optimizer=optimizer, l2=1e-2, seed=1, **options)
+    coef_ref, b_ref = sklearn_logistic(X, y, 1e-2)
+    f = objective_numpy("logistic", X, y, params[:-1], params[-1:], 1e-2)
+    f_ref = objective_numpy("logistic", X, y, coef_ref, b_ref, 1e-2)
+    assert 0 <= rel_gap(f, f_ref) + 1e-12 and rel_gap(f, f_ref) <= 1e-3
+
+
+def test_minibatch_uses_every_row_once_per_epoch():
+    from mpidml.parallel import epoch_permutation
+
+    p0, p1 = epoch_permutation(1003, 5, 0), epoch_permutation(1003, 5, 1)
+    assert np.array_equal(np.sort(p0), np.arange(1003))
+    assert not np.array_equal(p0, p1)
+    assert np.array_equal(p0, epoch_permutation(1003, 5, 0))
