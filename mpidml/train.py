@@ -68,15 +68,21 @@ def thread_settings() -> dict:
     return {k: os.environ.get(k) for k in keys}
 
 
-def load_training_data(ctx: Context, cfg: TrainConfig, y_dtype):
-    """Metadata check, then this rank's rows; both agreed across ranks."""
+def load_training_data(ctx: Context, cfg: TrainConfig, y_dtype, parts=None):
+    """Metadata check, then this rank's rows; both agreed across ranks.
+
+    ``parts=(n_parts, part)`` splits the rows over n_parts data-holding ranks
+    (default: all ranks); part -1 holds no rows (a parameter server).
+    """
     meta = ctx.collective(inspect, cfg.data, x_name=cfg.x_name, y_name=cfg.y_name)
-    if meta["n_rows"] < ctx.size:
-        ctx.agree(DataError(f"{cfg.data} has {meta['n_rows']} rows, fewer than the {ctx.size} ranks; "
-                              f"use fewer ranks"))
+    n_parts = ctx.size if parts is None else parts[0]
+    if meta["n_rows"] < n_parts:
+        who = "ranks" if parts is None else "data-holding ranks"
+        ctx.agree(DataError(f"{cfg.data} has {meta['n_rows']} rows, fewer than the {n_parts} {who}; "
+                            f"use fewer ranks"))
     t0 = time.perf_counter()
     shard = ctx.collective(read_shard, cfg.data, ctx.comm, x_name=cfg.x_name, y_name=cfg.y_name,
-                           driver=cfg.driver, y_dtype=y_dtype)
+                           driver=cfg.driver, y_dtype=y_dtype, parts=parts)
     ctx.timers.add("io", time.perf_counter() - t0)
     return meta, shard
 
@@ -143,8 +149,10 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
     say = Reporter(None, mode=cfg.progress if cfg.progress != "bar" else "log", prefix=verbose_prefix,
                    enabled=ctx.is_root or cfg.verbose)
 
+    strategy = STRATEGIES[cfg.strategy]
     y_dtype = np.int64 if cfg.model == "softmax" else np.float64
-    meta, shard = load_training_data(ctx, cfg, y_dtype)
+    parts = ctx.collective(strategy.data_parts, ctx, cfg)
+    meta, shard = load_training_data(ctx, cfg, y_dtype, parts)
     io_reason = ("h5py built with MPI" if h5py_has_mpi() else "h5py built without MPI") if cfg.driver == "auto" \
         else f"forced with --driver {cfg.driver}"
     say.message(f"io: {shard.driver} reads of {meta['n_rows']} x {meta['n_features']} {meta['x_dtype']} "
@@ -163,7 +171,7 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
     reporter = Reporter(cfg.out if ctx.is_root else None, total=cfg_total,
                         unit="iter" if cfg.optimizer in ("lbfgs", "gd") else "step",
                         mode=cfg.progress, prefix=verbose_prefix, enabled=ctx.is_root or cfg.verbose)
-    trainer = STRATEGIES[cfg.strategy](ctx, model, shard, cfg, reporter, weight_sum)
+    trainer = strategy(ctx, model, shard, cfg, reporter, weight_sum)
     params = model.init_params()
     t_fit = time.perf_counter()
     try:
@@ -209,6 +217,7 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
                      "jit_compile": compile_seconds, "since_start": time.perf_counter() - t_start},
             "time_per_rank": {k: per_rank[:, i].tolist() for i, k in enumerate(("wall", "io", "compute", "comm", "other"))},
             "replica_resyncs": getattr(trainer, "replica_resyncs", 0),
+            **trainer.summary_section(),
             "config_hash": cfg.training_hash(),
             "threads": thread_settings(),
             "versions": versions(),

@@ -318,7 +318,8 @@ def _resolve_driver(driver, comm) -> bool:
 
 def read_shard(path, comm, *, x_name: str = "X", y_name: str = "y", driver: str = "auto",
                y_dtype=np.float64, x_dtype=None, chunk_rows: int = 65536,
-               check_finite: bool = True, w_name: str | None = None) -> DenseShard:
+               check_finite: bool = True, w_name: str | None = None,
+               parts: tuple[int, int] | None = None) -> DenseShard:
     """Read this rank's rows ``shard_bounds(N, comm.Get_size(), comm.Get_rank())``.
 
     ``comm`` is an mpi4py communicator (``None`` means a single process). ``driver``:
@@ -337,7 +338,11 @@ def read_shard(path, comm, *, x_name: str = "X", y_name: str = "y", driver: str 
     ``w_name`` (optional, an addition): name of a 1-D dataset of non-negative sample
     weights; without it ``sw`` is an empty array meaning all ones.
 
-    Fewer rows than ranks raises DataError (on every rank, from metadata alone).
+    ``parts=(n_parts, part)`` partitions the rows over ``n_parts`` instead of the
+    ranks of ``comm`` (e.g. the workers of a parameter server); ``part = -1`` holds
+    no rows but still joins the collective reads.
+
+    Fewer rows than parts raises DataError (on every rank, from metadata alone).
     The file is closed on return.
     """
     path = _fspath(path)
@@ -368,23 +373,24 @@ def read_shard(path, comm, *, x_name: str = "X", y_name: str = "y", driver: str 
     # so these errors are raised consistently before any collective operation.
     info = _inspect(path, x_name, y_name, w_name)
     n_total, n_features = info["n_rows"], info["n_features"]
-    if n_total < size:
-        raise DataError(f"{path} has {n_total} rows but there are {size} MPI ranks; every "
-                        f"rank needs at least one row: run with at most {n_total} ranks or "
-                        "use more data")
+    n_parts, part = (size, rank) if parts is None else (int(parts[0]), int(parts[1]))
+    if n_total < n_parts:
+        who = "MPI ranks" if parts is None else "data-holding ranks"
+        raise DataError(f"{path} has {n_total} rows but there are {n_parts} {who}; every "
+                        f"such rank needs at least one row: use fewer ranks or more data")
     file_x = info["x_dtype"]
     if x_dtype is None:
         x_dt = file_x if file_x.kind == "f" else np.dtype(np.float64)
     file_y = info["y_dtype"]
     y_buf_dt = {"f": np.float64, "b": np.bool_}.get(file_y.kind, np.int64)
 
-    lo, hi = shard_bounds(n_total, size, rank)
+    lo, hi = shard_bounds(n_total, n_parts, part) if part >= 0 else (0, 0)
     n_local = hi - lo
     step = _chunk_rows(chunk_rows, n_features)
     step_vec = _chunk_rows(chunk_rows, 1)
     if use_mpio:
         # Same number of collective calls on every rank: the largest part is part 0.
-        lo0, hi0 = shard_bounds(n_total, size, 0)
+        lo0, hi0 = shard_bounds(n_total, n_parts, 0)
         n_max = hi0 - lo0
     else:
         n_max = n_local

@@ -67,6 +67,15 @@ class AllreduceTrainer:
         self.replica_resyncs = 0
         self.history = []
 
+    @staticmethod
+    def data_parts(ctx, cfg):
+        """How rows are split: (n_parts, this rank's part); here over all ranks."""
+        return ctx.size, ctx.rank
+
+    def summary_section(self) -> dict:
+        """Strategy-specific entries merged into summary.json (collective-free)."""
+        return {}
+
     # -- the objective ----------------------------------------------------
     def _finish(self, params, grad_out) -> float:
         """Turn reduced sums in self.buf into the mean gradient (grad_out) and objective."""
