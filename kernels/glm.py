@@ -1,12 +1,7 @@
 """Fused single-pass loss/gradient driver shared by the linear and logistic kernels."""
 from numba import njit
 
-from .util import FASTMATH, link_residual, next_run
-
-# Rows are processed in pairs (one grad read/write per pair, two independent link
-# evaluations in flight) when X is float32 or a row is shorter than this many bytes;
-# longer float64 rows stream faster one at a time (measured on AMD Zen 5, 1 thread).
-PAIR_ROW_BYTES = 512
+from .util import FASTMATH, PREFETCH_BYTES, link_residual, next_run, prefetch_ahead
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -17,9 +12,12 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model):
     (all ones); params: float64 (D+1,) = [w, b]; rows: int64 (m,) rows of X to use;
     grad: float64 (D+1,), ADDED to: grad += sum_i sw_i * dloss_i/dparams.
     model: util.LINEAR or util.LOGISTIC. Returns sum_i sw_i * loss_i if with_loss
-    else 0.0. One pass over X: for each row the dot product, the (strict) link and
-    the axpy into grad use the row while it is in L1 (see PAIR_ROW_BYTES for when
-    rows are taken in pairs). No allocation.
+    else 0.0. No allocation.
+
+    One pass over X, four consecutive rows at a time (then single rows): the four dot
+    products share each load of w, the four (strict) link evaluations are independent
+    so their latencies overlap, and one sweep over grad adds all four rows' terms while
+    they are still in L1. X is software-prefetched PREFETCH_BYTES ahead (util).
     """
     D = X.shape[1]
     b = params[D]
@@ -27,7 +25,7 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model):
     m = rows.size
     if m == 0:
         return 0.0
-    pairs = X.itemsize == 4 or D * X.itemsize < PAIR_ROW_BYTES
+    lead = PREFETCH_BYTES // X.itemsize
     loss = 0.0
     gb = 0.0
     i = 0
@@ -35,23 +33,35 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model):
         lo, cnt = next_run(rows, i)
         hi = lo + cnt
         r = lo
-        while pairs and r + 2 <= hi:
+        pf = lo * D + lead
+        while r + 4 <= hi:
+            pf = prefetch_ahead(X, pf, (r + 4) * D)
             z0 = b
             z1 = b
+            z2 = b
+            z3 = b
             for j in range(D):
                 wj = params[j]
                 z0 += X[r, j] * wj
                 z1 += X[r + 1, j] * wj
-            s0 = 1.0 if unweighted else sw[r]
-            s1 = 1.0 if unweighted else sw[r + 1]
-            r0, l0 = link_residual(model, z0, y[r], s0, with_loss)
-            r1, l1 = link_residual(model, z1, y[r + 1], s1, with_loss)
+                z2 += X[r + 2, j] * wj
+                z3 += X[r + 3, j] * wj
+            r0, l0 = link_residual(model, z0, y[r], 1.0, with_loss)
+            r1, l1 = link_residual(model, z1, y[r + 1], 1.0, with_loss)
+            r2, l2 = link_residual(model, z2, y[r + 2], 1.0, with_loss)
+            r3, l3 = link_residual(model, z3, y[r + 3], 1.0, with_loss)
+            if not unweighted:
+                r0, l0 = r0 * sw[r], l0 * sw[r]
+                r1, l1 = r1 * sw[r + 1], l1 * sw[r + 1]
+                r2, l2 = r2 * sw[r + 2], l2 * sw[r + 2]
+                r3, l3 = r3 * sw[r + 3], l3 * sw[r + 3]
             for j in range(D):
-                grad[j] += r0 * X[r, j] + r1 * X[r + 1, j]
-            gb += r0 + r1
-            loss += l0 + l1
-            r += 2
+                grad[j] += (r0 * X[r, j] + r1 * X[r + 1, j]) + (r2 * X[r + 2, j] + r3 * X[r + 3, j])
+            gb += (r0 + r1) + (r2 + r3)
+            loss += (l0 + l1) + (l2 + l3)
+            r += 4
         while r < hi:
+            pf = prefetch_ahead(X, pf, (r + 1) * D)
             z0 = b
             for j in range(D):
                 z0 += X[r, j] * params[j]

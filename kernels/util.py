@@ -7,7 +7,10 @@ accumulated in float64.
 """
 import math
 
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 # fastmath flags for the fused drivers: only 'contract' (FMA) and 'reassoc' (lets LLVM
 # vectorise the dot-product reductions and the axpy updates). Never 'nnan'/'ninf'/'afn':
@@ -18,6 +21,52 @@ FASTMATH = {"contract", "reassoc"}  # a set (numba rejects frozenset); never mut
 
 LINEAR = 0
 LOGISTIC = 1
+
+# Software prefetch distance for streaming X (bytes ahead of the row being read). With
+# a few dozen instructions per row the out-of-order window alone keeps too few cache
+# misses in flight (measured: dot+link+axpy at 0.55x of a plain sum's bandwidth without,
+# 0.85x with an 8 KiB lead, AMD Zen 5, 1 thread).
+PREFETCH_BYTES = 8192
+CACHE_LINE = 64
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """Hint the CPU to load the cache line of arr.flat[idx] (llvm.prefetch, read, L1).
+
+    Never faults and has no effect on results; ``idx`` is clamped to the array by callers.
+    """
+    sig = types.void(arr, types.intp)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        i8p = ir.IntType(8).as_pointer()
+        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True, fastmath=False, inline="always")
+def prefetch_ahead(X, pf, end):
+    """Prefetch X (2-D C-contiguous) flat elements [pf, end + lead) one cache line apart.
+
+    lead = PREFETCH_BYTES of elements. ``pf`` is the first flat element not yet
+    prefetched (a kernel starts each run of consecutive rows at ``lo * D + lead``: the
+    hardware prefetcher covers the first lines); returns the new ``pf``. Callers pass
+    ``end`` = flat index one past the rows about to be read, so each line PREFETCH_BYTES
+    ahead of the reading position is requested once.
+    """
+    step = CACHE_LINE // X.itemsize
+    stop = min(end + PREFETCH_BYTES // X.itemsize, X.size)
+    while pf < stop:
+        _prefetch(X, pf)
+        pf += step
+    return pf
 
 
 @njit(cache=True, nogil=True, fastmath=False, inline="always")
@@ -51,16 +100,43 @@ def link_residual(model, z, y, s, with_loss):
         l = 0.5 * s * d * d if with_loss else 0.0
         return s * d, l
     e = math.exp(-abs(z))
-    u = 1.0 + e
-    inv = 1.0 / u
+    inv = 1.0 / (1.0 + e)
     p = inv if z >= 0.0 else e * inv
     l = 0.0
     if with_loss:
-        # log1p(e) = log(u) + (e - (u - 1)) / u, exact correction for the rounding of
-        # u = 1 + e (u - 1 is exact); ~2x cheaper than math.log1p.
-        lp = math.log(u) - ((u - 1.0) - e) * inv
-        l = s * ((max(z, 0.0) - y * z) + lp)
+        l = s * ((max(z, 0.0) - y * z) + log1p_unit(e))
     return s * (p - y), l
+
+
+# fdlibm s_log1p.c: log1p(f) = 2 atanh(s), s = f / (2 + f), |s| <= 0.1716.
+_LP1 = 6.666666666666735130e-01
+_LP2 = 3.999999999940941908e-01
+_LP3 = 2.857142874366239149e-01
+_LP4 = 2.222219843214978396e-01
+_LP5 = 1.818357216161805012e-01
+_LP6 = 1.531383769920937332e-01
+_LP7 = 1.479819860511658591e-01
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 to 32 bits: k * _LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def log1p_unit(e):
+    """log(1 + e) for 0 <= e <= 1 (e.g. e = exp(-|z|)), within ~1 ulp; no libm call.
+
+    Branch-free reduction: 1 + e = 2**k (1 + f) with k = 0, f = e for e <= sqrt(2) - 1
+    and k = 1, f = (e - 1) / 2 in (-0.293, 0] otherwise; then fdlibm's log1p kernel
+    log1p(f) = f - (f*f/2 - s (f*f/2 + R(s*s))), s = f / (2 + f). Several times cheaper
+    than math.log1p and inlinable (no call), so independent rows overlap.
+    """
+    big = e > 0.41421356237309503
+    f = 0.5 * (e - 1.0) if big else e
+    k = 1.0 if big else 0.0
+    s = f / (2.0 + f)
+    z = s * s
+    r = z * (_LP1 + z * (_LP2 + z * (_LP3 + z * (_LP4 + z * (_LP5 + z * (_LP6 + z * _LP7))))))
+    hfsq = 0.5 * f * f
+    return k * _LN2_HI - ((hfsq - (s * (hfsq + r) + k * _LN2_LO)) - f)
 
 
 @njit(cache=True, nogil=True, fastmath=False)

@@ -277,3 +277,21 @@ def test_select_local_rows(lo, hi):
     np.testing.assert_array_equal(out[:c], ref)
     assert np.all(out[c:] == -7)
     assert select_local_rows(np.empty(0, np.int64), lo, hi, out) == 0
+
+
+# ---------------------------------------------------------------- scalar helpers
+
+
+def test_log1p_unit_accuracy():
+    import math
+
+    from mpidml.kernels.util import log1p_unit
+
+    rng = np.random.default_rng(5)
+    es = np.concatenate([rng.random(20000), np.exp(-rng.uniform(0.0, 745.0, 20000)),
+                         [0.0, 5e-324, 1e-300, 1e-17, 0.41421356237309503,
+                          np.nextafter(0.41421356237309503, 1.0), np.nextafter(1.0, 0.0), 1.0]])
+    for e in es:
+        ref = math.log1p(e)
+        got = log1p_unit(e)
+        assert abs(got - ref) <= 2.3e-16 * ref, (e, got, ref)
