@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 
@@ -71,6 +72,17 @@ class Context:
         self.size = self.comm.Get_size()
         self.is_root = self.rank == 0
         self.timers = PhaseTimers()
+        self.watchdog: Watchdog | None = None
+
+    def start_watchdog(self, timeout: float | None) -> None:
+        """Start the --timeout watchdog (no-op for None/0)."""
+        if timeout:
+            self.watchdog = Watchdog(timeout, self.rank)
+
+    def beat(self, what: str = "step") -> None:
+        """A step completed: tell the watchdog (if any)."""
+        if self.watchdog is not None:
+            self.watchdog.beat(what)
 
     # -- error agreement -------------------------------------------------
     def agree(self, error: BaseException | None) -> None:
@@ -177,6 +189,48 @@ def install_abort_hook() -> None:
         os._exit(1)
 
     sys.excepthook = hook
+
+
+class Watchdog:
+    """Abort the whole job when no training step completes within ``timeout`` seconds.
+
+    A hung collective (a dead network link, a stalled rank, a deadlock) would
+    otherwise burn the whole allocation. The training loop calls :meth:`beat`
+    after every step (one float store); a daemon thread checks the time since
+    the last beat and, past the limit, prints one line and calls MPI_Abort
+    (exit code 4). If Abort itself cannot get through, the process exits anyway.
+    """
+
+    EXIT_CODE = 4
+
+    def __init__(self, timeout: float, rank: int):
+        self.timeout = float(timeout)
+        self.rank = rank
+        self.last = time.monotonic()
+        self.what = "start-up"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mpidml-watchdog", daemon=True)
+        self._thread.start()
+
+    def beat(self, what: str = "step") -> None:
+        self.last = time.monotonic()
+        self.what = what
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self):
+        period = min(1.0, self.timeout / 4)
+        while not self._stop.wait(period):
+            idle = time.monotonic() - self.last
+            if idle > self.timeout:
+                sys.stderr.write(f"mpidml: error: [rank {self.rank}] no training step completed in {idle:.0f} s "
+                                 f"(--timeout {self.timeout:g}; last: {self.what}); a rank is hung or stalled, "
+                                 "aborting the job\n")
+                sys.stderr.flush()
+                threading.Timer(5.0, os._exit, args=(self.EXIT_CODE,)).start()
+                MPI.COMM_WORLD.Abort(self.EXIT_CODE)
+                return
 
 
 def mpi_library_version() -> str:

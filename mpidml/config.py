@@ -24,7 +24,7 @@ import difflib
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from .errors import ConfigError
 
@@ -79,9 +79,13 @@ class TrainConfig:
     progress: str = "auto"  # auto (bar on a terminal, log lines otherwise) | bar | log | none
 
     # options that do not change the trained model (excluded from the config hash)
-    RUN_ONLY = ("out", "threads", "log_every", "overwrite", "verbose", "progress", "driver")
+    RUN_ONLY = ("out", "threads", "log_every", "overwrite", "verbose", "progress", "driver",
+                "checkpoint_every", "timeout", "resume")
 
     def validate(self) -> "TrainConfig":
+    checkpoint_every: int = 0  # steps (L-BFGS/GD: iterations) between checkpoints; 0 = only at the end
+    timeout: float = 0.0  # abort the job when no step completes in this many seconds; 0 = off
+    resume: str = ""  # run directory to continue from its newest checkpoint
         def choice(name, allowed):
             value = getattr(self, name)
             if value not in allowed:
@@ -123,14 +127,17 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def training_hash(self) -> str:
-        """Hash of the options that change the trained model (for resume checks)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in self.RUN_ONLY}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of :meth:`training_options` (checkpoints must match it to resume)."""
+        return hashlib.sha256(json.dumps(self.training_options(), sort_keys=True).encode()).hexdigest()[:16]
 
     def to_toml(self) -> str:
         lines = ["# mpidml train: resolved configuration (defaults < config file < command line)"]
         for f in fields(self):
             lines.append(f"{f.name} = {_toml_value(getattr(self, f.name))}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        if not (self.timeout >= 0 and math.isfinite(self.timeout)):
+            raise ConfigError(f"--timeout must be >= 0 seconds, got {self.timeout}")
         return "\n".join(lines) + "\n"
 
 
@@ -140,6 +147,10 @@ _TYPES = {f.name: type(f.default) for f in fields(TrainConfig)}
 
 def _suggest(word: str, options) -> str:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    def training_options(self) -> dict:
+        """The options that change the trained model (the data file is checked by fingerprint)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.RUN_ONLY and k != "data"}
+
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -206,4 +217,4 @@ def field_help() -> dict:
     return {f.name: f.default for f in fields(TrainConfig)}
 
 
-__all__ = ["TrainConfig", "build_config", "read_toml", "OPTION_NAMES", "field"]
+__all__ = ["TrainConfig", "build_config", "read_toml", "OPTION_NAMES"]

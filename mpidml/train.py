@@ -11,34 +11,43 @@ every rank with the same one-line message instead of a hang.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import shutil
 import sys
 import time
 
 import numpy as np
 
-from . import __version__
+from . import __version__, faults
+from .checkpoint import Checkpointer, checkpoint_path, data_fingerprint, list_checkpoints, load_checkpoint
 from .comm import Context, mpi_library_version
 from .config import TrainConfig
 from .data import h5py_has_mpi, inspect, read_shard
 from .errors import ConfigError, DataError, MpidmlError
+from .launcher import launcher_info
 from .metrics import Reporter, write_json_atomic
 from .modelio import save_model
 from .models import make_model
 from .parallel import STRATEGIES
 
 
-def prepare_run_dir(path: str, overwrite: bool) -> None:
+def prepare_run_dir(path: str, overwrite: bool, resume: bool = False) -> None:
     """Root only: create RUN/, refusing to mix a new run into an old one."""
-    if os.path.exists(path):
+    if resume:
+        if not list_checkpoints(path):
+            raise ConfigError(f"--resume {path}: no checkpoint found in {os.path.join(path, 'checkpoints')}")
+    elif os.path.exists(path):
         if not os.path.isdir(path):
             raise ConfigError(f"--out {path} exists and is not a directory")
         if os.listdir(path) and not overwrite:
-            raise ConfigError(f"run directory {path} is not empty; use --overwrite to replace it")
+            raise ConfigError(f"run directory {path} is not empty; use --overwrite to replace it "
+                              "or --resume to continue it")
         for name in ("metrics.jsonl", "summary.json", "model.h5", "config.toml"):
             if os.path.exists(os.path.join(path, name)):
                 os.remove(os.path.join(path, name))
+        shutil.rmtree(os.path.join(path, "checkpoints"), ignore_errors=True)
     else:
         try:
             os.makedirs(path)
@@ -77,12 +86,14 @@ def load_training_data(ctx: Context, cfg: TrainConfig, y_dtype, parts=None):
     meta = ctx.collective(inspect, cfg.data, x_name=cfg.x_name, y_name=cfg.y_name)
     n_parts = ctx.size if parts is None else parts[0]
     if meta["n_rows"] < n_parts:
-        who = "ranks" if parts is None else "data-holding ranks"
+        who = "ranks" if n_parts == ctx.size else "data-holding ranks (workers)"
         ctx.agree(DataError(f"{cfg.data} has {meta['n_rows']} rows, fewer than the {n_parts} {who}; "
                             f"use fewer ranks"))
     t0 = time.perf_counter()
     shard = ctx.collective(read_shard, cfg.data, ctx.comm, x_name=cfg.x_name, y_name=cfg.y_name,
                            driver=cfg.driver, y_dtype=y_dtype, parts=parts)
+    if faults.active:
+        faults.point("load", ctx.rank)
     ctx.timers.add("io", time.perf_counter() - t0)
     return meta, shard
 
@@ -138,11 +149,51 @@ def evaluate_params(ctx: Context, model, shard, params, l2: float) -> dict:
     return out
 
 
+def load_resume_state(ctx: Context, cfg: TrainConfig, ckpt_meta: dict, reporter) -> dict:
+    """Collective: the newest checkpoint of cfg.out, validated on root, read on every rank."""
+    step = np.array([-1], dtype=np.int64)
+
+    def pick_and_check():
+        found = list_checkpoints(cfg.out)
+        state = load_checkpoint(found[-1][1], ckpt_meta)  # raises on another config/dataset or a bad file
+        step[0] = state["step"]
+        return state
+
+    state = ctx.collective(lambda: pick_and_check() if ctx.is_root else None)
+    ctx.bcast_array(step)
+    if not ctx.is_root:
+        state = ctx.collective(load_checkpoint, checkpoint_path(cfg.out, int(step[0])), None)
+    else:
+        ctx.collective(lambda: None)
+        _truncate_metrics(os.path.join(cfg.out, "metrics.jsonl"), int(step[0]))
+    reporter.message(f"resuming from {state['path']} (step {state['step']})")
+    return state
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """Drop metric lines logged after the checkpoint (the resumed run logs them again)."""
+    if not os.path.exists(path):
+        return
+    keep = []
+    with open(path) as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the crash
+            if rec.get("step", rec.get("iter", 0)) <= step:
+                keep.append(line if line.endswith("\n") else line + "\n")
+    with open(path, "w") as fh:
+        fh.writelines(keep)
+
+
 def run_train(cfg: TrainConfig, ctx: Context) -> dict:
     """Run ``mpidml train`` collectively; returns the summary (on every rank)."""
     t_start = time.perf_counter()
-    ctx.collective(lambda: prepare_run_dir(cfg.out, cfg.overwrite) if ctx.is_root else None)
-    if ctx.is_root:
+    ctx.start_watchdog(cfg.timeout)
+    resuming = bool(cfg.resume)
+    ctx.collective(lambda: prepare_run_dir(cfg.out, cfg.overwrite, resuming) if ctx.is_root else None)
+    if ctx.is_root and not resuming:  # a resumed run keeps the config it was started with
         with open(os.path.join(cfg.out, "config.toml"), "w") as fh:
             fh.write(cfg.to_toml())
     verbose_prefix = f"[rank {ctx.rank}] " if (ctx.size > 1 and cfg.verbose) else ""
@@ -172,10 +223,18 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
                         unit="iter" if cfg.optimizer in ("lbfgs", "gd") else "step",
                         mode=cfg.progress, prefix=verbose_prefix, enabled=ctx.is_root or cfg.verbose)
     trainer = strategy(ctx, model, shard, cfg, reporter, weight_sum)
+    ckpt_meta = {"config_hash": cfg.training_hash(), "config": cfg.training_options(), "n_params": model.n_params,
+                 "data": ctx.collective(lambda: data_fingerprint(cfg.data, cfg.x_name, cfg.y_name)
+                                        if ctx.is_root else None)}
+    resume = load_resume_state(ctx, cfg, ckpt_meta, reporter) if resuming else None
+    trainer.checkpointer = Checkpointer(cfg.out, cfg.checkpoint_every, ckpt_meta, ctx.is_root, ctx.rank)
     params = model.init_params()
     t_fit = time.perf_counter()
+    ctx.beat("start of training")
     try:
-        fit = trainer.fit(params)
+        # Overflow to Inf/NaN is detected explicitly (exit code 3), not warned about.
+        with np.errstate(over="ignore", invalid="ignore"):
+            fit = trainer.fit(params, resume)
     except MpidmlError as e:
         # Raised from values every rank holds identically (global N, reduced sums).
         e.agreed = True
@@ -208,7 +267,7 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
             "evaluations": fit["evaluations"],
             "n_rows": meta["n_rows"], "n_features": meta["n_features"], "n_params": model.n_params,
             "n_classes": getattr(model, "n_classes", None),
-            "ranks": ctx.size, "hostnames": hostnames,
+            "ranks": ctx.size, "hostnames": hostnames, "launcher": launcher_info(hostnames),
             "shard_rows": [int(r) for r in per_rank[:, 5]],
             "io": {"driver": shard.driver, "reason": io_reason, "path": os.path.abspath(cfg.data),
                    "x_dtype": str(meta["x_dtype"])},
@@ -217,6 +276,8 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
                      "jit_compile": compile_seconds, "since_start": time.perf_counter() - t_start},
             "time_per_rank": {k: per_rank[:, i].tolist() for i, k in enumerate(("wall", "io", "compute", "comm", "other"))},
             "replica_resyncs": getattr(trainer, "replica_resyncs", 0),
+            "resumed_from": resume["path"] if resume else None,
+            "checkpoint": trainer.checkpointer.last_path,
             **trainer.summary_section(),
             "config_hash": cfg.training_hash(),
             "threads": thread_settings(),
@@ -226,4 +287,6 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
             "argv": sys.argv,
         }
         write_json_atomic(os.path.join(cfg.out, "summary.json"), summary)
+    if ctx.watchdog is not None:
+        ctx.watchdog.stop()
     return summary

@@ -19,11 +19,12 @@ MPIDML = [sys.executable, "-m", "mpidml"]
 TIMEOUT = 180
 
 
-def run(args, ranks=None, check=True, timeout=TIMEOUT, cwd=None):
+def run(args, ranks=None, check=True, timeout=TIMEOUT, cwd=None, env=None):
+    """Run a command (under mpirun with `ranks`) with a hard timeout; extra `env` entries added."""
     cmd = list(args)
     if ranks:
         cmd = [mpirun_exe(), "-n", str(ranks), "--oversubscribe"] + cmd
-    env = dict(os.environ)
+    env = dict(os.environ, **(env or {}))
     if os.geteuid() == 0:
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     env.setdefault("OMPI_MCA_btl", "^ofi")

@@ -27,7 +27,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from .. import kernels
+from .. import faults, kernels
 from ..errors import ConfigError, DivergedError
 from ..optim import LBFGS, SGD, Adam, make_schedule
 
@@ -65,7 +65,7 @@ class AllreduceTrainer:
         self.epochs_done = 0
         self.n_evals = 0
         self.replica_resyncs = 0
-        self.history = []
+        self.checkpointer = None  # set by the caller (mpidml.train) to write checkpoints
 
     @staticmethod
     def data_parts(ctx, cfg):
@@ -112,31 +112,63 @@ class AllreduceTrainer:
         return f
 
     # -- strategies ---------------------------------------------------------
-    def fit(self, params: np.ndarray) -> dict:
+    def fit(self, params: np.ndarray, resume: dict | None = None) -> dict:
+        """Train in place from ``params`` (or from the checkpoint ``resume``); returns a status dict."""
+        if resume is not None:
+            params[:] = resume["params"]
         opt = self.cfg.optimizer
         if opt == "lbfgs":
-            return self._fit_lbfgs(params)
+            return self._fit_lbfgs(params, resume)
         if opt == "gd":
-            return self._fit_gd(params)
-        return self._fit_minibatch(params)
+            return self._fit_gd(params, resume)
+        return self._fit_minibatch(params, resume)
 
-    def _check_finite(self, value, what, params=None):
+    def _check_finite(self, value, what):
         if not math.isfinite(value):
-            raise _diverged(self.steps, what, value)
+            raise _diverged(self.steps, what, value, self.checkpointer)
 
-    def _fit_lbfgs(self, params):
+    def _step_done(self, step, epoch, params, state_fn):
+        """After every step: heartbeat, test hook, checkpoint when due."""
+        self.ctx.beat()
+        if faults.active:
+            faults.point("step", self.ctx.rank, step)
+        if self.checkpointer is not None and self.checkpointer.due(step):
+            t0 = time.perf_counter()
+            self.checkpointer.save(step, epoch, params, state_fn())
+            self.timers.add("io", time.perf_counter() - t0)
+
+    def _final_checkpoint(self, step, epoch, params, state_fn):
+        if self.checkpointer is not None and not self.checkpointer.due(step):
+            t0 = time.perf_counter()
+            self.checkpointer.save(step, epoch, params, state_fn())
+            self.timers.add("io", time.perf_counter() - t0)
+
+    def _fit_lbfgs(self, params, resume):
         cfg = self.cfg
         lb = LBFGS(self.n_params, memory=cfg.memory, tol=cfg.tol, max_iter=cfg.max_iter)
-        lb.reset(params, self.objective)
+        if resume is None:
+            lb.reset(params, self.objective)
+        else:
+            lb.load_state_dict(resume["state"]["lbfgs"])
+            self.n_evals = int(resume["state"]["trainer"]["n_evals"])
+        self.steps = lb.n_iter
         self._check_finite(lb.f, "loss")
         log_every = cfg.log_every or 1
-        self.reporter.log({"iter": 0, "loss": lb.f, "grad_max": float(np.max(np.abs(lb.g))), "evals": self.n_evals})
+
+        def state():
+            return {"lbfgs": lb.state_dict(), "trainer": {"n_evals": self.n_evals}}
+
+        if resume is None:
+            self.reporter.log({"iter": 0, "loss": lb.f, "grad_max": float(np.max(np.abs(lb.g))),
+                               "evals": self.n_evals})
         while not lb.converged and lb.n_iter < cfg.max_iter:
             stop = lb.step(self.objective)
             self.steps = lb.n_iter
+            self._step_done(lb.n_iter, 0, lb.x, state)
             self._check_finite(lb.f, "loss")
             if lb.n_iter % log_every == 0 or stop:
                 self.reporter.log({"iter": lb.n_iter, "loss": lb.f, "grad_max": float(np.max(np.abs(lb.g))),
+        self._final_checkpoint(lb.n_iter, 0, params, state)
                                    "evals": self.n_evals})
             if stop:
                 break
@@ -144,14 +176,23 @@ class AllreduceTrainer:
         return {"converged": bool(lb.converged), "message": lb.message, "iterations": lb.n_iter,
                 "evaluations": self.n_evals}
 
-    def _fit_gd(self, params):
-        """Full-batch gradient descent (optionally with momentum / Nesterov, or Adam-free)."""
+    def _fit_gd(self, params, resume):
+        """Full-batch gradient descent (optionally with momentum / Nesterov)."""
+        start = 0
+        if resume is not None:
+            opt.load_state_dict(resume["state"]["optimizer"])
+            start = self.steps = int(resume["step"])
+            self.n_evals = int(resume["state"]["trainer"]["n_evals"])
+
+        def state():
+            return {"optimizer": opt.state_dict(), "trainer": {"n_evals": self.n_evals}}
+
         cfg = self.cfg
         opt = SGD(self.n_params, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
         schedule = make_schedule(cfg.lr_schedule, cfg.lr, total_steps=cfg.max_iter)
         log_every = cfg.log_every or 1
         converged = False
-        for it in range(cfg.max_iter):
+        for it in range(start, cfg.max_iter):
             f = self.objective(params, self.grad)
             self._check_finite(f, "loss")
             gmax = float(np.max(np.abs(self.grad)))
@@ -160,6 +201,8 @@ class AllreduceTrainer:
             if gmax <= cfg.tol:
                 converged = True
                 break
+            self._step_done(self.steps, 0, params, state)
+        self._final_checkpoint(self.steps, 0, params, state)
             t0 = time.perf_counter()
             opt.step(params, self.grad, lr=schedule(it))
             self.timers.add("compute", time.perf_counter() - t0)
@@ -167,7 +210,7 @@ class AllreduceTrainer:
         return {"converged": converged, "message": "max|grad| <= tol" if converged else "max_iter reached",
                 "iterations": self.steps, "evaluations": self.n_evals}
 
-    def _fit_minibatch(self, params):
+    def _fit_minibatch(self, params, resume):
         cfg, shard, model = self.cfg, self.shard, self.model
         N = int(self.shard.n_total)
         B = int(cfg.batch_size)
@@ -177,6 +220,16 @@ class AllreduceTrainer:
             opt = Adam(self.n_params, cfg.lr, beta1=cfg.beta1, beta2=cfg.beta2)
         else:
             opt = SGD(self.n_params, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        start = 0
+        if resume is not None:
+            opt.load_state_dict(resume["state"]["optimizer"])
+            start = self.steps = int(resume["step"])
+            self.epochs_done = start // steps_per_epoch
+
+        def state():
+            # The shuffles are counter-based (seed, epoch): step and seed are the whole RNG state.
+            return {"optimizer": opt.state_dict(), "trainer": {"seed": cfg.seed, "steps_per_epoch": steps_per_epoch}}
+
         steps_per_epoch = -(-N // B)
         total = steps_per_epoch * cfg.epochs
         schedule = make_schedule(cfg.lr_schedule, cfg.lr, total_steps=total)
@@ -188,9 +241,10 @@ class AllreduceTrainer:
         timers = self.timers
         t_compute = t_comm = 0.0
         samples_since, t_log = 0, time.perf_counter()
-        for epoch in range(cfg.epochs):
+        for epoch in range(start // steps_per_epoch, cfg.epochs):
             perm = epoch_permutation(N, cfg.seed, epoch, cfg.shuffle)
-            for s in range(steps_per_epoch):
+            first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
+            for s in range(first, steps_per_epoch):
                 step = epoch * steps_per_epoch + s
                 log_now = (step + 1) % log_every == 0 or step + 1 == total
                 t0 = time.perf_counter()
@@ -206,7 +260,13 @@ class AllreduceTrainer:
                 f = self._finish(params, grad)
                 gnorm2 = float(np.dot(grad, grad))
                 if not math.isfinite(gnorm2):
-                    raise _diverged(step, "gradient", gnorm2)
+                    # Every rank sees the same reduced gradient, so all get here together:
+                    # one more collective to report the batch's loss in the error.
+                    buf[:] = 0.0
+                    buf[-2] = model.loss_grad(shard, params, rows, grad_sum, True)
+                    buf[-1] = float(sw[rows].sum()) if sw.size else float(m)
+                    comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+                    raise _diverged(step + 1, "loss", self._finish(params, grad), self.checkpointer)
                 lr = schedule(step)
                 opt.step(params, grad, lr=lr)
                 t3 = time.perf_counter()
@@ -216,14 +276,16 @@ class AllreduceTrainer:
                 self.steps = step + 1
                 if log_now:
                     if not math.isfinite(f):
-                        raise _diverged(step, "loss", f)
+                        raise _diverged(step + 1, "loss", f, self.checkpointer)
                     now = time.perf_counter()
+                self._step_done(step + 1, epoch, params, state)
                     self.reporter.log({"step": step + 1, "epoch": epoch + (s + 1) / steps_per_epoch,
                                        "loss": f, "lr": lr,
                                        "samples_per_s": samples_since / max(now - t_log, 1e-12)})
                     samples_since, t_log = 0, now
             self.epochs_done = epoch + 1
             t0 = time.perf_counter()
+        self._final_checkpoint(self.steps, self.epochs_done, params, state)
             self._check_replicas(params, opt)
             t_comm += time.perf_counter() - t0
         timers.add("compute", t_compute)
@@ -270,5 +332,7 @@ def epoch_permutation(n_rows: int, seed: int, epoch: int, shuffle: str = "global
     return rng.permutation(n_rows).astype(np.int64, copy=False)
 
 
-def _diverged(step, what, value):
-    return DivergedError(f"diverged at step {step} ({what}={value}); try a smaller --lr or a larger --l2")
+def _diverged(step, what, value, checkpointer=None):
+    last = checkpointer.last_path if checkpointer is not None and checkpointer.last_path else "none"
+    return DivergedError(f"diverged at step {step} ({what}={value}); last good checkpoint: {last} "
+                         "(try a smaller --lr or a larger --l2)")
