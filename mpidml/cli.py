@@ -86,13 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(t, "driver", str, "auto | mpio | independent: how ranks read HDF5 (default auto)")
     _flag(t, "log-every", int, "steps between metric lines (default: ~10 per epoch; every L-BFGS iteration)")
     _flag(t, "progress", str, "auto | bar | log | none (default auto: bar on a terminal)")
-    _switch(t, "overwrite", "replace the contents of an existing run directory")
-    _switch(t, "verbose", "let every rank print its log lines")
-
     _flag(t, "checkpoint-every", int, "steps (L-BFGS/GD: iterations) between checkpoints (default 0: only at the end)")
     _flag(t, "timeout", float, "abort the whole job if no step completes in this many seconds (default 0: off)",
           "SECONDS")
     _flag(t, "resume", str, "continue RUN from its newest checkpoint (options default to RUN/config.toml)", "RUN")
+    _switch(t, "overwrite", "replace the contents of an existing run directory")
+    _switch(t, "verbose", "let every rank print its log lines")
+
     e = sub.add_parser("evaluate", help="objective, accuracy and per-class counts of a model on data (JSON)")
     e.add_argument("model", help="model.h5 written by mpidml train")
     e.add_argument("data", help="HDF5 file with X and y")
@@ -185,6 +185,28 @@ def cmd_train(args) -> int:
     return 0
 
 
+def resolve_train_config(args, cli: dict):
+    """Defaults < --config file (or RUN/config.toml with --resume) < flags."""
+    from .config import build_config, read_toml
+    from .errors import ConfigError
+
+    if args.resume:
+        run = args.resume
+        if args.config:
+            raise ConfigError("--resume takes its options from RUN/config.toml; do not give --config too")
+        if args.out and os.path.abspath(args.out) != os.path.abspath(run):
+            raise ConfigError(f"--resume {run} continues that run in place; --out {args.out} differs")
+        path = os.path.join(run, "config.toml")
+        if not os.path.isfile(path):
+            raise ConfigError(f"--resume {run}: {path} not found (not an mpidml run directory?)")
+        file_options = read_toml(path)
+        cli = dict(cli, out=run, overwrite=None)
+        file_options.pop("overwrite", None)
+    else:
+        file_options = read_toml(args.config) if args.config else {}
+    return build_config(file_options, cli)
+
+
 def cmd_evaluate(args) -> int:
     import numpy as np
 
@@ -215,28 +237,6 @@ def cmd_evaluate(args) -> int:
 
 
 def _root_only(fn):
-def resolve_train_config(args, cli: dict):
-    """Defaults < --config file (or RUN/config.toml with --resume) < flags."""
-    from .config import build_config, read_toml
-    from .errors import ConfigError
-
-    if args.resume:
-        run = args.resume
-        if args.config:
-            raise ConfigError("--resume takes its options from RUN/config.toml; do not give --config too")
-        if args.out and os.path.abspath(args.out) != os.path.abspath(run):
-            raise ConfigError(f"--resume {run} continues that run in place; --out {args.out} differs")
-        path = os.path.join(run, "config.toml")
-        if not os.path.isfile(path):
-            raise ConfigError(f"--resume {run}: {path} not found (not an mpidml run directory?)")
-        file_options = read_toml(path)
-        cli = dict(cli, out=run, overwrite=None)
-        file_options.pop("overwrite", None)
-    else:
-        file_options = read_toml(args.config) if args.config else {}
-    return build_config(file_options, cli)
-
-
     """Run a serial command on rank 0; other ranks wait and share its outcome."""
     from .comm import Context
 

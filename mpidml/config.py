@@ -77,15 +77,15 @@ class TrainConfig:
     overwrite: bool = False
     verbose: bool = False
     progress: str = "auto"  # auto (bar on a terminal, log lines otherwise) | bar | log | none
+    checkpoint_every: int = 0  # steps (L-BFGS/GD: iterations) between checkpoints; 0 = only at the end
+    timeout: float = 0.0  # abort the job when no step completes in this many seconds; 0 = off
+    resume: str = ""  # run directory to continue from its newest checkpoint
 
     # options that do not change the trained model (excluded from the config hash)
     RUN_ONLY = ("out", "threads", "log_every", "overwrite", "verbose", "progress", "driver",
                 "checkpoint_every", "timeout", "resume")
 
     def validate(self) -> "TrainConfig":
-    checkpoint_every: int = 0  # steps (L-BFGS/GD: iterations) between checkpoints; 0 = only at the end
-    timeout: float = 0.0  # abort the job when no step completes in this many seconds; 0 = off
-    resume: str = ""  # run directory to continue from its newest checkpoint
         def choice(name, allowed):
             value = getattr(self, name)
             if value not in allowed:
@@ -117,6 +117,10 @@ class TrainConfig:
             raise ConfigError(f"--classes must be >= 2 (or 0 to infer from the labels), got {self.classes}")
         if self.log_every < 0:
             raise ConfigError(f"--log-every must be >= 0, got {self.log_every}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        if not (self.timeout >= 0 and math.isfinite(self.timeout)):
+            raise ConfigError(f"--timeout must be >= 0 seconds, got {self.timeout}")
         if not self.data:
             raise ConfigError("no training data given: mpidml train DATA.h5 --out RUN")
         if not self.out:
@@ -126,6 +130,10 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def training_options(self) -> dict:
+        """The options that change the trained model (the data file is checked by fingerprint)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.RUN_ONLY and k != "data"}
+
     def training_hash(self) -> str:
         """Hash of :meth:`training_options` (checkpoints must match it to resume)."""
         return hashlib.sha256(json.dumps(self.training_options(), sort_keys=True).encode()).hexdigest()[:16]
@@ -134,10 +142,6 @@ class TrainConfig:
         lines = ["# mpidml train: resolved configuration (defaults < config file < command line)"]
         for f in fields(self):
             lines.append(f"{f.name} = {_toml_value(getattr(self, f.name))}")
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
-        if not (self.timeout >= 0 and math.isfinite(self.timeout)):
-            raise ConfigError(f"--timeout must be >= 0 seconds, got {self.timeout}")
         return "\n".join(lines) + "\n"
 
 
@@ -147,10 +151,6 @@ _TYPES = {f.name: type(f.default) for f in fields(TrainConfig)}
 
 def _suggest(word: str, options) -> str:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    def training_options(self) -> dict:
-        """The options that change the trained model (the data file is checked by fingerprint)."""
-        return {k: v for k, v in self.to_dict().items() if k not in self.RUN_ONLY and k != "data"}
-
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

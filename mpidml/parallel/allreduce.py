@@ -164,20 +164,24 @@ class AllreduceTrainer:
         while not lb.converged and lb.n_iter < cfg.max_iter:
             stop = lb.step(self.objective)
             self.steps = lb.n_iter
-            self._step_done(lb.n_iter, 0, lb.x, state)
             self._check_finite(lb.f, "loss")
             if lb.n_iter % log_every == 0 or stop:
                 self.reporter.log({"iter": lb.n_iter, "loss": lb.f, "grad_max": float(np.max(np.abs(lb.g))),
-        self._final_checkpoint(lb.n_iter, 0, params, state)
                                    "evals": self.n_evals})
+            self._step_done(lb.n_iter, 0, lb.x, state)
             if stop:
                 break
         params[:] = lb.x
+        self._final_checkpoint(lb.n_iter, 0, params, state)
         return {"converged": bool(lb.converged), "message": lb.message, "iterations": lb.n_iter,
                 "evaluations": self.n_evals}
 
     def _fit_gd(self, params, resume):
         """Full-batch gradient descent (optionally with momentum / Nesterov)."""
+        cfg = self.cfg
+        opt = SGD(self.n_params, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        schedule = make_schedule(cfg.lr_schedule, cfg.lr, total_steps=cfg.max_iter)
+        log_every = cfg.log_every or 1
         start = 0
         if resume is not None:
             opt.load_state_dict(resume["state"]["optimizer"])
@@ -187,10 +191,6 @@ class AllreduceTrainer:
         def state():
             return {"optimizer": opt.state_dict(), "trainer": {"n_evals": self.n_evals}}
 
-        cfg = self.cfg
-        opt = SGD(self.n_params, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-        schedule = make_schedule(cfg.lr_schedule, cfg.lr, total_steps=cfg.max_iter)
-        log_every = cfg.log_every or 1
         converged = False
         for it in range(start, cfg.max_iter):
             f = self.objective(params, self.grad)
@@ -201,12 +201,12 @@ class AllreduceTrainer:
             if gmax <= cfg.tol:
                 converged = True
                 break
-            self._step_done(self.steps, 0, params, state)
-        self._final_checkpoint(self.steps, 0, params, state)
             t0 = time.perf_counter()
             opt.step(params, self.grad, lr=schedule(it))
             self.timers.add("compute", time.perf_counter() - t0)
             self.steps = it + 1
+            self._step_done(self.steps, 0, params, state)
+        self._final_checkpoint(self.steps, 0, params, state)
         return {"converged": converged, "message": "max|grad| <= tol" if converged else "max_iter reached",
                 "iterations": self.steps, "evaluations": self.n_evals}
 
@@ -220,6 +220,10 @@ class AllreduceTrainer:
             opt = Adam(self.n_params, cfg.lr, beta1=cfg.beta1, beta2=cfg.beta2)
         else:
             opt = SGD(self.n_params, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        steps_per_epoch = -(-N // B)
+        total = steps_per_epoch * cfg.epochs
+        schedule = make_schedule(cfg.lr_schedule, cfg.lr, total_steps=total)
+        log_every = cfg.log_every or max(1, steps_per_epoch // 10)
         start = 0
         if resume is not None:
             opt.load_state_dict(resume["state"]["optimizer"])
@@ -230,10 +234,6 @@ class AllreduceTrainer:
             # The shuffles are counter-based (seed, epoch): step and seed are the whole RNG state.
             return {"optimizer": opt.state_dict(), "trainer": {"seed": cfg.seed, "steps_per_epoch": steps_per_epoch}}
 
-        steps_per_epoch = -(-N // B)
-        total = steps_per_epoch * cfg.epochs
-        schedule = make_schedule(cfg.lr_schedule, cfg.lr, total_steps=total)
-        log_every = cfg.log_every or max(1, steps_per_epoch // 10)
         local_rows = np.empty(B, dtype=np.int64)
         lo, hi = shard.lo, shard.hi
         comm, buf, grad, grad_sum = self.comm, self.buf, self.grad, self.grad_sum
@@ -278,18 +278,18 @@ class AllreduceTrainer:
                     if not math.isfinite(f):
                         raise _diverged(step + 1, "loss", f, self.checkpointer)
                     now = time.perf_counter()
-                self._step_done(step + 1, epoch, params, state)
                     self.reporter.log({"step": step + 1, "epoch": epoch + (s + 1) / steps_per_epoch,
                                        "loss": f, "lr": lr,
                                        "samples_per_s": samples_since / max(now - t_log, 1e-12)})
                     samples_since, t_log = 0, now
+                self._step_done(step + 1, epoch, params, state)
             self.epochs_done = epoch + 1
             t0 = time.perf_counter()
-        self._final_checkpoint(self.steps, self.epochs_done, params, state)
             self._check_replicas(params, opt)
             t_comm += time.perf_counter() - t0
         timers.add("compute", t_compute)
         timers.add("comm", t_comm)
+        self._final_checkpoint(self.steps, self.epochs_done, params, state)
         return {"converged": None, "message": f"{cfg.epochs} epochs done", "iterations": self.steps,
                 "evaluations": self.steps}
 
