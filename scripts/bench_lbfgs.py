@@ -41,6 +41,7 @@ def main():
     env.setdefault("OMPI_MCA_mtl", "^ofi")
     mpirun = os.path.join(BIN, "mpirun") if os.path.exists(os.path.join(BIN, "mpirun")) else "mpirun"
     work = args.workdir or tempfile.mkdtemp(prefix="mpidml-bench-")
+    os.makedirs(work, exist_ok=True)
     data = os.path.join(work, f"lr_{args.rows}x{args.features}.h5")
     if not os.path.exists(data):
         subprocess.run([sys.executable, "-m", "mpidml", "generate", "logistic", "--rows", str(args.rows),
