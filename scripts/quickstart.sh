@@ -17,6 +17,7 @@ print(f"accuracy        : {s['accuracy']:.4f}")
 print(f"ranks           : {s['ranks']} (io driver: {s['io']['driver']})")
 print(f"iterations      : {s['steps']} L-BFGS, converged={s['converged']}")
 t = s["time"]
-print(f"time            : {t['wall']:.2f}s wall = io {t['io']:.2f} + compute {t['compute']:.2f} + comm {t['comm']:.2f} + other {t['other']:.2f}")
+print(f"time            : {t['wall']:.2f}s wall = io {t['io']:.2f} + compute {t['compute']:.2f} + comm {t['comm']:.2f} + other {t['other']:.2f}"
+      f" (of which JIT compile/cache load {t['jit_compile']:.2f})")
 print(f"run directory   : {s['run_dir']}")
 PY
