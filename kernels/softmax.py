@@ -7,54 +7,105 @@ loss_i = logsumexp(z_i) - z_i[y_i] with logits z_i = W x_i + c.
 import numpy as np
 from numba import njit
 
-from .util import FASTMATH, exp_shifted, next_run, softmax_row_loss
+from .util import FASTMATH, PREFETCH_BYTES, exp_nonpos, log_strict, next_run, prefetch_ahead
+
+# Workspace (in units of K float64) that enables the four-rows-at-a-time path.
+WORK_ROWS = 4
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _residuals(work, base, K, s, yi):
-    """In place: work[base:base+K] logits -> s * (p_k - [k == yi]).
+def _residuals(work, R, K, y, sw, r, unweighted, with_loss):
+    """In place for the R rows r..r+R-1: work[t*K:(t+1)*K] logits -> sw (p_k - [k == y]).
 
-    Returns (sum_k exp(z_k - zmax), zmax, z_yi) for the loss.
+    Returns the weighted loss sum of the R rows (0.0 unless with_loss). Stable: each
+    row is shifted by its max logit first, so exp never overflows; the exponentials of
+    all R*K shifted logits are taken in one loop of util.exp_nonpos (vectorised).
     """
-    zmax = -np.inf
-    for k in range(K):
-        if work[base + k] > zmax:
-            zmax = work[base + k]
-    zy = work[base + yi]
-    ssum = 0.0
-    for k in range(K):
-        e = exp_shifted(work[base + k], zmax)
-        work[base + k] = e
-        ssum += e
-    c = s / ssum
-    for k in range(K):
-        work[base + k] *= c
-    work[base + yi] -= s
-    return ssum, zmax, zy
+    loss = 0.0
+    for t in range(R):
+        b = t * K
+        zmax = work[b]
+        for k in range(1, K):
+            zmax = max(zmax, work[b + k])
+        for k in range(K):
+            work[b + k] = work[b + k] - zmax
+        if with_loss:  # s * (log(sum) + zmax - z_y): the shifted z_y, before exp
+            loss -= (1.0 if unweighted else sw[r + t]) * work[b + y[r + t]]
+    for q in range(R * K):
+        work[q] = exp_nonpos(work[q])
+    for t in range(R):
+        b = t * K
+        s = 1.0 if unweighted else sw[r + t]
+        ssum = 0.0
+        for k in range(K):
+            ssum += work[b + k]
+        if with_loss:
+            loss += s * log_strict(ssum)
+        c = s / ssum
+        for k in range(K):
+            work[b + k] *= c
+        work[b + y[r + t]] -= s
+    return loss
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def softmax_loss_grad_ws(X, y, sw, params, rows, grad, with_loss, work):
     """Same as :func:`softmax_loss_grad` with a caller-provided workspace (no allocation).
 
-    work: float64 (>= 2*K,) scratch for two rows' logits/residuals.
-    Rows are taken in pairs (x rows read once, kept in L1): 2K logits (each coef row
-    read once for both rows), per row max, exp(z - max) (strict), sum,
-    loss = log(sum) + max - z_y, then grad_coef[k] += sw (p_k - [k == y]) x for both
-    rows in one pass over grad_coef[k], grad_intercept[k] += sw (p_k - [k == y]).
+    work: float64 (>= 2*K,) scratch for the logits/residuals of the rows in flight. With
+    work.size >= WORK_ROWS*K (4*K) rows are taken four at a time, else in pairs (~2x
+    slower at D=64, K=10). Per group of rows (x rows read once, kept in L1): for each
+    class k, the group's logits share each load of coef[k]; per row max, exp(z - max)
+    (strict), sum, loss = log(sum) + max - z_y; then grad_coef[k] += sum over the group
+    of sw (p_k - [k == y]) x in one pass over grad_coef[k], grad_intercept[k] likewise.
+    X is software-prefetched PREFETCH_BYTES ahead. Results depend on the path (the
+    order of the additions), not otherwise on work.size.
     """
     D = X.shape[1]
     K = params.size // (D + 1)
     KD = K * D
     unweighted = sw.size == 0
     m = rows.size
+    quad = work.size >= WORK_ROWS * K
+    lead = PREFETCH_BYTES // X.itemsize
     loss = 0.0
     i = 0
     while i < m:
         lo, cnt = next_run(rows, i)
         hi = lo + cnt
         r = lo
+        pf = lo * D + lead
+        while quad and r + 4 <= hi:
+            pf = prefetch_ahead(X, pf, (r + 4) * D)
+            for k in range(K):
+                z0 = params[KD + k]
+                z1 = z0
+                z2 = z0
+                z3 = z0
+                o = k * D
+                for j in range(D):
+                    wkj = params[o + j]
+                    z0 += wkj * X[r, j]
+                    z1 += wkj * X[r + 1, j]
+                    z2 += wkj * X[r + 2, j]
+                    z3 += wkj * X[r + 3, j]
+                work[k] = z0
+                work[K + k] = z1
+                work[2 * K + k] = z2
+                work[3 * K + k] = z3
+            loss += _residuals(work, 4, K, y, sw, r, unweighted, with_loss)
+            for k in range(K):
+                g0 = work[k]
+                g1 = work[K + k]
+                g2 = work[2 * K + k]
+                g3 = work[3 * K + k]
+                grad[KD + k] += (g0 + g1) + (g2 + g3)
+                o = k * D
+                for j in range(D):
+                    grad[o + j] += (g0 * X[r, j] + g1 * X[r + 1, j]) + (g2 * X[r + 2, j] + g3 * X[r + 3, j])
+            r += 4
         while r + 2 <= hi:
+            pf = prefetch_ahead(X, pf, (r + 2) * D)
             for k in range(K):
                 z0 = params[KD + k]
                 z1 = z0
@@ -65,12 +116,7 @@ def softmax_loss_grad_ws(X, y, sw, params, rows, grad, with_loss, work):
                     z1 += wkj * X[r + 1, j]
                 work[k] = z0
                 work[K + k] = z1
-            s0 = 1.0 if unweighted else sw[r]
-            s1 = 1.0 if unweighted else sw[r + 1]
-            a0, m0, zy0 = _residuals(work, 0, K, s0, y[r])
-            a1, m1, zy1 = _residuals(work, K, K, s1, y[r + 1])
-            if with_loss:
-                loss += softmax_row_loss(a0, m0, zy0, s0) + softmax_row_loss(a1, m1, zy1, s1)
+            loss += _residuals(work, 2, K, y, sw, r, unweighted, with_loss)
             for k in range(K):
                 g0 = work[k]
                 g1 = work[K + k]
@@ -80,16 +126,14 @@ def softmax_loss_grad_ws(X, y, sw, params, rows, grad, with_loss, work):
                     grad[o + j] += g0 * X[r, j] + g1 * X[r + 1, j]
             r += 2
         while r < hi:
+            pf = prefetch_ahead(X, pf, (r + 1) * D)
             for k in range(K):
                 z0 = params[KD + k]
                 o = k * D
                 for j in range(D):
                     z0 += params[o + j] * X[r, j]
                 work[k] = z0
-            s0 = 1.0 if unweighted else sw[r]
-            a0, m0, zy0 = _residuals(work, 0, K, s0, y[r])
-            if with_loss:
-                loss += softmax_row_loss(a0, m0, zy0, s0)
+            loss += _residuals(work, 1, K, y, sw, r, unweighted, with_loss)
             for k in range(K):
                 g0 = work[k]
                 grad[KD + k] += g0
@@ -110,11 +154,11 @@ def softmax_loss_grad(X, y, sw, params, rows, grad, with_loss):
     intercepts (K,)]; rows: int64 (m,); grad: float64 like params, ADDED to:
     grad += sum_i sw_i d loss_i / d params. Returns sum_i sw_i loss_i if with_loss
     (stable log-sum-exp: logits may differ by 1e4 or more), else 0.0.
-    Allocates one 2K-length scratch vector per call; softmax_loss_grad_ws avoids it.
+    Allocates one WORK_ROWS*K scratch vector per call; softmax_loss_grad_ws avoids it.
     """
     D = X.shape[1]
     K = params.size // (D + 1)
-    work = np.empty(2 * K, dtype=np.float64)
+    work = np.empty(WORK_ROWS * K, dtype=np.float64)
     return softmax_loss_grad_ws(X, y, sw, params, rows, grad, with_loss, work)
 
 

@@ -7,6 +7,7 @@ accumulated in float64.
 """
 import math
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -49,6 +50,41 @@ def _prefetch(typingctx, arr, idx):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def _i64_as_f64(typingctx, i):
+    """Reinterpret the bits of an int64 as a float64 (no conversion)."""
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return sig, codegen
+
+
+# exp(x), x <= 0: x = n ln2 + r, |r| <= ln2/2, exp(r) by Taylor to r**13/13! (truncation
+# < 4e-18 relative), times 2**n built from the exponent bits. Cody-Waite split of ln 2.
+_LOG2E = 1.4426950408889634
+_INV_FACT = (1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320,
+             1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800)
+_C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13 = _INV_FACT[2:]
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def exp_nonpos(x):
+    """exp(x) for x <= 0 within ~2 ulp; 0.0 for x < -708 (exp(x) < 3.4e-308). No libm call.
+
+    Straight-line arithmetic only, so LLVM vectorises loops over arrays of x once this
+    is inlined (math.exp is a scalar libm call). Strict IEEE (no fastmath).
+    """
+    xc = max(x, -708.0)
+    n = math.floor(xc * _LOG2E + 0.5)
+    r = (xc - n * _LN2_HI) - n * _LN2_LO
+    p = 1.0 + r * (1.0 + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * (
+        _C7 + r * (_C8 + r * (_C9 + r * (_C10 + r * (_C11 + r * (_C12 + r * _C13))))))))))))
+    e = p * _i64_as_f64((np.int64(n) + 1023) << 52)
+    return e if x >= -708.0 else 0.0
 
 
 @njit(cache=True, nogil=True, fastmath=False, inline="always")
@@ -140,15 +176,9 @@ def log1p_unit(e):
 
 
 @njit(cache=True, nogil=True, fastmath=False)
-def exp_shifted(z, zmax):
-    """exp(z - zmax), strict (used by the softmax kernel)."""
-    return math.exp(z - zmax)
-
-
-@njit(cache=True, nogil=True, fastmath=False)
-def softmax_row_loss(ssum, zmax, zy, s):
-    """s * (log(sum_k exp(z_k - zmax)) + zmax - z_y), strict."""
-    return s * (math.log(ssum) + (zmax - zy))
+def log_strict(x):
+    """math.log(x), strict (kept out of the fastmath drivers)."""
+    return math.log(x)
 
 
 @njit(cache=True, nogil=True, fastmath=False)

@@ -11,6 +11,13 @@ For each (kernel, dtype, D) it times, after one warm-up call:
 and reports min and median seconds over --repeats, bytes of X read per second (X.nbytes / min time),
 and the ratios kernel/stream bandwidth and numpy_time/kernel_time. One JSON document goes to stdout.
 
+A top-level "targets" block evaluates the issue-6 item-1 targets on the logistic float64 D=64
+result (and softmax float64 D=64): gradient alone >= 0.8x and loss+gradient >= 0.6x of the stream
+bandwidth, both >= 1.5x faster than NumPy, softmax within 2x of the read bound (>= 0.5x), each with
+the measured ratio from the min and the median times. BLAS threads are forced to 1 before NumPy is
+imported; "blas" records what threadpoolctl reports (library, version, core type, threads) and the
+OPENBLAS_CORETYPE in effect. softmax gets a workspace of WORK_ROWS*K (the four-rows path).
+
 Sizes: each X has min(--rows, --max-bytes // (D * itemsize)) rows, i.e. --rows rows unless X would
 exceed --max-bytes (default 512 MiB); the actual row count is in each result.
 """
@@ -36,6 +43,7 @@ except ImportError:  # pragma: no cover
         return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 from mpidml.kernels import linear_loss_grad, logistic_loss_grad, softmax_loss_grad_ws  # noqa: E402
+from mpidml.kernels.softmax import WORK_ROWS  # noqa: E402
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -124,7 +132,42 @@ def machine_info():
         "threads": {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                    "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")},
         "numba_num_threads": numba.config.NUMBA_NUM_THREADS,
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+        "blas": blas_info(),
     }
+
+
+def blas_info():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    keep = ("user_api", "internal_api", "version", "architecture", "num_threads", "threading_layer")
+    return [{k: d.get(k) for k in keep} for d in threadpool_info()]
+
+
+TARGETS = (  # (name, kernel, ratio key, threshold)
+    ("logistic_f64_D64_grad_vs_stream_bw", "logistic", "grad_vs_stream_bw", 0.8),
+    ("logistic_f64_D64_loss_grad_vs_stream_bw", "logistic", "loss_grad_vs_stream_bw", 0.6),
+    ("logistic_f64_D64_grad_speedup_vs_numpy", "logistic", "numpy_over_grad", 1.5),
+    ("logistic_f64_D64_loss_grad_speedup_vs_numpy", "logistic", "numpy_over_loss_grad", 1.5),
+    ("softmax_K10_f64_D64_grad_vs_stream_bw", "softmax", "grad_vs_stream_bw", 0.5),
+    ("softmax_K10_f64_D64_loss_grad_vs_stream_bw", "softmax", "loss_grad_vs_stream_bw", 0.5),
+)
+
+
+def evaluate_targets(results):
+    """Issue 6 item 1 on the float64 D=64 results: pass when the ratio from min times meets it."""
+    out = {}
+    for name, kern, key, thr in TARGETS:
+        hit = [r for r in results if r["kernel"] == kern and r["dtype"] == "float64" and r["features"] == 64]
+        if not hit:
+            out[name] = {"threshold": thr, "status": "not measured"}
+            continue
+        rat = hit[0]["ratios"]
+        out[name] = {"threshold": thr, "ratio_min": rat["min"][key], "ratio_median": rat["median"][key],
+                     "rows": hit[0]["rows"], "pass": bool(rat["min"][key] >= thr)}
+    return out
 
 
 def main(argv=None):
@@ -162,7 +205,7 @@ def main(argv=None):
                     k = a.classes
                     y = rng.integers(0, k, n).astype(np.int64)
                     params = rng.standard_normal(k * (d + 1)) / np.sqrt(d)
-                    work = np.empty(2 * k)
+                    work = np.empty(WORK_ROWS * k)
 
                     def run(with_loss, g=np.zeros(params.size)):
                         return softmax_loss_grad_ws(X, y, sw, params, rows, g, with_loss, work)
@@ -206,7 +249,7 @@ def main(argv=None):
                     "seconds": times, "gb_per_s": gbps, "ratios": ratios, "check_vs_numpy": check,
                 })
             del X
-    doc = {"machine": machine_info(), "args": vars(a), "results": results}
+    doc = {"machine": machine_info(), "args": vars(a), "targets": evaluate_targets(results), "results": results}
     json.dump(doc, sys.stdout, indent=2)
     print()
 

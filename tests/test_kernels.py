@@ -153,8 +153,13 @@ def test_softmax_ws_matches_allocating_version():
     rows = rows_for("runs", X.shape[0])
     g1, g2 = np.zeros_like(params), np.zeros_like(params)
     l1 = softmax_loss_grad(X, y, sw, params, rows, g1, True)
-    l2 = softmax_loss_grad_ws(X, y, sw, params, rows, g2, True, np.empty(2 * K + 3))
+    l2 = softmax_loss_grad_ws(X, y, sw, params, rows, g2, True, np.empty(4 * K + 3))
     assert l1 == l2 and np.array_equal(g1, g2)
+    # the minimal 2*K workspace takes rows in pairs: same values up to rounding
+    g3 = np.zeros_like(params)
+    l3 = softmax_loss_grad_ws(X, y, sw, params, rows, g3, True, np.empty(2 * K))
+    np.testing.assert_allclose(l3, l1, rtol=1e-13)
+    np.testing.assert_allclose(g3, g1, rtol=1e-13, atol=1e-13 * np.abs(g1).max())
 
 
 def test_unit_weights_equal_empty_weights():
@@ -280,6 +285,21 @@ def test_select_local_rows(lo, hi):
 
 
 # ---------------------------------------------------------------- scalar helpers
+
+
+def test_exp_nonpos_accuracy():
+    import math
+
+    from mpidml.kernels.util import exp_nonpos
+
+    rng = np.random.default_rng(6)
+    xs = np.concatenate([-rng.uniform(0.0, 708.0, 20000), -rng.uniform(0.0, 1.0, 20000),
+                         -rng.uniform(0.0, 1e-8, 100), [0.0, -0.0, -0.34657359, -708.0]])
+    for x in xs:
+        ref = math.exp(x)
+        assert abs(exp_nonpos(x) - ref) <= 4.5e-16 * ref, (x, exp_nonpos(x), ref)
+    for x in (-708.1, -745.2, -1e4, -np.inf):
+        assert exp_nonpos(x) == 0.0
 
 
 def test_log1p_unit_accuracy():
