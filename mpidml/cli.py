@@ -143,7 +143,15 @@ def set_threads(n: int | None) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "scaling":  # post-processing only: no MPI
+        from .scaling import main as scaling_main
+
+        return scaling_main([args.out] + (["--json", args.json] if args.json else [])
+                            + (["--plot", args.plot] if args.plot else []) + (["--no-plot"] if args.no_plot else []))
     set_threads(getattr(args, "threads", None))
+    from .jitcache import configure_numba_cache
+
+    configure_numba_cache()  # before Numba is imported
 
     from .comm import install_abort_hook
     from .errors import MpidmlError
@@ -304,6 +312,7 @@ def cmd_info(args) -> int:
         "mpi_ranks": MPI.COMM_WORLD.Get_size(),
         "h5py_mpi": h5py_has_mpi(),
         "io_driver_default": "mpio" if h5py_has_mpi() else "independent",
+        "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR"),
         "threads": {"numba": numba.get_num_threads(), "numba_layer": numba.config.THREADING_LAYER,
                     **thread_settings()},
     }

@@ -25,6 +25,31 @@ def _clean(value):
     return value
 
 
+def stderr_is_terminal() -> bool:
+    """Is the user's stderr a terminal?
+
+    Under mpirun a rank's stderr is a pipe to the launcher even when the user
+    watches a terminal, so also look at the launcher's stderr: walk up to three
+    parent processes (Linux /proc) for a stderr that is a tty. Batch jobs (sbatch,
+    output to a file) get plain log lines.
+    """
+    if sys.stderr.isatty():
+        return True
+    pid = os.getppid()
+    for _ in range(3):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/2")
+            if target.startswith(("/dev/pts/", "/dev/tty")):
+                return True
+            with open(f"/proc/{pid}/stat") as fh:
+                pid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid <= 1:
+            return False
+    return False
+
+
 def write_json_atomic(path: str, obj) -> None:
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w") as fh:
@@ -58,7 +83,7 @@ class Reporter:
         self.unit = unit
         self.prefix = prefix
         if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "log"
+            mode = "bar" if stderr_is_terminal() else "log"
         self.mode = mode if enabled else "none"
         self.file = open(os.path.join(run_dir, "metrics.jsonl"), "a") if (run_dir and enabled) else None
         self.t0 = time.perf_counter()
@@ -110,7 +135,7 @@ class Reporter:
 def _format(record, unit, short=False) -> str:
     parts = [] if short else [f"{unit} {record.get(unit, '?')}"]
     if "epoch" in record and not short:
-        parts.append(f"epoch {record['epoch']}")
+        parts.append(f"epoch {record['epoch']:.2f}")
     for key, fmt in (("loss", ".6g"), ("grad_max", ".3g"), ("lr", ".3g")):
         if record.get(key) is not None:
             parts.append(f"{key} {record[key]:{fmt}}")

@@ -10,6 +10,10 @@ import sys
 
 import pytest
 
+from mpidml.jitcache import configure_numba_cache
+
+configure_numba_cache()  # before anything imports Numba: a cache keyed by the kernels' source
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

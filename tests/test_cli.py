@@ -161,3 +161,19 @@ def test_linear_on_two_ranks_recovers_true_coefficients(tmp_path):
         np.testing.assert_allclose(f["coef"][...], g["true_coef"][...], atol=1e-3)
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["r2"] > 0.99
+
+
+def test_progress_bar_on_a_terminal_and_log_lines_otherwise(logistic_h5, tmp_path):
+    """rank 0 draws a bar when the user's stderr is a terminal (here a pty from `script`)."""
+    import shlex
+
+    args = MPIDML + ["train", str(logistic_h5), "--optimizer", "sgd", "--batch-size", "500", "--epochs", "2"]
+    inner = " ".join(shlex.quote(a) for a in [mpirun_exe(), "-n", "2", "--oversubscribe"] + args
+                     + ["--out", str(tmp_path / "tty")])
+    typescript = tmp_path / "typescript"
+    run(["script", "-qec", inner, str(typescript)])
+    screen = typescript.read_bytes().decode(errors="replace")  # keep the \r of the redrawn bar
+    assert "[####" in screen and "\r[" in screen and "22/22" in screen
+    piped = run(args + ["--out", str(tmp_path / "pipe")], ranks=2)
+    assert "[####" not in piped.stderr and "step 22  epoch 2.00" in piped.stderr
+    assert "[rank 1]" not in piped.stderr  # other ranks are quiet without --verbose
