@@ -38,6 +38,20 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def parse_bytes(text: str) -> int:
+    """'512M', '2G', '1.5e9', '4096' -> bytes (K/M/G/T are powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1] if t and t[-1] in "KMGT" else ""
+    try:
+        value = float(t[:-1] if unit else t) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 512M, 2G)") from None
+    if not (value >= 0):
+        raise argparse.ArgumentTypeError(f"size must be >= 0, got {text!r}")
+    return int(value)
+
+
 def _flag(p, name, type_, help_, metavar=None):
     p.add_argument(f"--{name}", dest=name.replace("-", "_"), type=type_, default=None, help=help_, metavar=metavar)
 
@@ -86,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(t, "driver", str, "auto | mpio | independent: how ranks read HDF5 (default auto)")
     _flag(t, "log-every", int, "steps between metric lines (default: ~10 per epoch; every L-BFGS iteration)")
     _flag(t, "progress", str, "auto | bar | log | none (default auto: bar on a terminal)")
+    _flag(t, "max-memory", parse_bytes, "bytes of X per rank (e.g. 512M, 2G); a larger shard is streamed from "
+          "the file chunk by chunk, reading ahead while computing (default: no limit)", "BYTES")
     _flag(t, "checkpoint-every", int, "steps (L-BFGS/GD: iterations) between checkpoints (default 0: only at the end)")
     _flag(t, "timeout", float, "abort the whole job if no step completes in this many seconds (default 0: off)",
           "SECONDS")

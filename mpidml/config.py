@@ -77,13 +77,14 @@ class TrainConfig:
     overwrite: bool = False
     verbose: bool = False
     progress: str = "auto"  # auto (bar on a terminal, log lines otherwise) | bar | log | none
+    max_memory: int = 0  # bytes of X a rank may hold; a larger shard is streamed from the file (0 = no limit)
     checkpoint_every: int = 0  # steps (L-BFGS/GD: iterations) between checkpoints; 0 = only at the end
     timeout: float = 0.0  # abort the job when no step completes in this many seconds; 0 = off
     resume: str = ""  # run directory to continue from its newest checkpoint
 
     # options that do not change the trained model (excluded from the config hash)
     RUN_ONLY = ("out", "threads", "log_every", "overwrite", "verbose", "progress", "driver",
-                "checkpoint_every", "timeout", "resume")
+                "checkpoint_every", "timeout", "resume", "max_memory")
 
     def validate(self) -> "TrainConfig":
         def choice(name, allowed):
@@ -117,6 +118,8 @@ class TrainConfig:
             raise ConfigError(f"--classes must be >= 2 (or 0 to infer from the labels), got {self.classes}")
         if self.log_every < 0:
             raise ConfigError(f"--log-every must be >= 0, got {self.log_every}")
+        if self.max_memory < 0:
+            raise ConfigError(f"--max-memory must be >= 0 bytes, got {self.max_memory}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if not (self.timeout >= 0 and math.isfinite(self.timeout)):

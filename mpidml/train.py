@@ -25,11 +25,13 @@ from .checkpoint import Checkpointer, checkpoint_path, data_fingerprint, list_ch
 from .comm import Context, mpi_library_version
 from .config import TrainConfig
 from .data import h5py_has_mpi, inspect, read_shard
+from .data.stream import StreamingShard, open_streaming_shard, x_bytes_per_rank
 from .errors import ConfigError, DataError, MpidmlError
 from .launcher import launcher_info
 from .metrics import Reporter, write_json_atomic
 from .modelio import save_model
 from .models import make_model
+from .models.streamed import StreamedModel
 from .parallel import STRATEGIES
 
 
@@ -90,8 +92,15 @@ def load_training_data(ctx: Context, cfg: TrainConfig, y_dtype, parts=None):
         ctx.agree(DataError(f"{cfg.data} has {meta['n_rows']} rows, fewer than the {n_parts} {who}; "
                             f"use fewer ranks"))
     t0 = time.perf_counter()
-    shard = ctx.collective(read_shard, cfg.data, ctx.comm, x_name=cfg.x_name, y_name=cfg.y_name,
-                           driver=cfg.driver, y_dtype=y_dtype, parts=parts)
+    max_memory = getattr(cfg, "max_memory", 0)
+    if max_memory and x_bytes_per_rank(meta["n_rows"], meta["n_features"], np.dtype(meta["x_dtype"]).itemsize,
+                                       n_parts) > max_memory:
+        # Decided from metadata alone, so every rank streams (no rank waits in a collective read).
+        shard = ctx.collective(open_streaming_shard, cfg.data, x_name=cfg.x_name, y_name=cfg.y_name,
+                               y_dtype=y_dtype, parts=parts or (ctx.size, ctx.rank), max_memory=max_memory)
+    else:
+        shard = ctx.collective(read_shard, cfg.data, ctx.comm, x_name=cfg.x_name, y_name=cfg.y_name,
+                               driver=cfg.driver, y_dtype=y_dtype, parts=parts)
     if faults.active:
         faults.point("load", ctx.rank)
     ctx.timers.add("io", time.perf_counter() - t0)
@@ -210,8 +219,13 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
                 f"from {cfg.data} ({io_reason}); {ctx.size} rank(s), {shard.n_local} rows here")
 
     n_classes = infer_classes(ctx, cfg, shard)
-    model = ctx.collective(make_model, cfg.model, meta["n_features"], n_classes)
+    model = ctx.collective(make_model, cfg.model, meta["n_features"], n_classes, cfg.hidden)
     ctx.collective(model.check_labels, shard.y, shard.lo)
+    streamed = isinstance(shard, StreamingShard)
+    if streamed:
+        model = StreamedModel(model, shard, max_batch=cfg.batch_size if cfg.optimizer in ("sgd", "adam") else 1)
+        say.message(f"io: shard of {shard.n_local} x {shard.n_features} exceeds --max-memory {cfg.max_memory}; "
+                    f"streaming it in chunks of {shard.chunk_rows} rows (read-ahead)")
     weight_sum = ctx.allreduce_scalar(float(shard.sw.sum()) if shard.sw.size else float(shard.n_local))
 
     t0 = time.perf_counter()
@@ -270,6 +284,8 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
             "ranks": ctx.size, "hostnames": hostnames, "launcher": launcher_info(hostnames),
             "shard_rows": [int(r) for r in per_rank[:, 5]],
             "io": {"driver": shard.driver, "reason": io_reason, "path": os.path.abspath(cfg.data),
+                   "streamed": {"chunk_rows": shard.chunk_rows, "buffer_bytes": shard.memory_bytes,
+                                "bytes_read": shard.bytes_read} if streamed else None,
                    "x_dtype": str(meta["x_dtype"])},
             "time": {"wall": times["wall"], "io": times["io"], "compute": times["compute"],
                      "comm": times["comm"], "other": times["other"], "fit": fit_seconds,
@@ -289,4 +305,6 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
         write_json_atomic(os.path.join(cfg.out, "summary.json"), summary)
     if ctx.watchdog is not None:
         ctx.watchdog.stop()
+    if streamed:
+        shard.close()
     return summary

@@ -1,0 +1,85 @@
+"""--max-memory: a shard larger than the limit is streamed from HDF5 and gives the in-memory result."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from mpidml.data.stream import ROW_ALIGN, open_streaming_shard
+from mpidml.errors import DataError
+from mpidml.models import make_model
+from mpidml.models.streamed import StreamedModel
+
+from helpers import make_problem, shard_of
+from test_cli import MPIDML, run
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    X, y = make_problem("softmax", n=3001, d=6, k=3, seed=9)
+    path = tmp_path_factory.mktemp("stream") / "sm.h5"
+    with h5py.File(path, "w") as f:
+        f["X"], f["y"] = X, y
+    return path, X, y
+
+
+def test_chunks_and_gather_return_the_right_rows(data):
+    path, X, y = data
+    shard = open_streaming_shard(path, y_dtype=np.int64, parts=(3, 1), max_memory=2 * ROW_ALIGN * 6 * 8)
+    lo, hi = shard.lo, shard.hi
+    assert shard.chunk_rows == ROW_ALIGN and shard.X is None
+    seen = np.concatenate([Xc.copy() for _, _, Xc in shard.chunks()])
+    np.testing.assert_array_equal(seen, X[lo:hi])
+    rows = np.random.default_rng(0).permutation(hi - lo)[:77]
+    out = np.empty((100, 6))
+    np.testing.assert_array_equal(shard.gather(rows, out), X[lo:hi][rows])
+    np.testing.assert_array_equal(shard.y, y[lo:hi])
+    shard.close()
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_streamed_model_sums_equal_in_memory_sums(data, full):
+    path, X, y = data
+    shard = open_streaming_shard(path, y_dtype=np.int64, parts=(2, 0), max_memory=4 * ROW_ALIGN * 6 * 8)
+    dense = shard_of(X, y, 0, 2)
+    model = make_model("softmax", 6, 3)
+    streamed = StreamedModel(model, shard, max_batch=500)
+    params = np.random.default_rng(1).standard_normal(model.n_params)
+    rows = np.arange(dense.n_local) if full else np.random.default_rng(2).permutation(dense.n_local)[:500]
+    g1, g2 = np.zeros(model.n_params), np.zeros(model.n_params)
+    f1 = model.loss_grad(dense, params, rows.astype(np.int64), g1)
+    f2 = streamed.loss_grad(shard, params, rows.astype(np.int64), g2)
+    assert f2 == pytest.approx(f1, rel=1e-13)
+    np.testing.assert_allclose(g2, g1, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(streamed.stats(shard, params, rows), model.stats(dense, params, rows))
+    shard.close()
+
+
+def test_nan_is_found_while_streaming(tmp_path):
+    X = np.ones((500, 3))
+    X[321, 2] = np.nan
+    path = tmp_path / "nan.h5"
+    with h5py.File(path, "w") as f:
+        f["X"], f["y"] = X, np.zeros(500)
+    with pytest.raises(DataError, match="global row 321"):
+        open_streaming_shard(path, parts=(1, 0), max_memory=2 * ROW_ALIGN * 3 * 8)
+
+
+@pytest.mark.parametrize("options", [
+    ["--optimizer", "lbfgs", "--tol", "1e-10"],
+    ["--optimizer", "sgd", "--momentum", "0.9", "--batch-size", "128", "--epochs", "2"],
+    ["--optimizer", "adam", "--lr", "0.01", "--batch-size", "300", "--epochs", "2"],
+], ids=["lbfgs", "sgd", "adam"])
+def test_training_streamed_equals_in_memory_on_two_ranks(data, tmp_path, options):
+    path = data[0]
+    base = MPIDML + ["train", str(path), "--model", "softmax", "--progress", "none"] + options
+    run(base + ["--out", str(tmp_path / "mem")], ranks=2)
+    run(base + ["--out", str(tmp_path / "stream"), "--max-memory", "16K"], ranks=2)
+    with h5py.File(tmp_path / "mem" / "model.h5") as a, h5py.File(tmp_path / "stream" / "model.h5") as b:
+        np.testing.assert_allclose(b["coef"][...], a["coef"][...], rtol=1e-10, atol=1e-13)
+    s_mem = json.loads((tmp_path / "mem" / "summary.json").read_text())
+    s = json.loads((tmp_path / "stream" / "summary.json").read_text())
+    assert s["io"]["driver"] == "independent-streamed" and s["io"]["streamed"]["buffer_bytes"] < 16 * 1024 + 2 * 8 * 1501
+    assert s["objective"] == pytest.approx(s_mem["objective"], rel=1e-12)
+    assert s["accuracy"] == s_mem["accuracy"]
