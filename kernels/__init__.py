@@ -17,6 +17,7 @@ from .linear import linear_loss_grad, linear_predict
 from .logistic import logistic_decision, logistic_loss_grad
 from .softmax import softmax_decision, softmax_loss_grad, softmax_loss_grad_ws
 from .util import select_local_rows
+from .mlp import mlp_layout, mlp_loss_grad, mlp_predict_proba
 
 __all__ = [
     "linear_loss_grad",
@@ -27,4 +28,7 @@ __all__ = [
     "softmax_loss_grad_ws",
     "softmax_decision",
     "select_local_rows",
+    "mlp_layout",
+    "mlp_loss_grad",
+    "mlp_predict_proba",
 ]

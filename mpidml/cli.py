@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("data", nargs="?", default=None, help="HDF5 file with X and y")
     t.add_argument("--config", help="TOML file with options (same names as the flags, _ for -)")
     _flag(t, "out", str, "run directory to create (config.toml, metrics.jsonl, summary.json, model.h5)", "RUN")
-    _flag(t, "model", str, "linear | logistic | softmax (default logistic)")
-    _flag(t, "classes", int, "softmax: number of classes (default: max label + 1)")
+    _flag(t, "model", str, "linear | logistic | softmax | mlp (default logistic)")
+    _flag(t, "classes", int, "softmax/mlp: number of classes (default: max label + 1)")
+    _flag(t, "hidden", str, "mlp: hidden layer sizes, one or two ReLU layers, e.g. 64 or 128,64 (default 64)", "H[,H2]")
     _flag(t, "l2", float, "L2 penalty on the coefficients (default 1e-4)")
     _flag(t, "strategy", str, "allreduce (default)")
     _flag(t, "optimizer", str, "sgd | adam | gd | lbfgs (default lbfgs)")
@@ -248,7 +249,7 @@ def cmd_evaluate(args) -> int:
         y_name = args.y_name or "y"
         driver = args.driver or "auto"
 
-    meta, shard = load_training_data(ctx, _Cfg, np.int64 if model.name == "softmax" else np.float64)
+    meta, shard = load_training_data(ctx, _Cfg, model.y_dtype)
     if meta["n_features"] != model.n_features:
         ctx.agree(DataError(f"{args.data} has {meta['n_features']} features but the model expects {model.n_features}"))
     ctx.collective(model.check_labels, shard.y, shard.lo)

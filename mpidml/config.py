@@ -33,7 +33,7 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-MODELS = ("linear", "logistic", "softmax")
+MODELS = ("linear", "logistic", "softmax", "mlp")
 OPTIMIZERS = ("sgd", "adam", "gd", "lbfgs")
 STRATEGIES = ("allreduce",)
 DRIVERS = ("auto", "mpio", "independent")
@@ -53,6 +53,7 @@ class TrainConfig:
     # model and objective: f = (1/N) sum_i loss_i + (l2/2) ||W||^2, intercepts not penalised
     model: str = "logistic"
     classes: int = 0  # softmax: number of classes; 0 = max label + 1 over the whole dataset
+    hidden: str = ""  # mlp: hidden layer sizes, "64" or "128,64" ("" = 64)
     l2: float = 1e-4
     # optimizer
     strategy: str = "allreduce"
@@ -114,6 +115,12 @@ class TrainConfig:
             raise ConfigError("--nesterov needs --momentum > 0")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError(f"--beta1 and --beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.hidden and self.model != "mlp":
+            raise ConfigError(f"--hidden applies to --model mlp only (got --model {self.model})")
+        if self.model == "mlp":
+            from .models.mlp import parse_hidden
+
+            parse_hidden(self.hidden or "64")
         if self.classes < 0 or self.classes == 1:
             raise ConfigError(f"--classes must be >= 2 (or 0 to infer from the labels), got {self.classes}")
         if self.log_every < 0:

@@ -1,7 +1,9 @@
 """model.h5: the trained model in scikit-learn's convention.
 
 Datasets ``coef`` (K, D) and ``intercept`` (K,) (K = 1 for linear and binary
-logistic regression), attributes ``model``, ``l2``, ``n_features``,
+logistic regression); for the MLP instead ``W1`` (H1, D), ``b1`` (H1), ...,
+``W{L}`` (K, H_last), ``b{L}`` (K) (scikit-learn's ``coefs_`` transposed) and
+the attribute ``hidden`` (hidden layer sizes). Attributes ``model``, ``l2``, ``n_features``,
 ``n_classes`` and ``mpidml_version``. Written to a temporary file, fsynced and
 renamed into place, so a crash never leaves a half-written model.
 """
@@ -14,16 +16,21 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .errors import DataError
+from .errors import DataError, MpidmlError
 from .models import make_model
 
 
 def save_model(path: str, model, params: np.ndarray, **attrs) -> None:
-    coef, intercept = model.coef_intercept(params)
+    if hasattr(model, "to_arrays"):  # the MLP: W1, b1, W2, b2, ... and the hidden sizes
+        arrays = model.to_arrays(params)
+        attrs = dict(attrs, hidden=np.asarray(model.hidden, dtype=np.int64))
+    else:
+        coef, intercept = model.coef_intercept(params)
+        arrays = {"coef": coef, "intercept": intercept}
     tmp = f"{path}.tmp.{os.getpid()}"
     with h5py.File(tmp, "w") as f:
-        f.create_dataset("coef", data=coef)
-        f.create_dataset("intercept", data=intercept)
+        for name, value in arrays.items():
+            f.create_dataset(name, data=value)
         f.attrs["model"] = model.name
         f.attrs["n_features"] = model.n_features
         f.attrs["n_classes"] = getattr(model, "n_classes", 0)
@@ -43,6 +50,8 @@ def load_model(path: str):
     try:
         with h5py.File(path, "r") as f:
             attrs = dict(f.attrs)
+            if _name(attrs) == "mlp":
+                return _load_mlp(path, f, attrs)
             coef = np.asarray(f["coef"][...], dtype=np.float64)
             intercept = np.asarray(f["intercept"][...], dtype=np.float64)
     except (OSError, KeyError) as e:
@@ -56,3 +65,20 @@ def load_model(path: str):
     if model.n_outputs != coef.shape[0]:
         raise DataError(f"{path}: model {name} expects {model.n_outputs} rows of coef, found {coef.shape[0]}")
     return model, model.params_from(coef, intercept), attrs
+
+
+def _name(attrs) -> str:
+    name = attrs.get("model")
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _load_mlp(path, f, attrs):
+    hidden = tuple(int(h) for h in np.atleast_1d(attrs.get("hidden", ())))
+    try:
+        arrays = {k: np.asarray(f[k][...], dtype=np.float64) for k in f.keys() if k[0] in "Wb"}
+        n_features = arrays["W1"].shape[1]
+        n_classes = arrays[f"W{len(hidden) + 1}"].shape[0]
+        model = make_model("mlp", n_features, n_classes, ",".join(map(str, hidden)))
+        return model, model.params_from_arrays(arrays), attrs
+    except (KeyError, ValueError, IndexError, MpidmlError) as e:
+        raise DataError(f"{path}: malformed mlp model (expected W1, b1, ... for hidden sizes {hidden}): {e}") from None

@@ -108,7 +108,7 @@ def load_training_data(ctx: Context, cfg: TrainConfig, y_dtype, parts=None):
 
 
 def infer_classes(ctx: Context, cfg: TrainConfig, shard) -> int:
-    if cfg.model != "softmax":
+    if cfg.model not in ("softmax", "mlp"):
         return 2
     if cfg.classes:
         return cfg.classes
@@ -210,7 +210,7 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
                    enabled=ctx.is_root or cfg.verbose)
 
     strategy = STRATEGIES[cfg.strategy]
-    y_dtype = np.int64 if cfg.model == "softmax" else np.float64
+    y_dtype = np.int64 if cfg.model in ("softmax", "mlp") else np.float64
     parts = ctx.collective(strategy.data_parts, ctx, cfg)
     meta, shard = load_training_data(ctx, cfg, y_dtype, parts)
     io_reason = ("h5py built with MPI" if h5py_has_mpi() else "h5py built without MPI") if cfg.driver == "auto" \
@@ -242,7 +242,7 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
                                         if ctx.is_root else None)}
     resume = load_resume_state(ctx, cfg, ckpt_meta, reporter) if resuming else None
     trainer.checkpointer = Checkpointer(cfg.out, cfg.checkpoint_every, ckpt_meta, ctx.is_root, ctx.rank)
-    params = model.init_params()
+    params = model.init_params(cfg.seed)  # zeros, or the MLP's seeded random start (same on every rank)
     t_fit = time.perf_counter()
     ctx.beat("start of training")
     try:

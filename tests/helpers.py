@@ -47,10 +47,10 @@ def train(ctx, X, y, sw=None, **options):
     """Train with the allreduce strategy on ctx's ranks; returns (params, trainer)."""
     cfg = TrainConfig(data="<memory>", out="<none>", progress="none", **options)
     shard = shard_of(X, y, ctx.rank, ctx.size, sw)
-    model = make_model(cfg.model, X.shape[1], int(y.max()) + 1 if cfg.model == "softmax" else 2)
+    model = make_model(cfg.model, X.shape[1], int(y.max()) + 1 if cfg.model in ("softmax", "mlp") else 2, cfg.hidden)
     weight_sum = float(len(X) if sw is None else sw.sum())
     trainer = AllreduceTrainer(ctx, model, shard, cfg, Reporter(None, enabled=False), weight_sum)
-    params = model.init_params()
+    params = model.init_params(cfg.seed)
     trainer.fit(params)
     return params, trainer
 

@@ -40,8 +40,11 @@ class Model:
         self.penalized = slice(0, self.n_outputs * self.n_features)
 
     # -- parameters --------------------------------------------------------
-    def init_params(self) -> np.ndarray:
-        """Initial parameters (zeros: a convex objective needs no random start)."""
+    def init_params(self, seed: int = 0) -> np.ndarray:
+        """Initial parameters (zeros: a convex objective needs no random start).
+
+        Non-convex models (the MLP) draw a random start from ``seed``, the same on every rank.
+        """
         return np.zeros(self.n_params, dtype=np.float64)
 
     def coef_intercept(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,51 @@
+"""End to end through the command line for the issue-7 models and options (mpirun with timeouts)."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from test_cli import MPIDML, run
+
+
+@pytest.fixture(scope="module")
+def classes_h5(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "sm.h5"
+    run(MPIDML + ["generate", "softmax", "--rows", "1201", "--features", "5", "--classes", "3", "--seed", "2",
+                  "-o", str(path)])
+    return path
+
+
+def numpy_mlp_proba(model_path, X):
+    with h5py.File(model_path) as f:
+        L = len(f.attrs["hidden"]) + 1
+        a = X
+        for l in range(1, L + 1):
+            a = a @ f[f"W{l}"][...].T + f[f"b{l}"][...]
+            if l < L:
+                a = np.maximum(a, 0)
+    p = np.exp(a - a.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def test_mlp_train_and_evaluate(classes_h5, tmp_path):
+    out = tmp_path / "run"
+    run(MPIDML + ["train", str(classes_h5), "--model", "mlp", "--hidden", "16,8", "--optimizer", "adam", "--lr", "0.01",
+                  "--batch-size", "64", "--epochs", "3", "--seed", "4", "--out", str(out)], ranks=2)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["model"] == "mlp" and s["n_classes"] == 3 and s["n_params"] == 5 * 16 + 16 * 8 + 8 * 3 + 16 + 8 + 3
+    with h5py.File(classes_h5) as f:
+        X, y = f["X"][...], f["y"][...]
+    acc = np.mean(np.argmax(numpy_mlp_proba(out / "model.h5", X), axis=1) == y)
+    assert abs(acc - s["accuracy"]) < 1e-12
+    proc = run(MPIDML + ["evaluate", str(out / "model.h5"), str(classes_h5)], ranks=3)
+    ev = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert ev["model"] == "mlp" and abs(ev["accuracy"] - acc) < 1e-12
+    assert ev["objective"] == pytest.approx(s["objective"], rel=1e-12)
+
+
+def test_hidden_without_mlp_is_one_clear_error(classes_h5, tmp_path):
+    proc = run(MPIDML + ["train", str(classes_h5), "--model", "softmax", "--hidden", "8", "--out", str(tmp_path / "r")],
+               ranks=2, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("--hidden applies to --model mlp only") == 1
