@@ -199,8 +199,11 @@ def load_checkpoint(path: str, expect: dict | None) -> dict:
         raise ConfigError(f"checkpoint {path} was written with a different training config ({detail}); "
                           "resume with the run's own options")
     if meta.get("data") != expect.get("data"):
-        raise DataError(f"checkpoint {path} was written for a different dataset "
-                        f"({meta.get('data')} vs now {expect.get('data')}); resume with the same data file")
+        def describe(d):
+            d = d or {}
+            return f"shape {tuple(d.get('shape', ()))} {d.get('x_dtype')}, sampled-rows sha256 {d.get('sha256')}"
+        raise DataError(f"checkpoint {path} was written for a different dataset (then: {describe(meta.get('data'))}; "
+                        f"now: {describe(expect.get('data'))}); resume with the same data file")
     if out["params"].shape != (expect["n_params"],):
         raise DataError(f"checkpoint {path} holds {out['params'].size} parameters, the model has {expect['n_params']}")
     return out

@@ -207,7 +207,7 @@ def read_toml(path: str) -> dict:
                 continue
             name = key.replace("-", "_")
             if name not in OPTION_NAMES:
-                raise ConfigError(f"config file {path}: unknown key {where}{key!r}{_suggest(name, OPTION_NAMES)}")
+                raise ConfigError(f"config file {path}: unknown key '{where}{key}'{_suggest(name, OPTION_NAMES)}")
             flat[name] = _coerce(name, value)
 
     walk(raw, "")

@@ -89,7 +89,7 @@ def load_training_data(ctx: Context, cfg: TrainConfig, y_dtype, parts=None):
     n_parts = ctx.size if parts is None else parts[0]
     if meta["n_rows"] < n_parts:
         who = "ranks" if n_parts == ctx.size else "data-holding ranks (workers)"
-        ctx.agree(DataError(f"{cfg.data} has {meta['n_rows']} rows, fewer than the {n_parts} {who}; "
+        ctx.agree(DataError(f"{cfg.data} has {meta['n_rows']} row(s), fewer than the {n_parts} {who}; "
                             f"use fewer ranks"))
     t0 = time.perf_counter()
     max_memory = getattr(cfg, "max_memory", 0)

@@ -74,7 +74,7 @@ def bad_files(tmp):
         "non-numeric X": (write_h5(tmp / "str.h5", X=np.array([[b"a", b"b"]] * 20), y=y), [], "has dtype string"),
         "NaN in X": (write_h5(tmp / "nan.h5", X=nan_x, y=y), [], "row 7"),
         "Inf in y": (write_h5(tmp / "inf.h5", X=X, y=inf_y), [], "row 13"),
-        "labels not 0/1 for logistic": (write_h5(tmp / "lab.h5", X=X, y=y * 2), [], "not valid for logistic"),
+        "labels not 0/1 for logistic": (write_h5(tmp / "lab.h5", X=X, y=y * 2), [], "label 2 at global row"),
         "labels not integers for softmax": (write_h5(tmp / "labf.h5", X=X, y=y + 0.5), ["--model", "softmax"],
                                             "not"),
         "fewer rows than ranks": (write_h5(tmp / "one.h5", X=X[:1], y=y[:1]), [], "fewer than the 2 ranks"),

@@ -91,4 +91,4 @@ def check_integer_labels(y: np.ndarray, lo: int, n_classes: int, what: str) -> N
     bad = (y < 0) | (y >= n_classes) | (y != np.floor(y))
     if bad.any():
         i = first_bad(bad)
-        raise DataError(f"label {y[i]!r} at row {lo + i} is not valid for {what}")
+        raise DataError(f"label {float(y[i]):g} at global row {lo + i} is not valid for {what}")
