@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(t, "hidden", str, "mlp: hidden layer sizes, one or two ReLU layers, e.g. 64 or 128,64 (default 64)", "H[,H2]")
     _flag(t, "l2", float, "L2 penalty on the coefficients (default 1e-4)")
     _flag(t, "strategy", str, "allreduce (default)")
+    _flag(t, "comm-dtype", str, "allreduce: float64 (default) | float32: gradients travel as float32 (half "
+          "the bytes); parameters, optimizer state and the objective stay float64")
     _flag(t, "optimizer", str, "sgd | adam | gd | lbfgs (default lbfgs)")
     _flag(t, "lr", float, "learning rate for sgd, adam and gd (default 0.1)")
     _flag(t, "lr-schedule", str, "constant | inverse_sqrt | step | cosine (default constant)")

@@ -39,6 +39,7 @@ STRATEGIES = ("allreduce",)
 DRIVERS = ("auto", "mpio", "independent")
 SCHEDULES = ("constant", "inverse_sqrt", "step", "cosine")
 SHUFFLES = ("global", "none")
+COMM_DTYPES = ("float64", "float32")
 
 
 @dataclass
@@ -57,6 +58,7 @@ class TrainConfig:
     l2: float = 1e-4
     # optimizer
     strategy: str = "allreduce"
+    comm_dtype: str = "float64"  # allreduce: dtype of the reduced gradient on the wire (parameters stay float64)
     optimizer: str = "lbfgs"
     lr: float = 0.1
     lr_schedule: str = "constant"
@@ -100,6 +102,10 @@ class TrainConfig:
         choice("lr_schedule", SCHEDULES)
         choice("shuffle", SHUFFLES)
         choice("progress", ("auto", "bar", "log", "none"))
+        choice("comm_dtype", COMM_DTYPES)
+        if self.comm_dtype != "float64" and self.strategy != "allreduce":
+            raise ConfigError(f"--comm-dtype {self.comm_dtype} applies to --strategy allreduce only "
+                              f"(got --strategy {self.strategy})")
         positive = {"lr": self.lr, "batch_size": self.batch_size, "epochs": self.epochs,
                     "max_iter": self.max_iter, "memory": self.memory, "threads": self.threads}
         for name, value in positive.items():

@@ -57,6 +57,19 @@ class AllreduceTrainer:
         self.grad_sum = self.buf[:P]
         self.grad = np.zeros(P, dtype=np.float64)
         self._tmp = np.zeros(P, dtype=np.float64)
+        # --comm-dtype float32: the gradient sums travel as float32 (half the bytes) through
+        # preallocated buffers (cast, reduce, cast back); parameters, optimizer state and the
+        # objective stay float64. Mini-batch steps reduce [grad_sum, loss_sum, weight_sum] in
+        # float32 (the batch loss is only logged; unit-weight counts are integers < 2^24, exact).
+        # Full-batch evaluations send [loss_sum, weight_sum] as float64 beside the float32
+        # gradient (_reduce_bcast_float32): the line search compares f values in the 10th digit.
+        self.comm_dtype = getattr(cfg, "comm_dtype", "float64")
+        self.buf32 = self._pack = None
+        if self.comm_dtype == "float32":
+            self.buf32 = np.zeros(P + 2, dtype=np.float32)
+            self._pack = np.zeros(16 + 4 * P, dtype=np.uint8)  # [float64 loss, weight | float32 grad (P)]
+            self._pack_sums = self._pack[:16].view(np.float64)
+            self._pack_grad = self._pack[16:].view(np.float32)
         self.pen = model.penalized
         self.all_rows = np.arange(shard.n_local, dtype=np.int64)
         self.local_weight_sum = float(shard.sw.sum()) if shard.sw.size else float(shard.n_local)
@@ -74,7 +87,8 @@ class AllreduceTrainer:
 
     def summary_section(self) -> dict:
         """Strategy-specific entries merged into summary.json (collective-free)."""
-        return {}
+        itemsize = 4 if self.buf32 is not None else 8
+        return {"comm": {"dtype": self.comm_dtype, "gradient_bytes_per_reduction": self.n_params * itemsize}}
 
     # -- the objective ----------------------------------------------------
     def _finish(self, params, grad_out) -> float:
@@ -99,17 +113,52 @@ class AllreduceTrainer:
         self.buf[-2] = loss
         self.buf[-1] = self.local_weight_sum
         t1 = time.perf_counter()
-        if self.ctx.is_root:
-            self.comm.Reduce(MPI.IN_PLACE, self.buf, op=MPI.SUM, root=0)
+        if self._pack is not None:
+            self._reduce_bcast_float32()
         else:
-            self.comm.Reduce(self.buf, None, op=MPI.SUM, root=0)
-        self.comm.Bcast(self.buf, root=0)
+            if self.ctx.is_root:
+                self.comm.Reduce(MPI.IN_PLACE, self.buf, op=MPI.SUM, root=0)
+            else:
+                self.comm.Reduce(self.buf, None, op=MPI.SUM, root=0)
+            self.comm.Bcast(self.buf, root=0)
         t2 = time.perf_counter()
         f = self._finish(params, grad_out)
         self.timers.add("compute", (t1 - t0) + (time.perf_counter() - t2))
         self.timers.add("comm", t2 - t1)
         self.n_evals += 1
         return f
+
+    def _reduce_bcast_float32(self) -> None:
+        """Full-batch sums in self.buf with the gradient as float32 on the wire (root's result everywhere).
+
+        Two concurrent Reduces to the root: the float32 gradient sum (P values) and the
+        float64 [loss_sum, weight_sum]; then one Bcast of the packed bytes
+        [float64 sums | float32 gradient]. Every rank converts the same float32 values, so all
+        ranks hold bitwise the same float64 sums (L-BFGS decisions agree).
+        """
+        P, buf, sums, g32 = self.n_params, self.buf, self._pack_sums, self._pack_grad
+        g32[:] = buf[:P]
+        sums[:] = buf[P:]
+        if self.ctx.is_root:
+            reqs = [self.comm.Ireduce(MPI.IN_PLACE, g32, op=MPI.SUM, root=0),
+                    self.comm.Ireduce(MPI.IN_PLACE, sums, op=MPI.SUM, root=0)]
+        else:
+            reqs = [self.comm.Ireduce(g32, None, op=MPI.SUM, root=0),
+                    self.comm.Ireduce(sums, None, op=MPI.SUM, root=0)]
+        MPI.Request.Waitall(reqs)
+        self.comm.Bcast(self._pack, root=0)
+        buf[:P] = g32
+        buf[P:] = sums
+
+    def _allreduce_sums(self) -> None:
+        """Sum self.buf over all ranks in place: one Allreduce (of float32 with --comm-dtype float32)."""
+        b32 = self.buf32
+        if b32 is None:
+            self.comm.Allreduce(MPI.IN_PLACE, self.buf, op=MPI.SUM)
+        else:
+            b32[:] = self.buf
+            self.comm.Allreduce(MPI.IN_PLACE, b32, op=MPI.SUM)
+            self.buf[:] = b32
 
     # -- strategies ---------------------------------------------------------
     def fit(self, params: np.ndarray, resume: dict | None = None) -> dict:
@@ -237,6 +286,7 @@ class AllreduceTrainer:
         local_rows = np.empty(B, dtype=np.int64)
         lo, hi = shard.lo, shard.hi
         comm, buf, grad, grad_sum = self.comm, self.buf, self.grad, self.grad_sum
+        allreduce_sums = self._allreduce_sums
         sw = shard.sw
         timers = self.timers
         t_compute = t_comm = 0.0
@@ -255,7 +305,7 @@ class AllreduceTrainer:
                 buf[-2] = model.loss_grad(shard, params, rows, grad_sum, log_now)
                 buf[-1] = float(sw[rows].sum()) if sw.size else float(m)
                 t1 = time.perf_counter()
-                comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+                allreduce_sums()
                 t2 = time.perf_counter()
                 f = self._finish(params, grad)
                 gnorm2 = float(np.dot(grad, grad))
@@ -265,7 +315,7 @@ class AllreduceTrainer:
                     buf[:] = 0.0
                     buf[-2] = model.loss_grad(shard, params, rows, grad_sum, True)
                     buf[-1] = float(sw[rows].sum()) if sw.size else float(m)
-                    comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+                    allreduce_sums()
                     raise _diverged(step + 1, "loss", self._finish(params, grad), self.checkpointer)
                 lr = schedule(step)
                 opt.step(params, grad, lr=lr)
