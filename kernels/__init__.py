@@ -18,6 +18,7 @@ from .logistic import logistic_decision, logistic_loss_grad
 from .softmax import softmax_decision, softmax_loss_grad, softmax_loss_grad_ws
 from .util import select_local_rows
 from .mlp import mlp_layout, mlp_loss_grad, mlp_predict_proba
+from .rowset import select_sorted_rows
 
 __all__ = [
     "linear_loss_grad",
@@ -31,4 +32,5 @@ __all__ = [
     "mlp_layout",
     "mlp_loss_grad",
     "mlp_predict_proba",
+    "select_sorted_rows",
 ]

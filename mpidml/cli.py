@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(t, "model", str, "linear | logistic | softmax | mlp (default logistic)")
     _flag(t, "classes", int, "softmax/mlp: number of classes (default: max label + 1)")
     _flag(t, "hidden", str, "mlp: hidden layer sizes, one or two ReLU layers, e.g. 64 or 128,64 (default 64)", "H[,H2]")
+    _flag(t, "class-weight", str, "classifiers: balanced (n / (n_classes * count_c), global counts) or explicit "
+          "weights like 0:1,1:5 (default none)", "balanced|C:W,...")
+    _flag(t, "shard", str, "which rows each rank holds: contiguous (default) | stratified (every rank gets the class "
+          "mix) | shuffled (seeded permutation); the trained model does not depend on it")
     _flag(t, "l2", float, "L2 penalty on the coefficients (default 1e-4)")
     _flag(t, "strategy", str, "allreduce (default)")
     _flag(t, "comm-dtype", str, "allreduce: float64 (default) | float32: gradients travel as float32 (half "

@@ -55,6 +55,8 @@ class TrainConfig:
     model: str = "logistic"
     classes: int = 0  # softmax: number of classes; 0 = max label + 1 over the whole dataset
     hidden: str = ""  # mlp: hidden layer sizes, "64" or "128,64" ("" = 64)
+    class_weight: str = ""  # classifiers: "" (none) | "balanced" | "0:1,1:5"
+    shard: str = "contiguous"  # which rows each rank holds: contiguous | stratified | shuffled
     l2: float = 1e-4
     # optimizer
     strategy: str = "allreduce"
@@ -121,6 +123,17 @@ class TrainConfig:
             raise ConfigError("--nesterov needs --momentum > 0")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError(f"--beta1 and --beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        choice("shard", ("contiguous", "stratified", "shuffled"))
+        if self.class_weight:
+            from .imbalance import parse_class_weight
+
+            parse_class_weight(self.class_weight)
+            if self.model == "linear":
+                raise ConfigError("--class-weight applies to classifiers (logistic, softmax, mlp), not linear")
+        if self.shard == "stratified" and self.model == "linear":
+            raise ConfigError("--shard stratified needs class labels; use shuffled or contiguous for --model linear")
+        if self.shard != "contiguous" and self.strategy != "allreduce":
+            raise ConfigError(f"--shard {self.shard} is supported by --strategy allreduce only")
         if self.hidden and self.model != "mlp":
             raise ConfigError(f"--hidden applies to --model mlp only (got --model {self.model})")
         if self.model == "mlp":

@@ -11,6 +11,7 @@ every rank with the same one-line message instead of a hang.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -27,6 +28,7 @@ from .config import TrainConfig
 from .data import h5py_has_mpi, inspect, read_shard
 from .data.stream import StreamingShard, open_streaming_shard, x_bytes_per_rank
 from .errors import ConfigError, DataError, MpidmlError
+from .imbalance import prepare_rows
 from .launcher import launcher_info
 from .metrics import Reporter, write_json_atomic
 from .modelio import save_model
@@ -222,6 +224,13 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
     model = ctx.collective(make_model, cfg.model, meta["n_features"], n_classes, cfg.hidden)
     ctx.collective(model.check_labels, shard.y, shard.lo)
     streamed = isinstance(shard, StreamingShard)
+    class_weights, base_sw = None, shard.sw
+    if cfg.shard != "contiguous" or cfg.class_weight:
+        if streamed:
+            ctx.agree(ConfigError("--shard and --class-weight need the shard in memory; raise --max-memory"))
+        t0 = time.perf_counter()
+        shard, class_weights, base_sw = prepare_rows(ctx, shard, n_classes, cfg.shard, cfg.class_weight, cfg.seed)
+        ctx.timers.add("comm", time.perf_counter() - t0)
     if streamed:
         model = StreamedModel(model, shard, max_batch=cfg.batch_size if cfg.optimizer in ("sgd", "adam") else 1)
         say.message(f"io: shard of {shard.n_local} x {shard.n_features} exceeds --max-memory {cfg.max_memory}; "
@@ -258,6 +267,11 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
     fit_seconds = time.perf_counter() - t_fit
 
     final = evaluate_params(ctx, model, shard, params, cfg.l2)
+    if class_weights is not None:
+        # The objective is the class-weighted one that was minimised; the metrics count rows as they are.
+        final_rows = evaluate_params(ctx, model, dataclasses.replace(shard, sw=base_sw), params, cfg.l2)
+        final.update({k: v for k, v in final_rows.items() if k not in ("objective", "mean_loss", "weight_sum")})
+        final["class_weight"] = class_weights.tolist()
     t0 = time.perf_counter()
     model_path = os.path.join(cfg.out, "model.h5")
     if ctx.is_root:
@@ -281,6 +295,7 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
             "evaluations": fit["evaluations"],
             "n_rows": meta["n_rows"], "n_features": meta["n_features"], "n_params": model.n_params,
             "n_classes": getattr(model, "n_classes", None),
+            "shard": cfg.shard, "class_weight": final.get("class_weight"),
             "ranks": ctx.size, "hostnames": hostnames, "launcher": launcher_info(hostnames),
             "shard_rows": [int(r) for r in per_rank[:, 5]],
             "io": {"driver": shard.driver, "reason": io_reason, "path": os.path.abspath(cfg.data),

@@ -72,7 +72,7 @@ def test_kernel_matches_numpy_reference(hidden, dtype, weighted):
     assert model.loss_grad(shard, params, rows, grad2, False) == 0.0
     np.testing.assert_allclose(grad2 - 1.0, grad_ref, rtol=1e-10, atol=1e-12)
     # Probabilities: softmax of the reference logits.
-    proba = model.predict_proba(X, params, rows)
+    proba = model.predict_proba(shard, params, rows)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
     assert np.all(np.argmax(proba, axis=1) == model.predict_labels(shard, params, rows))
 

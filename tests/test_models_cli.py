@@ -49,3 +49,36 @@ def test_hidden_without_mlp_is_one_clear_error(classes_h5, tmp_path):
     proc = run(MPIDML + ["train", str(classes_h5), "--model", "softmax", "--hidden", "8", "--out", str(tmp_path / "r")],
                ranks=2, check=False)
     assert proc.returncode == 2 and proc.stderr.count("--hidden applies to --model mlp only") == 1
+
+
+@pytest.fixture(scope="module")
+def logistic_h5(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "lr.h5"
+    run(MPIDML + ["generate", "logistic", "--rows", "1501", "--features", "4", "--seed", "5", "-o", str(path)])
+    return path
+
+
+def test_class_weight_and_stratified_shards_report_metrics(logistic_h5, tmp_path):
+    from sklearn import metrics as skm
+    from sklearn.utils.class_weight import compute_class_weight
+
+    out = tmp_path / "run"
+    run(MPIDML + ["train", str(logistic_h5), "--model", "logistic", "--class-weight", "balanced", "--shard",
+                  "stratified", "--l2", "1e-3", "--out", str(out)], ranks=3)
+    s = json.loads((out / "summary.json").read_text())
+    with h5py.File(logistic_h5) as f:
+        X, y = f["X"][...], f["y"][...]
+    with h5py.File(out / "model.h5") as f:
+        z = X @ f["coef"][0] + f["intercept"][0]
+    assert s["shard"] == "stratified"
+    np.testing.assert_allclose(s["class_weight"], compute_class_weight("balanced", classes=np.array([0, 1]), y=y))
+    m = s["metrics"]
+    assert m["n_rows"] == len(y) and m["class_counts"] == np.bincount(y.astype(int)).tolist()  # rows, not weights
+    assert abs(m["roc_auc"] - skm.roc_auc_score(y, z)) <= 1e-3
+    pred = (z > 0).astype(int)
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred), rel=1e-9)
+    np.testing.assert_allclose(m["f1"], skm.f1_score(y, pred, average=None), rtol=1e-9)
+    proc = run(MPIDML + ["evaluate", str(out / "model.h5"), str(logistic_h5)], ranks=2)
+    ev = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert ev["roc_auc"] == pytest.approx(m["roc_auc"], rel=1e-12)
+    assert ev["recall"] == pytest.approx(m["recall"], rel=1e-12)

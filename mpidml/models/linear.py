@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import kernels
 from .base import Model, check_integer_labels
+from .classmetrics import class_stats, classification_metrics, n_class_stats
 
 
 class LinearRegression(Model):
@@ -59,15 +60,33 @@ class LogisticRegression(Model):
         kernels.logistic_decision(shard.X, params, rows, z)
         return (z > 0).astype(np.int64)
 
+    def predict_proba(self, shard, params, rows) -> np.ndarray:
+        """(m, 2) float64: [P(y=0), P(y=1)] = [1 - sigmoid(z), sigmoid(z)], computed stably."""
+        z = np.empty(rows.size)
+        kernels.logistic_decision(shard.X, params, rows, z)
+        e = np.exp(-np.abs(z))
+        p1 = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        p0 = np.where(z >= 0, e / (1.0 + e), 1.0 / (1.0 + e))
+        return np.column_stack([p0, p1])
+
     def n_stats(self):
-        # confusion matrix (true class, predicted class), weighted, row-major 2x2
-        return 4
+        # weighted confusion matrix (2x2) + score histograms of negatives and positives (AUC)
+        return n_class_stats(2)
 
     def stats(self, shard, params, rows):
-        return _confusion(shard, rows, self.predict_labels(shard, params, rows), 2)
+        return _proba_stats(self, shard, params, rows)
 
     def metrics_from_stats(self, s, weight_sum):
-        return _classification_metrics(s, 2)
+        return classification_metrics(s, 2)
+
+
+def _proba_stats(model, shard, params, rows) -> np.ndarray:
+    """Confusion matrix (+ score histograms when binary) of a classifier with predict_proba."""
+    proba = model.predict_proba(shard, params, rows)
+    pred = np.argmax(proba, axis=1).astype(np.int64) if model.n_classes > 2 else \
+        (proba[:, 1] > proba[:, 0]).astype(np.int64)
+    sw = shard.sw[rows] if shard.sw.size else shard.sw
+    return class_stats(shard.y[rows], pred, proba[:, 1] if model.n_classes == 2 else None, sw, model.n_classes)
 
 
 def _confusion(shard, rows, pred, n_classes) -> np.ndarray:

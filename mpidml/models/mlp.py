@@ -21,7 +21,8 @@ import numpy as np
 from .. import kernels
 from ..errors import ConfigError
 from .base import Model, check_integer_labels
-from .linear import _classification_metrics, _confusion
+from .classmetrics import classification_metrics, n_class_stats
+from .linear import _proba_stats
 
 MAX_HIDDEN_LAYERS = 2
 
@@ -103,20 +104,21 @@ class MLPClassifier(Model):
         return kernels.mlp_loss_grad(shard.X, shard.y, shard.sw, params, rows, grad, with_loss,
                                      self.layout, self._work)
 
-    def predict_proba(self, X, params, rows) -> np.ndarray:
+    def predict_proba(self, shard, params, rows) -> np.ndarray:
+        """(m, K) float64 class probabilities of the rows ``rows`` of shard.X."""
         out = np.empty((rows.size, self.n_classes))
-        kernels.mlp_predict_proba(X, params, rows, self.layout, self._work, out)
+        kernels.mlp_predict_proba(shard.X, params, rows, self.layout, self._work, out)
         return out
 
     def predict_labels(self, shard, params, rows) -> np.ndarray:
-        return np.argmax(self.predict_proba(shard.X, params, rows), axis=1).astype(np.int64)
+        return np.argmax(self.predict_proba(shard, params, rows), axis=1).astype(np.int64)
 
     # -- evaluation --------------------------------------------------------
     def n_stats(self):
-        return self.n_classes * self.n_classes
+        return n_class_stats(self.n_classes)
 
     def stats(self, shard, params, rows):
-        return _confusion(shard, rows, self.predict_labels(shard, params, rows), self.n_classes)
+        return _proba_stats(self, shard, params, rows)
 
     def metrics_from_stats(self, s, weight_sum):
-        return _classification_metrics(s, self.n_classes)
+        return classification_metrics(s, self.n_classes)

@@ -10,7 +10,8 @@ import numpy as np
 
 from .. import kernels
 from .base import Model, check_integer_labels
-from .linear import _classification_metrics, _confusion
+from .classmetrics import classification_metrics, n_class_stats
+from .linear import _proba_stats
 
 
 class SoftmaxRegression(Model):
@@ -35,11 +36,21 @@ class SoftmaxRegression(Model):
         kernels.softmax_decision(shard.X, params, rows, z)
         return np.argmax(z, axis=1).astype(np.int64)
 
+    def predict_proba(self, shard, params, rows) -> np.ndarray:
+        """(m, K) float64 class probabilities (stable softmax of the logits)."""
+        z = np.empty((rows.size, self.n_classes))
+        kernels.softmax_decision(shard.X, params, rows, z)
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return z
+
     def n_stats(self):
-        return self.n_classes * self.n_classes
+        # weighted confusion matrix (K x K) (+ score histograms for K = 2: AUC)
+        return n_class_stats(self.n_classes)
 
     def stats(self, shard, params, rows):
-        return _confusion(shard, rows, self.predict_labels(shard, params, rows), self.n_classes)
+        return _proba_stats(self, shard, params, rows)
 
     def metrics_from_stats(self, s, weight_sum):
-        return _classification_metrics(s, self.n_classes)
+        return classification_metrics(s, self.n_classes)

@@ -285,6 +285,7 @@ class AllreduceTrainer:
 
         local_rows = np.empty(B, dtype=np.int64)
         lo, hi = shard.lo, shard.hi
+        gids = getattr(shard, "gids", None)  # --shard stratified|shuffled: a sorted set of global rows
         comm, buf, grad, grad_sum = self.comm, self.buf, self.grad, self.grad_sum
         allreduce_sums = self._allreduce_sums
         sw = shard.sw
@@ -299,7 +300,8 @@ class AllreduceTrainer:
                 log_now = (step + 1) % log_every == 0 or step + 1 == total
                 t0 = time.perf_counter()
                 batch = perm[s * B:(s + 1) * B]
-                m = kernels.select_local_rows(batch, lo, hi, local_rows)
+                m = (kernels.select_local_rows(batch, lo, hi, local_rows) if gids is None
+                     else kernels.select_sorted_rows(batch, gids, local_rows))
                 rows = local_rows[:m]
                 buf[:] = 0.0
                 buf[-2] = model.loss_grad(shard, params, rows, grad_sum, log_now)

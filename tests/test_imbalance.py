@@ -1,0 +1,66 @@
+"""--class-weight reaches scikit-learn's class_weight optimum; option parsing and validation."""
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+from sklearn.linear_model import LogisticRegression
+from sklearn.utils.class_weight import compute_class_weight
+
+from mpidml.comm import Context
+from mpidml.config import TrainConfig
+from mpidml.errors import ConfigError
+from mpidml.imbalance import class_weight_vector, parse_class_weight
+
+from helpers import objective_numpy
+from imbalance_helpers import make_imbalanced, train_rows
+
+L2 = 1e-3
+
+
+def test_balanced_weights_are_sklearns():
+    y = np.array([0] * 7 + [1] * 2 + [3] * 3)
+    counts = np.bincount(y, minlength=4).astype(float)
+    w = class_weight_vector(counts, "balanced", 4)
+    np.testing.assert_allclose(w[[0, 1, 3]], compute_class_weight("balanced", classes=np.array([0, 1, 3]), y=y))
+    assert w[2] == 0.0  # absent class
+
+
+def test_parse_and_validate():
+    assert parse_class_weight("") is None and parse_class_weight("balanced") == "balanced"
+    assert parse_class_weight("0:1, 1:5") == {0: 1.0, 1: 5.0}
+    for bad in ("0:1,0:2", "x", "1:-1", "0:1:2", "-1:2"):
+        with pytest.raises(ConfigError, match="class-weight"):
+            parse_class_weight(bad)
+    with pytest.raises(ConfigError, match="classifiers"):
+        TrainConfig(data="d", out="o", model="linear", class_weight="balanced").validate()
+    with pytest.raises(ConfigError, match="shard"):
+        TrainConfig(data="d", out="o", shard="random").validate()
+    with pytest.raises(ConfigError, match="allreduce"):
+        TrainConfig(data="d", out="o", shard="shuffled", strategy="ps", optimizer="sgd").validate()
+
+
+@pytest.mark.parametrize("spec,sk", [("balanced", "balanced"), ("0:1,1:5", {0: 1.0, 1: 5.0})])
+def test_class_weighted_lbfgs_reaches_sklearn_optimum(spec, sk):
+    X, y = make_imbalanced(n=1500, d=6, seed=1)
+    params, _, sh, cw = train_rows(Context(MPI.COMM_SELF), X, y, class_weight=spec, model="logistic",
+                                   optimizer="lbfgs", tol=1e-10, l2=L2)
+    sw = cw[y.astype(int)]
+    clf = LogisticRegression(C=1.0 / (L2 * sw.sum()), class_weight=sk, tol=1e-14, max_iter=100_000).fit(X, y)
+    f = objective_numpy("logistic", X, y, params[:-1], params[-1:], L2, sw)
+    f_ref = objective_numpy("logistic", X, y, clf.coef_, clf.intercept_, L2, sw)
+    assert (f - f_ref) / abs(f_ref) <= 1e-8
+    # Balanced weights make the weight sum N (all classes present), as in scikit-learn.
+    if spec == "balanced":
+        assert sw.sum() == pytest.approx(len(y), rel=1e-12)
+
+
+def test_select_sorted_rows_matches_numpy(rng):
+    from mpidml import kernels
+
+    gids = np.sort(rng.choice(1000, 300, replace=False)).astype(np.int64)
+    batch = rng.permutation(1000)[:257].astype(np.int64)
+    out = np.empty(batch.size, dtype=np.int64)
+    m = kernels.select_sorted_rows(batch, gids, out)
+    keep = batch[np.isin(batch, gids)]
+    np.testing.assert_array_equal(out[:m], np.searchsorted(gids, keep))
+    assert kernels.select_sorted_rows(batch[:0], gids, out) == 0
