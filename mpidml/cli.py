@@ -124,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(e, "driver", str, "auto | mpio | independent")
     _flag(e, "threads", int, "threads per rank (default 1)")
 
+    pr = sub.add_parser("predict", help="write labels and probabilities (or predictions) for every row",
+                        description="Each rank predicts its block of rows; PRED.h5 gets labels (N,) and proba (N, K) "
+                        "for classifiers, prediction (N,) for linear, in row order. DATA needs X only.")
+    pr.add_argument("model", help="model.h5 written by mpidml train")
+    pr.add_argument("data", help="HDF5 file with X")
+    pr.add_argument("-o", "--output", required=True, help="HDF5 file to write")
+    _flag(pr, "x-name", str, "features dataset (default X)")
+    pr.add_argument("--overwrite", action="store_true")
+    _flag(pr, "threads", int, "threads per rank (default 1)")
+
     g = sub.add_parser("generate", help="write a synthetic dataset with known true parameters")
     g.add_argument("kind", choices=("linear", "logistic", "softmax"))
     g.add_argument("-o", "--output", required=True, help="HDF5 file to write")
@@ -276,6 +286,17 @@ def _root_only(fn):
     return result
 
 
+def cmd_predict(args) -> int:
+    from .comm import Context
+    from .predict import run_predict
+
+    ctx = Context()
+    result = run_predict(ctx, args.model, args.data, args.output, x_name=args.x_name or "X", overwrite=args.overwrite)
+    if ctx.is_root:
+        print(json.dumps(result))
+    return 0
+
+
 def cmd_generate(args) -> int:
     from .data import generate
 
@@ -349,7 +370,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "convert": cmd_convert,
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "generate": cmd_generate, "convert": cmd_convert,
             "info": cmd_info}
 
 if __name__ == "__main__":  # pragma: no cover

@@ -82,3 +82,32 @@ def test_class_weight_and_stratified_shards_report_metrics(logistic_h5, tmp_path
     ev = json.loads(proc.stdout.strip().splitlines()[-1])
     assert ev["roc_auc"] == pytest.approx(m["roc_auc"], rel=1e-12)
     assert ev["recall"] == pytest.approx(m["recall"], rel=1e-12)
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_predict_writes_every_row_in_order(classes_h5, logistic_h5, tmp_path, ranks):
+    """mlp and linear models: PRED.h5 equals NumPy predictions from model.h5."""
+    run_mlp = tmp_path / "mlp"
+    run(MPIDML + ["train", str(classes_h5), "--model", "mlp", "--hidden", "6", "--optimizer", "sgd", "--lr", "0.1",
+                  "--epochs", "1", "--out", str(run_mlp)], ranks=1)
+    pred = tmp_path / "pred.h5"
+    proc = run(MPIDML + ["predict", str(run_mlp / "model.h5"), str(classes_h5), "-o", str(pred)], ranks=ranks)
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["n_rows"] == 1201
+    with h5py.File(classes_h5) as f:
+        X = f["X"][...]
+    ref = numpy_mlp_proba(run_mlp / "model.h5", X)
+    with h5py.File(pred) as f:
+        np.testing.assert_allclose(f["proba"][...], ref, rtol=1e-10, atol=1e-14)
+        np.testing.assert_array_equal(f["labels"][...], np.argmax(ref, axis=1))
+    # An existing output needs --overwrite (one clear error).
+    proc = run(MPIDML + ["predict", str(run_mlp / "model.h5"), str(classes_h5), "-o", str(pred)], ranks=ranks,
+               check=False)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+
+    run_lin = tmp_path / "lin"
+    run(MPIDML + ["train", str(logistic_h5), "--model", "linear", "--out", str(run_lin)], ranks=1)
+    run(MPIDML + ["predict", str(run_lin / "model.h5"), str(logistic_h5), "-o", str(pred), "--overwrite"], ranks=ranks)
+    with h5py.File(run_lin / "model.h5") as f, h5py.File(logistic_h5) as d, h5py.File(pred) as p:
+        expected = d["X"][...] @ f["coef"][0] + f["intercept"][0]
+        np.testing.assert_allclose(p["prediction"][...], expected, rtol=1e-12, atol=1e-12)
+        assert "labels" not in p
