@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     g.add_argument("--overwrite", action="store_true")
+    _write_options(g)
 
     c = sub.add_parser("convert", help="convert .npy/.npz, CSV or svmlight/LIBSVM text to the HDF5 layout")
     c.add_argument("src", help="input file (.npy .npz .csv .tsv .txt .svm .svmlight .libsvm)")
@@ -155,12 +156,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--features", dest="n_features", type=int, default=None, help="svmlight: number of features")
     c.add_argument("--zero-based", default="auto", choices=("auto", "true", "false"))
     c.add_argument("--dtype", choices=("float32", "float64"), default="float64")
-    c.add_argument("--chunk-rows", type=int, default=65536)
+    c.add_argument("--chunk-rows", type=int, default=65536, help="rows read and written per step (memory)")
     c.add_argument("--overwrite", action="store_true")
+    _write_options(c)
 
     i = sub.add_parser("info", help="versions, MPI library, parallel HDF5 support, thread settings")
     _flag(i, "threads", int, "threads per rank (default 1)")
     return parser
+
+
+def _write_options(p) -> None:
+    p.add_argument("--write", choices=("auto", "collective", "root"), default="auto",
+                   help="auto (default): under mpirun/srun with several ranks and a parallel h5py, every rank "
+                   "writes its rows collectively through MPI-IO; root: rank 0 writes alone; collective: require it")
+    p.add_argument("--layout", choices=("contiguous", "chunked"), default=None,
+                   help="HDF5 layout of X and y (default contiguous; convert: chunked for CSV, whose row count "
+                   "is unknown up front)")
+    p.add_argument("--chunk-size", type=int, default=None, metavar="ROWS",
+                   help="rows per HDF5 chunk with --layout chunked (default: about 4 MiB of X)")
 
 
 def set_threads(n: int | None) -> int:
@@ -277,15 +290,6 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _root_only(fn):
-    """Run a serial command on rank 0; other ranks wait and share its outcome."""
-    from .comm import Context
-
-    ctx = Context()
-    result = ctx.collective(lambda: fn() if ctx.is_root else None)
-    return result
-
-
 def cmd_predict(args) -> int:
     from .comm import Context
     from .predict import run_predict
@@ -298,32 +302,35 @@ def cmd_predict(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from .comm import Context
     from .data import generate
 
-    def go():
-        return generate(args.kind, args.output, rows=args.rows, features=args.features,
-                        classes=args.classes or (2 if args.kind != "softmax" else 3),
-                        noise=args.noise, seed=args.seed, dtype=args.dtype, overwrite=args.overwrite)
-
-    meta = _root_only(go)
-    if meta is not None:
-        print(json.dumps({"output": os.path.abspath(args.output), **_jsonable(meta)}))
+    ctx = Context()
+    # Every rank takes part: a collective MPI-IO write, or rank 0 alone while the others wait.
+    meta = ctx.collective(generate, args.kind, args.output, rows=args.rows, features=args.features,
+                          classes=args.classes or (2 if args.kind != "softmax" else 3),
+                          noise=args.noise, seed=args.seed, dtype=args.dtype, overwrite=args.overwrite,
+                          comm=ctx.comm, write=args.write, layout=args.layout or "contiguous",
+                          chunk_size=args.chunk_size)
+    if ctx.is_root:
+        print(json.dumps({"output": os.path.abspath(args.output), "ranks": ctx.size, **_jsonable(meta)}))
     return 0
 
 
 def cmd_convert(args) -> int:
+    from .comm import Context
     from .data import convert
 
     zero_based = {"auto": "auto", "true": True, "false": False}[args.zero_based]
 
-    def go():
-        return convert(args.src, args.output, fmt=args.fmt, y_src=args.y_src, label_col=args.label_col,
-                       delimiter=args.delimiter, n_features=args.n_features, zero_based=zero_based,
-                       dtype=args.dtype, chunk_rows=args.chunk_rows, overwrite=args.overwrite)
-
-    meta = _root_only(go)
-    if meta is not None:
-        print(json.dumps({"output": os.path.abspath(args.output), **_jsonable(meta)}))
+    ctx = Context()
+    # npy/npz: every rank writes its rows collectively (when h5py has MPI); text: rank 0 alone.
+    meta = ctx.collective(convert, args.src, args.output, fmt=args.fmt, y_src=args.y_src, label_col=args.label_col,
+                          delimiter=args.delimiter, n_features=args.n_features, zero_based=zero_based,
+                          dtype=args.dtype, chunk_rows=args.chunk_rows, overwrite=args.overwrite,
+                          comm=ctx.comm, write=args.write, layout=args.layout, chunk_size=args.chunk_size)
+    if ctx.is_root:
+        print(json.dumps({"output": os.path.abspath(args.output), "ranks": ctx.size, **_jsonable(meta)}))
     return 0
 
 

@@ -41,6 +41,9 @@ import h5py
 import numpy as np
 
 from ..errors import ConfigError, DataError, MpidmlError
+from .partition import shard_bounds
+from .writer import any_rank, collective_dxpl, create_rows_dataset, resolve_layout, \
+    resolve_write, shared_tmp_name, write_rows
 
 __all__ = ["convert", "FORMATS"]
 
@@ -76,6 +79,9 @@ class _Output:
         self.nx = 0
         self.ny = 0
         self.all_int = True
+        self.layout = None       # None: contiguous when the row count is known, else chunked
+        self.chunk_size = None   # HDF5 chunk rows requested (chunked layout)
+        self.chunk_rows = None   # HDF5 chunk rows used (None: contiguous)
 
     def open(self):
         self.f = h5py.File(self.tmp_path, "w")
@@ -83,14 +89,20 @@ class _Output:
 
     def start(self, n_features: int, n_rows: int | None = None):
         if n_rows is None:
-            crow = max(1, min(65536, _OUT_CHUNK_BYTES // (n_features * self.dtype.itemsize)))
+            if self.chunk_size is not None:
+                crow = self.chunk_size
+            else:
+                crow = max(1, min(65536, _OUT_CHUNK_BYTES // (n_features * self.dtype.itemsize)))
             self.X = self.f.create_dataset(self.x_name, shape=(0, n_features),
                                            maxshape=(None, n_features),
                                            chunks=(crow, n_features), dtype=self.dtype)
             self.resizable = True
+            self.chunk_rows = crow
         else:
-            self.X = self.f.create_dataset(self.x_name, shape=(n_rows, n_features),
-                                           dtype=self.dtype)
+            _, self.chunk_rows = resolve_layout(self.layout or "contiguous", self.chunk_size,
+                                                n_rows, n_features, self.dtype.itemsize)
+            self.X = create_rows_dataset(self.f, self.x_name, n_rows, n_features, self.dtype,
+                                         self.chunk_rows)
 
     def put_x(self, Xc: np.ndarray):
         n = Xc.shape[0]
@@ -116,7 +128,11 @@ class _Output:
         self.yfile.close()
         self.yfile = None
         y_dt = np.dtype(np.int64 if self.all_int else np.float64)
-        Y = self.f.create_dataset(self.y_name, shape=(n_rows,), dtype=y_dt)
+        if self.resizable or self.chunk_rows is not None:
+            Y = create_rows_dataset(self.f, self.y_name, n_rows, None, y_dt,
+                                    min(self.chunk_rows, n_rows))
+        else:
+            Y = create_rows_dataset(self.f, self.y_name, n_rows, None, y_dt, None)
         with open(self.y_path, "rb") as fh:
             for a in range(0, n_rows, step):
                 n = min(step, n_rows - a)
@@ -443,7 +459,12 @@ def _convert_csv(src, out: _Output, *, label_col, delimiter, has_header, n_featu
     if n_features is not None and n_features != d:
         raise DataError(f"{src} line {first[0]}: has {d} feature columns but n_features="
                         f"{n_features} was given")
-    out.start(d, None)
+    if out.layout == "contiguous":
+        # A fixed-size (contiguous) X needs the row count first: one cheap pass without parsing.
+        n_data = sum(1 for _, t in _lines(src) if t.strip() and not t.lstrip().startswith("#"))
+        out.start(d, max(1, n_data - (1 if header else 0)))
+    else:
+        out.start(d, None)
     step = _step(chunk_rows, n_cols)
     rows = 0
 
@@ -465,6 +486,8 @@ def _convert_csv(src, out: _Output, *, label_col, delimiter, has_header, n_featu
         rows += flush(block)
     if rows == 0:
         raise DataError(f"{src} has a header line but no data rows")
+    if not out.resizable and out.X.shape[0] != rows:
+        raise DataError(f"{src} changed while being converted; try again")
     return {"rows": rows, "features": d, "has_header": header,
             "delimiter": "whitespace" if delim is None else delim, "label_col": lc}
 
@@ -655,12 +678,27 @@ def _safe_attr(text: str) -> str:
 
 def convert(src, dst, *, fmt="auto", y_src=None, label_col=0, delimiter=None, has_header="auto",
             n_features=None, zero_based="auto", x_key="X", y_key="y", x_name="X", y_name="y",
-            dtype="float64", chunk_rows=65536, overwrite=False) -> dict:
+            dtype="float64", chunk_rows=65536, overwrite=False, comm=None, write="root",
+            layout=None, chunk_size=None) -> dict:
     """Convert ``src`` to a dense HDF5 file ``dst`` (see the module docstring).
 
     Returns ``{'rows', 'features', 'format', 'src', 'dst', 'x_dtype', 'y_dtype',
     'label_map'}`` plus ``has_header``/``delimiter``/``label_col`` (CSV) or
     ``zero_based`` (svmlight). ``dst`` is replaced only with ``overwrite=True``.
+
+    Layout (``layout``, ``chunk_size`` in rows; see :mod:`.writer`): ``None`` gives a
+    contiguous X when the row count is known up front (npy, npz, svmlight) and a chunked,
+    resizable X for CSV; ``'contiguous'`` for CSV costs one extra pass that counts the lines.
+
+    Parallel writes (``comm``, ``write`` as in :func:`.generate`): with a collective write,
+    every rank of ``comm`` must call this with the same arguments; for npy and npz input
+    each rank reads its own rows (``.npy`` and stored ``.npz`` members are memory-mapped,
+    deflated members are streamed up to the rank's rows) and writes them collectively
+    through ``mpio``. Text formats (CSV, svmlight) and Fortran-ordered deflated ``.npz``
+    members have no random access to rows, so rank 0 converts them alone while the other
+    ranks return ``{'written': False}`` at once (their parsing, not the write, is the
+    bottleneck). The result has ``write`` ('collective' or 'root'), ``written``,
+    ``layout`` and ``chunk_rows``.
     """
     try:
         src = os.fspath(src)
@@ -704,6 +742,11 @@ def convert(src, dst, *, fmt="auto", y_src=None, label_col=0, delimiter=None, ha
         _name(value, what)
     if x_name == y_name:
         raise ConfigError(f"x_name and y_name must differ, both are {x_name!r}")
+    collective = resolve_write(write, comm)
+    if layout is not None:
+        resolve_layout(layout, chunk_size, 1, 1, 1)  # validates the options only
+    elif chunk_size is not None:
+        layout = "chunked"
 
     if fmt == "auto":
         ext = os.path.splitext(src)[1].lower()
@@ -727,7 +770,16 @@ def convert(src, dst, *, fmt="auto", y_src=None, label_col=0, delimiter=None, ha
     if not os.path.isdir(parent):
         raise ConfigError(f"output directory {parent} does not exist; create it first")
 
+    if collective and fmt in ("npy", "npz"):
+        info = _convert_collective(fmt, src, dst, y_src, x_key, y_key, x_name, y_name, dt,
+                                   chunk_rows, layout, chunk_size, comm)
+        if info is not None:
+            return info
+    if comm is not None and comm.Get_rank() != 0:
+        return {"written": False, "write": "root", "format": fmt, "src": src, "dst": dst}
+
     out = _Output(f"{dst}.tmp{os.getpid()}", x_name, y_name, dt)
+    out.layout, out.chunk_size = layout, chunk_size
     try:
         out.open()
         if fmt == "npy":
@@ -767,5 +819,175 @@ def convert(src, dst, *, fmt="auto", y_src=None, label_col=0, delimiter=None, ha
         out.cleanup()
     info.setdefault("label_map", None)
     info.update({"format": fmt, "src": src, "dst": dst, "x_dtype": str(dt),
-                 "y_dtype": str(y_dt)})
+                 "y_dtype": str(y_dt), "written": True, "write": "root",
+                 "layout": "contiguous" if out.chunk_rows is None else "chunked",
+                 "chunk_rows": out.chunk_rows})
     return info
+
+
+# --------------------------------------------------------------------------- collective writes
+
+class _RowReader:
+    """Rows of an array in increasing order: a memory map, or a member streamed from its start."""
+
+    def __init__(self, arr=None, member=None, n_cols=1):
+        self.arr, self.member, self.n_cols = arr, member, n_cols
+        self.fp = None
+        self.pos = 0
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        if self.arr is not None:
+            return self.arr[a:b].reshape(b - a, self.n_cols)
+        m = self.member
+        row_bytes = self.n_cols * m.dtype.itemsize
+        if self.fp is None:
+            self.fp = m.open()
+        if a < self.pos:  # pragma: no cover - callers only go forward
+            raise RuntimeError("rows must be read in increasing order")
+        skip = (a - self.pos) * row_bytes
+        while skip > 0:  # deflated data: decompress and drop the rows before ours
+            skip -= len(_read_exact(self.fp, min(skip, 1 << 24), m.where))
+        buf = _read_exact(self.fp, (b - a) * row_bytes, m.where)
+        self.pos = b
+        return np.frombuffer(buf, dtype=m.dtype).reshape(b - a, self.n_cols)
+
+    def close(self):
+        if self.fp is not None:
+            self.fp.close()
+            self.fp = None
+        self.pos = 0
+
+
+def _member_memmap(src: str, m: "_NpzMember"):
+    """A read-only memory map of a stored (uncompressed) .npz member's array, else None."""
+    if m.info.compress_type != zipfile.ZIP_STORED or m.info.flag_bits & 0x1:
+        return None
+    with open(src, "rb") as fh:
+        fh.seek(m.info.header_offset)
+        head = fh.read(30)
+    if len(head) != 30 or head[:4] != b"PK\x03\x04":
+        return None
+    name_len, extra_len = struct.unpack("<HH", head[26:30])
+    offset = m.info.header_offset + 30 + name_len + extra_len + m.header_len
+    if m.count == 0:
+        return None
+    return np.memmap(src, dtype=m.dtype, mode="r", offset=offset, shape=m.shape,
+                     order="F" if m.fortran else "C")
+
+
+def _collective_sources(fmt, src, y_src, x_key, y_key):
+    """(n, d, X reader, y reader, closer) for a collective write, or None when the input has
+    no random access to rows (Fortran-ordered deflated npz). Raises DataError on bad input,
+    identically on every rank (the checks read metadata only)."""
+    if fmt == "npy":
+        if y_src is None:
+            raise ConfigError(f"{src} is a .npy file holding X only; give the labels as y_src "
+                              "(a second .npy file)")
+        X, xshape, _ = _load_npy(src, "X")
+        _check_x_shape(xshape, src)
+        Y, yshape, _ = _load_npy(y_src, "y")
+        _check_y_shape(yshape, xshape[0], y_src, src)
+        n, d = xshape
+        return n, d, _RowReader(arr=X, n_cols=d), _RowReader(arr=Y.reshape(-1), n_cols=1), None
+    try:
+        zf = zipfile.ZipFile(src)
+    except Exception as exc:
+        raise DataError(f"{src} is not a valid .npz (zip) archive: {exc}") from None
+    try:
+        xm = _NpzMember(zf, src, x_key, "X")
+        _check_x_shape(xm.shape, xm.where)
+        ym = _NpzMember(zf, src, y_key, "y")
+        _check_y_shape(ym.shape, xm.shape[0], ym.where, xm.where)
+        n, d = xm.shape
+        xmap, ymap = _member_memmap(src, xm), _member_memmap(src, ym)
+        if xmap is None and xm.fortran and d > 1:
+            zf.close()
+            return None
+        xr = _RowReader(arr=xmap, n_cols=d) if xmap is not None else _RowReader(member=xm, n_cols=d)
+        yr = _RowReader(arr=ymap.reshape(-1), n_cols=1) if ymap is not None else \
+            _RowReader(member=ym, n_cols=1)
+    except BaseException:
+        zf.close()
+        raise
+    return n, d, xr, yr, zf
+
+
+def _all_whole(y: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(y) & (np.abs(y) <= _MAX_EXACT_INT) & (y == np.trunc(y))))
+
+
+def _convert_collective(fmt, src, dst, y_src, x_key, y_key, x_name, y_name, dt, chunk_rows,
+                        layout, chunk_size, comm):
+    """npy/npz -> HDF5 written collectively by every rank of ``comm`` (rank r: its rows).
+
+    Same output as the serial path: labels go through float64, stored as int64 when every
+    label is a whole number (decided collectively). Returns None to fall back to rank 0.
+    """
+    try:
+        plan = _collective_sources(fmt, src, y_src, x_key, y_key)
+    except MpidmlError:
+        raise
+    except Exception as exc:  # malformed archives: report as bad data, as the serial path does
+        text = str(exc).strip()
+        msg = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+        raise DataError(f"cannot convert {src} to {dst}: {msg}") from exc
+    if plan is None:
+        return None
+    n, d, xr, yr, zf = plan
+    rank, size = comm.Get_rank(), comm.Get_size()
+    lo, hi = shard_bounds(n, size, rank)
+    _, h5_chunk_rows = resolve_layout(layout or "contiguous", chunk_size, n, d, dt.itemsize)
+    step = _step(chunk_rows, d)
+    step_vec = _step(chunk_rows, 1)
+    n_max = shard_bounds(n, size, 0)[1]  # part 0 is the largest: the number of write calls
+    tmp = shared_tmp_name(dst, comm)
+    try:
+        # Labels first: their stored dtype must be known (on every rank) before creating y.
+        whole, bad = True, None
+        for a in range(lo, hi, step_vec):
+            b = min(hi, a + step_vec)
+            try:
+                v = np.asarray(yr.rows(a, b)[:, 0], dtype=np.float64)
+            except MpidmlError as exc:
+                bad = exc
+                break
+            whole = whole and _all_whole(v)
+        yr.close()
+        if any_rank(comm, bad is not None):
+            raise bad if bad is not None else DataError(
+                f"cannot convert {src}: reading the labels failed on another rank")
+        y_dt = np.dtype(np.float64 if any_rank(comm, not whole) else np.int64)
+        with h5py.File(tmp, "w", driver="mpio", comm=comm) as f:
+            X = create_rows_dataset(f, x_name, n, d, dt, h5_chunk_rows)
+            Y = create_rows_dataset(f, y_name, n, None, y_dt, h5_chunk_rows)
+            f.attrs["source"] = _safe_attr(os.path.basename(src))
+            f.attrs["format"] = fmt
+            dxpl = collective_dxpl()
+            for i in range(-(-n_max // step)):
+                a = lo + i * step
+                b = min(hi, a + step)
+                write_rows(X, a, xr.rows(a, b) if a < b else None, dxpl)
+            for i in range(-(-n_max // step_vec)):
+                a = lo + i * step_vec
+                b = min(hi, a + step_vec)
+                v = np.asarray(yr.rows(a, b)[:, 0], dtype=np.float64).astype(y_dt) \
+                    if a < b else None
+                write_rows(Y, a, v, dxpl)
+        comm.Barrier()
+        if rank == 0:
+            os.replace(tmp, dst)
+    finally:
+        xr.close()
+        yr.close()
+        if zf is not None:
+            zf.close()
+        if rank == 0 and os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+    comm.Barrier()
+    return {"rows": n, "features": d, "label_map": None, "format": fmt, "src": src, "dst": dst,
+            "x_dtype": str(dt), "y_dtype": str(y_dt), "written": True, "write": "collective",
+            "layout": "contiguous" if h5_chunk_rows is None else "chunked",
+            "chunk_rows": h5_chunk_rows}

@@ -30,10 +30,17 @@ File: datasets ``X`` (N, D), ``y`` (N,), ``true_coef`` (K, D) and
 The file is written to a temporary name next to ``path`` and renamed at the
 end, so a failed run never leaves a half-written file.
 
-Parallel writes are not implemented: when ``comm`` is given, only its rank 0
-writes; the other ranks write nothing and return the same metadata at once.
-The caller must make the other ranks wait (e.g. ``comm.Barrier()``) before
-reading the file.
+Parallel writes (``write``): with ``'root'`` (the default) and a ``comm``,
+only its rank 0 writes; the other ranks write nothing and return the same
+metadata at once, and the caller must make them wait (e.g. ``comm.Barrier()``)
+before reading the file. With ``'collective'`` (or ``'auto'`` on more than one
+rank when h5py has MPI) every rank of ``comm`` must call :func:`generate` with
+the same arguments: the file is opened with the ``mpio`` driver and each rank
+generates and writes whole stream blocks (a balanced share of them) with
+collective writes. The file is the same, byte for byte in its datasets,
+whatever the number of ranks; every rank returns after the file is in place.
+
+Layout (``layout``, ``chunk_size`` in rows): see :mod:`.writer`.
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ import h5py
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from .partition import shard_bounds
+from .writer import collective_dxpl, create_rows_dataset, resolve_layout, resolve_write, \
+    shared_tmp_name, write_rows
 
 __all__ = ["generate", "stream_block_rows", "KINDS"]
 
@@ -113,12 +123,15 @@ def _block(kind: str, seed: int, b: int, n: int, coef: np.ndarray, intercept: np
 
 
 def generate(kind, path, *, rows, features, classes=2, noise=0.1, seed=0, dtype="float64",
-             chunk_rows=65536, comm=None, x_name="X", y_name="y", overwrite=True) -> dict:
+             chunk_rows=65536, comm=None, x_name="X", y_name="y", overwrite=True,
+             write="root", layout="contiguous", chunk_size=None) -> dict:
     """Write a synthetic dataset to HDF5 and return its metadata.
 
     Returns ``{'kind', 'path', 'rows', 'features', 'n_classes', 'noise', 'seed',
     'dtype', 'x_name', 'y_name', 'true_coef', 'true_intercept', 'written'}``.
-    ``written`` is False on ranks other than 0 of ``comm`` (see module docstring).
+    ``written`` is False on ranks other than 0 of ``comm`` with ``write='root'``
+    (see module docstring); ``write`` says which way it went (``'collective'`` or
+    ``'root'``), ``layout`` and ``chunk_rows`` the HDF5 layout of X and y.
     ``overwrite=False`` (an addition) refuses to replace an existing file.
     """
     if kind not in KINDS:
@@ -162,14 +175,17 @@ def generate(kind, path, *, rows, features, classes=2, noise=0.1, seed=0, dtype=
     except TypeError:
         raise ConfigError(f"output path must be a string or path, got {path!r}") from None
 
+    collective = resolve_write(write, comm)
+    layout, h5_chunk_rows = resolve_layout(layout, chunk_size, rows, features, dt.itemsize)
     coef, intercept = _true_model(seed, kind, features, n_classes)
     meta = {
         "kind": kind, "path": path, "rows": rows, "features": features,
         "n_classes": n_classes, "noise": noise, "seed": seed, "dtype": str(dt),
         "x_name": x_name, "y_name": y_name, "true_coef": coef, "true_intercept": intercept,
-        "written": False,
+        "written": False, "write": "collective" if collective else "root",
+        "layout": layout, "chunk_rows": h5_chunk_rows,
     }
-    if comm is not None and comm.Get_rank() != 0:
+    if comm is not None and comm.Get_rank() != 0 and not collective:
         return meta
 
     if os.path.isdir(path):
@@ -180,13 +196,18 @@ def generate(kind, path, *, rows, features, classes=2, noise=0.1, seed=0, dtype=
     if not os.path.isdir(parent):
         raise ConfigError(f"output directory {parent} does not exist; create it first")
 
-    tmp = f"{path}.tmp{os.getpid()}"
     y_dt = np.float64 if kind == "linear" else np.int64
     block_rows = stream_block_rows(features)
+    if collective:
+        _generate_collective(comm, path, kind, rows, features, n_classes, noise, seed, dt, y_dt,
+                             chunk_rows, block_rows, h5_chunk_rows, coef, intercept, x_name, y_name)
+        meta["written"] = True
+        return meta
+    tmp = f"{path}.tmp{os.getpid()}"
     try:
         with h5py.File(tmp, "w") as f:
-            X_ds = f.create_dataset(x_name, shape=(rows, features), dtype=dt)
-            y_ds = f.create_dataset(y_name, shape=(rows,), dtype=y_dt)
+            X_ds = create_rows_dataset(f, x_name, rows, features, dt, h5_chunk_rows)
+            y_ds = create_rows_dataset(f, y_name, rows, None, y_dt, h5_chunk_rows)
             f.create_dataset("true_coef", data=coef)
             f.create_dataset("true_intercept", data=intercept)
             f.attrs.update({"kind": kind, "noise": noise, "seed": seed,
@@ -209,3 +230,64 @@ def generate(kind, path, *, rows, features, classes=2, noise=0.1, seed=0, dtype=
                 pass
     meta["written"] = True
     return meta
+
+
+def _generate_collective(comm, path, kind, rows, features, n_classes, noise, seed, dt, y_dt,
+                         chunk_rows, block_rows, h5_chunk_rows, coef, intercept, x_name, y_name):
+    """Every rank of ``comm``: open ``mpio``, write a balanced share of whole stream blocks.
+
+    Each rank makes the same number of collective H5Dwrite calls (empty selections when it
+    has nothing left), so the blocks are generated exactly as in the serial path.
+    """
+    rank, size = comm.Get_rank(), comm.Get_size()
+    n_blocks = -(-rows // block_rows)
+
+    def slices_of(r):
+        b0, b1 = shard_bounds(n_blocks, size, r)
+        out = []
+        for b in range(b0, b1):
+            start = b * block_rows
+            n = min(block_rows, rows - start)
+            out.extend((b, start, a, min(n, a + chunk_rows)) for a in range(0, n, chunk_rows))
+        return out
+
+    mine = slices_of(rank)
+    n_calls = max(len(slices_of(r)) for r in range(size))  # the same on every rank
+    tmp = shared_tmp_name(path, comm)
+    try:
+        with h5py.File(tmp, "w", driver="mpio", comm=comm) as f:
+            X_ds = create_rows_dataset(f, x_name, rows, features, dt, h5_chunk_rows)
+            y_ds = create_rows_dataset(f, y_name, rows, None, y_dt, h5_chunk_rows)
+            tc = f.create_dataset("true_coef", shape=coef.shape, dtype=np.float64)
+            ti = f.create_dataset("true_intercept", shape=intercept.shape, dtype=np.float64)
+            f.attrs.update({"kind": kind, "noise": noise, "seed": seed,
+                            "n_classes": n_classes, "rows": rows, "features": features})
+            if rank == 0:  # independent writes of the small true model
+                tc[...] = coef
+                ti[...] = intercept
+            dxpl = collective_dxpl()
+            block = (None, None, None)
+            for i in range(n_calls):
+                if i < len(mine):
+                    b, start, a, e = mine[i]
+                    if block[0] != b:
+                        Xb, yb = _block(kind, seed, b, min(block_rows, rows - start), coef,
+                                        intercept, noise, dt)
+                        block = (b, Xb, yb)
+                    write_rows(X_ds, start + a, block[1][a:e], dxpl)
+                    write_rows(y_ds, start + a, block[2][a:e].astype(y_dt, copy=False), dxpl)
+                else:
+                    write_rows(X_ds, 0, None, dxpl)
+                    write_rows(y_ds, 0, None, dxpl)
+        comm.Barrier()  # every rank has closed the file (close is collective too)
+        if rank == 0:
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise DataError(f"cannot write synthetic data to {path} with MPI-IO: {exc}") from None
+    finally:
+        if rank == 0 and os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+    comm.Barrier()  # the file is in place before any rank returns
