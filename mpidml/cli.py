@@ -160,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true")
     _write_options(c)
 
+    s = sub.add_parser("scaling", help="combine a scaling sweep (slurm/scaling.sbatch) into scaling.json + scaling.png",
+                       description="Read OUT/strong/n*/summary.json and OUT/weak/n*/summary.json; write "
+                       "OUT/scaling.json and OUT/scaling.png (time per epoch, speed-up, efficiency vs tasks). "
+                       "Runs without MPI.")
+    s.add_argument("out", help="the sweep's output directory")
+    s.add_argument("--json", default=None, help="where to write the JSON (default OUT/scaling.json)")
+    s.add_argument("--plot", default=None, help="where to write the PNG (default OUT/scaling.png)")
+    s.add_argument("--no-plot", action="store_true", help="write the JSON only")
+
     i = sub.add_parser("info", help="versions, MPI library, parallel HDF5 support, thread settings")
     _flag(i, "threads", int, "threads per rank (default 1)")
     return parser
