@@ -322,8 +322,24 @@ def cmd_generate(args) -> int:
                           comm=ctx.comm, write=args.write, layout=args.layout or "contiguous",
                           chunk_size=args.chunk_size)
     if ctx.is_root:
+        _note_root_write(ctx, args, meta)
         print(json.dumps({"output": os.path.abspath(args.output), "ranks": ctx.size, **_jsonable(meta)}))
     return 0
+
+
+def _note_root_write(ctx, args, meta: dict) -> None:
+    """Several ranks but one writer: say why (parallel writes degrade loudly, not silently)."""
+    if ctx.size == 1 or args.write != "auto" or meta.get("write") != "root":
+        return
+    from .data import h5py_has_mpi
+
+    if not h5py_has_mpi():
+        why = "h5py was built without MPI (see scripts/install-parallel-hdf5.sh)"
+    elif meta.get("format") == "npz":
+        why = "X in the .npz is deflated and in Fortran order, so ranks cannot read their rows"
+    else:
+        why = f"{meta.get('format')} text is converted on rank 0 (row offsets are only known after parsing)"
+    sys.stderr.write(f"mpidml: note: rank 0 wrote {args.output} alone on {ctx.size} ranks: {why}\n")
 
 
 def cmd_convert(args) -> int:
@@ -339,6 +355,7 @@ def cmd_convert(args) -> int:
                           dtype=args.dtype, chunk_rows=args.chunk_rows, overwrite=args.overwrite,
                           comm=ctx.comm, write=args.write, layout=args.layout, chunk_size=args.chunk_size)
     if ctx.is_root:
+        _note_root_write(ctx, args, meta)
         print(json.dumps({"output": os.path.abspath(args.output), "ranks": ctx.size, **_jsonable(meta)}))
     return 0
 

@@ -754,6 +754,11 @@ def convert(src, dst, *, fmt="auto", y_src=None, label_col=0, delimiter=None, ha
             raise ConfigError(f"cannot tell the format of {src} from its extension; pass the "
                               f"format (one of {', '.join(FORMATS[1:])})")
         fmt = _EXTENSIONS[ext]
+    parallel = collective and fmt in ("npy", "npz")
+    stub = {"written": False, "write": "root", "format": fmt, "src": src, "dst": dst}
+    if comm is not None and comm.Get_rank() != 0 and not parallel:
+        # Rank 0 converts alone. Return before looking at dst: rank 0 may already have written it.
+        return stub
     if not os.path.exists(src):
         raise DataError(f"input file {src} does not exist; check the path")
     if os.path.isdir(src):
@@ -770,13 +775,13 @@ def convert(src, dst, *, fmt="auto", y_src=None, label_col=0, delimiter=None, ha
     if not os.path.isdir(parent):
         raise ConfigError(f"output directory {parent} does not exist; create it first")
 
-    if collective and fmt in ("npy", "npz"):
+    if parallel:
         info = _convert_collective(fmt, src, dst, y_src, x_key, y_key, x_name, y_name, dt,
                                    chunk_rows, layout, chunk_size, comm)
         if info is not None:
             return info
-    if comm is not None and comm.Get_rank() != 0:
-        return {"written": False, "write": "root", "format": fmt, "src": src, "dst": dst}
+        if comm.Get_rank() != 0:  # no row access (deflated Fortran-order npz): rank 0 alone
+            return stub
 
     out = _Output(f"{dst}.tmp{os.getpid()}", x_name, y_name, dt)
     out.layout, out.chunk_size = layout, chunk_size
