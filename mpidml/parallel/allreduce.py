@@ -94,12 +94,8 @@ class AllreduceTrainer:
     def _finish(self, params, grad_out) -> float:
         """Turn reduced sums in self.buf into the mean gradient (grad_out) and objective."""
         w = self.buf[-1]
-        np.multiply(self.grad_sum, 1.0 / w, out=grad_out)
-        pen = self.pen
-        np.multiply(params[pen], self.l2, out=self._tmp[pen])
-        grad_out[pen] += self._tmp[pen]
-        wp = params[pen]
-        return self.buf[-2] / w + 0.5 * self.l2 * float(np.dot(wp, wp))
+        mean_gradient(self.grad_sum, w, params, self.l2, self.pen, self._tmp, grad_out)
+        return self.buf[-2] / w + l2_penalty(params, self.l2, self.pen)
 
     def objective(self, params, grad_out) -> float:
         """Full-batch objective f(params) and its gradient (written to grad_out), collectively.
@@ -367,6 +363,24 @@ class AllreduceTrainer:
                 self.comm.Bcast(value, root=0)
         opt.load_state_dict(state)
         self.reporter.message(f"warning: replicas differed after epoch {self.epochs_done}; re-synchronised from rank 0")
+
+
+def mean_gradient(grad_sum, weight_sum, params, l2, pen, tmp, out) -> None:
+    """The objective's gradient from reduced sums: ``out = grad_sum / weight_sum + l2 * params[pen]``.
+
+    All arrays float64 of one length (``tmp`` is scratch); ``pen`` is the slice of the
+    penalised entries. Elementwise, so it applies unchanged to a contiguous slice of the
+    parameter vector with the matching part of ``pen`` (the parameter server's shards).
+    """
+    np.multiply(grad_sum, 1.0 / weight_sum, out=out)
+    np.multiply(params[pen], l2, out=tmp[pen])
+    out[pen] += tmp[pen]
+
+
+def l2_penalty(params, l2, pen) -> float:
+    """``(l2/2) * ||params[pen]||^2``, the penalty term of the objective."""
+    wp = params[pen]
+    return 0.5 * l2 * float(np.dot(wp, wp))
 
 
 def _checksum(arr: np.ndarray) -> int:
