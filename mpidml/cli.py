@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(t, "shard", str, "which rows each rank holds: contiguous (default) | stratified (every rank gets the class "
           "mix) | shuffled (seeded permutation); the trained model does not depend on it")
     _flag(t, "l2", float, "L2 penalty on the coefficients (default 1e-4)")
-    _flag(t, "strategy", str, "allreduce (default)")
+    _flag(t, "strategy", str, "allreduce (default) | ps (parameter server on rank 0; sgd/adam only)")
     _flag(t, "comm-dtype", str, "allreduce: float64 (default) | float32: gradients travel as float32 (half "
           "the bytes); parameters, optimizer state and the objective stay float64")
     _flag(t, "optimizer", str, "sgd | adam | gd | lbfgs (default lbfgs)")
@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(t, "memory", int, "lbfgs history size (default 10)")
     _flag(t, "shuffle", str, "global (one seeded permutation of all rows per epoch; default) | none")
     _flag(t, "seed", int, "seed of the epoch shuffles (default 0)")
+    _flag(t, "ps-mode", str, "ps: sync (same updates as allreduce; default) | async | ssp (bounded staleness)")
+    _flag(t, "staleness", int, "ps ssp: clocks a worker may run ahead of the slowest (default 0)", "S")
+    _flag(t, "servers", int, "ps: ranks 0..K-1 each hold a slice of the parameters (default 1)", "K")
     _flag(t, "threads", int, "threads per rank for Numba/OpenMP/BLAS (default 1)")
     _flag(t, "x-name", str, "name of the features dataset (default X)")
     _flag(t, "y-name", str, "name of the labels dataset (default y)")

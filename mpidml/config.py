@@ -35,7 +35,8 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 MODELS = ("linear", "logistic", "softmax", "mlp")
 OPTIMIZERS = ("sgd", "adam", "gd", "lbfgs")
-STRATEGIES = ("allreduce",)
+STRATEGIES = ("allreduce", "ps")
+PS_MODES = ("sync", "async", "ssp")
 DRIVERS = ("auto", "mpio", "independent")
 SCHEDULES = ("constant", "inverse_sqrt", "step", "cosine")
 SHUFFLES = ("global", "none")
@@ -75,6 +76,10 @@ class TrainConfig:
     memory: int = 10  # L-BFGS history
     shuffle: str = "global"
     seed: int = 0
+    # parameter server (--strategy ps)
+    ps_mode: str = "sync"  # sync | async | ssp
+    staleness: int = 0  # ssp: max clocks a worker may run ahead of the slowest
+    servers: int = 1  # ranks 0..servers-1 hold slices of the parameters; must be < number of ranks
     # run
     out: str = ""
     threads: int = 1
@@ -103,6 +108,7 @@ class TrainConfig:
         choice("driver", DRIVERS)
         choice("lr_schedule", SCHEDULES)
         choice("shuffle", SHUFFLES)
+        choice("ps_mode", PS_MODES)
         choice("progress", ("auto", "bar", "log", "none"))
         choice("comm_dtype", COMM_DTYPES)
         if self.comm_dtype != "float64" and self.strategy != "allreduce":
@@ -121,6 +127,18 @@ class TrainConfig:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.momentum == 0:
             raise ConfigError("--nesterov needs --momentum > 0")
+        if self.staleness < 0:
+            raise ConfigError(f"--staleness must be >= 0, got {self.staleness}")
+        if self.servers < 1:
+            raise ConfigError(f"--servers must be >= 1, got {self.servers}")
+        if self.strategy == "ps":
+            if self.optimizer not in ("sgd", "adam"):
+                raise ConfigError(f"--strategy ps trains with the mini-batch optimizers sgd and adam, not "
+                                  f"{self.optimizer}; use --optimizer sgd|adam or --strategy allreduce")
+            if self.staleness and self.ps_mode != "ssp":
+                raise ConfigError(f"--staleness applies to --ps-mode ssp only (got --ps-mode {self.ps_mode})")
+        elif self.ps_mode != "sync" or self.staleness or self.servers != 1:
+            raise ConfigError("--ps-mode, --staleness and --servers need --strategy ps")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError(f"--beta1 and --beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
         choice("shard", ("contiguous", "stratified", "shuffled"))
