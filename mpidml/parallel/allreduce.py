@@ -284,6 +284,7 @@ class AllreduceTrainer:
         gids = getattr(shard, "gids", None)  # --shard stratified|shuffled: a sorted set of global rows
         comm, buf, grad, grad_sum = self.comm, self.buf, self.grad, self.grad_sum
         allreduce_sums = self._allreduce_sums
+        pen, l2, tmp = self.pen, self.l2, self._tmp
         sw = shard.sw
         timers = self.timers
         t_compute = t_comm = 0.0
@@ -305,7 +306,7 @@ class AllreduceTrainer:
                 t1 = time.perf_counter()
                 allreduce_sums()
                 t2 = time.perf_counter()
-                f = self._finish(params, grad)
+                mean_gradient(grad_sum, buf[-1], params, l2, pen, tmp, grad)  # the objective only when logged
                 gnorm2 = float(np.dot(grad, grad))
                 if not math.isfinite(gnorm2):
                     # Every rank sees the same reduced gradient, so all get here together:
@@ -323,6 +324,7 @@ class AllreduceTrainer:
                 samples_since += len(batch)
                 self.steps = step + 1
                 if log_now:
+                    f = buf[-2] / buf[-1] + l2_penalty(params, l2, pen)
                     if not math.isfinite(f):
                         raise _diverged(step + 1, "loss", f, self.checkpointer)
                     now = time.perf_counter()
