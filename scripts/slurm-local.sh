@@ -2,7 +2,7 @@
 # A real single-node SLURM on this machine, for testing the slurm/ batch scripts:
 # munged + slurmctld + slurmd, all on 127.0.0.1, all state in one directory.
 #
-#     scripts/slurm-local.sh install   # apt-get install slurm-wlm munge (root; exit 77 when impossible)
+#     scripts/slurm-local.sh install   # apt-get install slurm-wlm munge libpmix-dev (root; exit 77 when impossible)
 #     scripts/slurm-local.sh start     # generate the config, start the daemons, wait for the node (idempotent)
 #     scripts/slurm-local.sh status    # what runs; exit 0 when the cluster is up, 3 when it is not
 #     scripts/slurm-local.sh env       # prints `export SLURM_CONF=...`: eval "$(scripts/slurm-local.sh env)"
@@ -24,14 +24,17 @@ DIR="${MPIDML_SLURM_DIR:-/tmp/mpidml-slurm-$(id -u)-$(printf '%s' "$ROOT" | sha2
 CONF="$DIR/slurm.conf"
 SOCKET="$DIR/munge/munge.socket"
 SBIN=/usr/sbin
-APT_PACKAGES=(slurm-wlm munge)
+# libpmix-dev: SLURM's mpi/pmix plugin dlopen()s the unversioned libpmix.so, which only the -dev
+# package ships; without it `srun --mpi=pmix` fails with "can not load PMIx library".
+APT_PACKAGES=(slurm-wlm munge libpmix-dev)
 
 die() { echo "slurm-local: $*" >&2; exit 1; }
 say() { echo "slurm-local: $*" >&2; }
 
 have_binaries() {
     for b in "$SBIN/munged" "$SBIN/slurmctld" "$SBIN/slurmd"; do [ -x "$b" ] || return 1; done
-    command -v sbatch >/dev/null && command -v srun >/dev/null
+    command -v sbatch >/dev/null && command -v srun >/dev/null || return 1
+    compgen -G "/usr/lib/*/libpmix.so" >/dev/null || compgen -G "/usr/lib/libpmix.so" >/dev/null
 }
 
 cmd_install() {
@@ -47,7 +50,7 @@ cmd_install() {
     apt-get update -qq >&2 || { echo "slurm-local: apt-get update failed" >&2; exit 77; }
     apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >&2 ||
         { echo "slurm-local: apt-get install ${APT_PACKAGES[*]} failed" >&2; exit 77; }
-    have_binaries || die "slurmctld/slurmd/munged not found after installing ${APT_PACKAGES[*]}"
+    have_binaries || die "slurmctld/slurmd/munged/libpmix.so not found after installing ${APT_PACKAGES[*]}"
 }
 
 # pid from a pid file if that process is alive and is the named program, else nothing.
