@@ -88,8 +88,10 @@ def test_async_with_a_straggler_finishes(data, tmp_path):
     assert ps["updates"] == sum(steps) == 51 and s["epochs"] == 1
     delays = [w["delay_seconds"] for w in ps["per_worker"]]
     assert delays[0] == delays[1] == 0 and delays[2] >= 0.01 * ps["per_worker"][2]["gradients_sent"]
-    # the fast workers did not wait for the slow one (10 ms per step): they did most of the updates
-    assert steps[2] < min(steps[:2])
+    # the fast workers did not wait for the slow one (10 ms per step): the straggler got fewer than
+    # its 17 of a fair share (sync would give it exactly 17). Not min(steps[:2]): on an oversubscribed
+    # machine one fast worker may be scheduled late and find the budget already used by the other.
+    assert steps[2] < ps["updates"] / 3
 
 
 @pytest.mark.parametrize("ranks,args", [
