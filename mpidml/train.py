@@ -221,6 +221,9 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
     t_start = time.perf_counter()
     ctx.start_watchdog(cfg.timeout)
     resuming = bool(cfg.resume)
+    strategy = STRATEGIES[cfg.strategy]
+    # The strategy checks the options against the number of ranks before anything is written.
+    parts = ctx.collective(strategy.data_parts, ctx, cfg)
     ctx.collective(lambda: prepare_run_dir(cfg.out, cfg.overwrite, resuming) if ctx.is_root else None)
     if ctx.is_root and not resuming:  # a resumed run keeps the config it was started with
         with open(os.path.join(cfg.out, "config.toml"), "w") as fh:
@@ -229,9 +232,7 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
     say = Reporter(None, mode=cfg.progress if cfg.progress != "bar" else "log", prefix=verbose_prefix,
                    enabled=ctx.is_root or cfg.verbose)
 
-    strategy = STRATEGIES[cfg.strategy]
     y_dtype = np.int64 if cfg.model in ("softmax", "mlp") else np.float64
-    parts = ctx.collective(strategy.data_parts, ctx, cfg)
     meta, shard = load_training_data(ctx, cfg, y_dtype, parts)
     io_reason = ("h5py built with MPI" if h5py_has_mpi() else "h5py built without MPI") if cfg.driver == "auto" \
         else f"forced with --driver {cfg.driver}"

@@ -72,6 +72,12 @@ Modes
 Staleness of an update: how many updates the server applied to its slice between sending
 the parameters the gradient was computed from and applying it (0 in sync mode).
 
+Checkpoints (``--checkpoint-every``, ``--resume``): sync mode with one server only. Rank 0 then
+holds all of the state (parameters and optimizer) and the workers' only state is the round
+number (their batches come from the counter-based (seed, epoch) permutation), so the server
+writes the checkpoint after a round's replies and a resumed run repeats the uninterrupted one
+bitwise. async/ssp are refused (their result depends on message timing), and so is K > 1.
+
 Straggler hook (tests and benchmarks only): ``MPIDML_PS_DELAY="RANK:SECONDS[,RANK:SECONDS...]"``
 makes those worker ranks sleep that long after computing each gradient.
 """
@@ -86,7 +92,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from .. import kernels
+from .. import faults, kernels
 from ..data import all_shard_bounds
 from ..errors import ConfigError
 from ..optim import SGD, Adam, make_schedule
@@ -117,8 +123,12 @@ def check_layout(size: int, cfg) -> None:
                           f"not {cfg.optimizer}; use --optimizer sgd|adam or --strategy allreduce")
     if cfg.ps_mode not in MODES:
         raise ConfigError(f"unknown ps_mode {cfg.ps_mode!r}; choose from {', '.join(MODES)}")
-    if getattr(cfg, "checkpoint_every", 0):
-        raise ConfigError("--checkpoint-every is not supported with --strategy ps yet")
+    if getattr(cfg, "checkpoint_every", 0) and (cfg.ps_mode != "sync" or servers != 1):
+        # sync with one server: rank 0 holds all the state and the run is deterministic, so a
+        # checkpoint resumes bitwise. async/ssp results depend on message timing (a resume could
+        # not reproduce the run), and K > 1 would need the slices gathered mid-loop.
+        raise ConfigError(f"--checkpoint-every with --strategy ps needs --ps-mode sync and --servers 1 "
+                          f"(got --ps-mode {cfg.ps_mode}, --servers {servers})")
     if getattr(cfg, "shard", "contiguous") != "contiguous":
         # reshard deals rows out over every rank, servers included
         raise ConfigError(f"--shard {cfg.shard} is not supported with --strategy ps yet (use contiguous)")
@@ -172,34 +182,39 @@ class Server:
     limit) it answers every further gradient, and every withheld reply, with STOP. ``log(version,
     f, lr, worker_index, staleness, samples)`` is called after each update whose message carried
     a loss (rank 0 only). ``deadline`` (a ``time.perf_counter()`` value) also makes the server
-    answer STOP once passed (benchmarks). Statistics are left in attributes.
+    answer STOP once passed (benchmarks). ``after_round(version)`` (sync mode) is called after
+    each round's update has been applied and answered, unless it diverged (checkpoints and the
+    test hook). Statistics are left in attributes.
     """
 
     def __init__(self, comm, layout: Layout, k: int, pslice, opt, schedule, mode: str, staleness: int,
                  l2: float, pen: slice, budget: int | None = None, log=None, beat=None,
-                 deadline: float | None = None, trace: bool = False):
+                 deadline: float | None = None, trace: bool = False, after_round=None, start_version: int = 0):
         self.comm, self.layout, self.k = comm, layout, k
         self.pslice, self.opt, self.schedule = pslice, opt, schedule
         self.mode, self.S = mode, int(staleness)
         self.l2, self.pen = float(l2), layout.penalized_in(k, pen)
         self.log, self.beat, self.deadline, self.trace = log, beat, deadline, trace
         self.budget = budget
+        self.after_round = after_round
         W, nk = layout.W, layout.size_of(k)
         self.nk = nk
         self.bufs = np.zeros((W, nk + N_SCALARS))  # one receive buffer per worker
         self.acc = np.zeros(nk + N_SCALARS)  # sync: the round's sum
         self.grad = np.zeros(nk)
         self.tmp = np.zeros(nk)
-        self.version = 0  # updates applied to this slice
+        self.version = int(start_version)  # updates applied to this slice (a resumed run starts later)
         # per worker (index i = rank - K)
-        self.clock = np.zeros(W, dtype=np.int64)  # gradients applied (sync: rounds taken part in)
-        self.sent_version = np.zeros(W, dtype=np.int64)
+        self.clock = np.full(W, self.version, dtype=np.int64)  # gradients applied (sync: rounds taken part in)
+        self.sent_version = np.full(W, self.version, dtype=np.int64)
         self.stale_sum = np.zeros(W, dtype=np.int64)
         self.stale_max = np.zeros(W, dtype=np.int64)
         self.done = np.zeros(W, dtype=bool)
         self.max_spread = 0  # max over replies of (clock of the worker - min active clock)
         self.reply_log: list = []  # with trace: (worker index, its clock, min active clock, version sent)
-        self.stopped: str | None = None  # None, "done" (budget reached), "diverged" or "deadline"
+        # None, "done" (budget reached: a run resumed from its last checkpoint starts there), "diverged"
+        # or "deadline"
+        self.stopped: str | None = "done" if budget is not None and self.version >= budget else None
         self.diverged: tuple | None = None  # (step, what code, value)
         self.bytes_sent = self.bytes_recv = 0
         self.t_wait = self.t_loop = 0.0
@@ -294,7 +309,8 @@ class Server:
         if not waiting.any() or np.any(~self.arrived & ~self.done):
             return
         idx = np.flatnonzero(self.arrived)
-        if not self.stopped:
+        applied = not self.stopped
+        if applied:
             acc = self.acc
             np.copyto(acc, self.bufs[idx[0]])
             for i in idx[1:]:
@@ -311,6 +327,8 @@ class Server:
                 self._stop_reply(i)
             else:
                 self._reply(i)
+        if applied and self.diverged is None and self.after_round is not None:
+            self.after_round(self.version)
 
     def _on_grad_async(self, i: int) -> None:
         if self.stopped:
@@ -457,7 +475,8 @@ class ParameterServerTrainer:
         self.is_server = ctx.rank < self.K
         self.steps = 0
         self.epochs_done = 0
-        self.checkpointer = None  # the PS strategy writes no checkpoints (yet)
+        self.checkpointer = None  # set by the caller (mpidml.train); used in sync mode with one server
+        self.start_step = 0  # a resumed run: the checkpoint's step (sync rounds = updates)
         self.server: Server | None = None
         self.link: WorkerLink | None = None
         self._section: dict = {}
@@ -496,17 +515,29 @@ class ParameterServerTrainer:
     # -- fit ----------------------------------------------------------------
     def fit(self, params: np.ndarray, resume: dict | None = None) -> dict:
         cfg, ctx = self.cfg, self.ctx
-        if resume is not None:
-            raise ConfigError("--resume is not supported with --strategy ps (it writes no checkpoints)")
         check_layout(ctx.size, cfg)
+        if resume is not None and not self._checkpoints_on():
+            raise ConfigError(f"--resume with --strategy ps needs --ps-mode sync and --servers 1 "
+                              f"(this run has --ps-mode {cfg.ps_mode}, --servers {self.K})")
         layout = Layout(self.n_params, ctx.size, self.K)
         plan = self._plan()
+        if resume is not None:
+            # Every rank read the same checkpoint. The server restores the optimizer; the workers
+            # need only the step: their mini-batches come from the counter-based (seed, epoch) shuffle.
+            params[:] = resume["params"]
+            self.start_step = self.steps = int(resume["step"])
+            if not 0 <= self.start_step <= plan["updates"]:
+                raise ConfigError(f"checkpoint step {self.start_step} is outside this run's "
+                                  f"{plan['updates']} updates")
         self.comm.Bcast(params, root=0)  # every worker starts from the server's parameters
         if self.is_server:
-            self._serve(params, layout, plan)
+            self._serve(params, layout, plan, resume)
         else:
             self._work(params, layout, plan)
         return self._close(params, layout, plan)
+
+    def _checkpoints_on(self) -> bool:
+        return self.cfg.ps_mode == "sync" and self.K == 1
 
     def _make_optimizer(self, n):
         cfg = self.cfg
@@ -514,7 +545,7 @@ class ParameterServerTrainer:
             return Adam(n, cfg.lr, beta1=cfg.beta1, beta2=cfg.beta2)
         return SGD(n, cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
-    def _serve(self, params, layout, plan) -> None:
+    def _serve(self, params, layout, plan, resume=None) -> None:
         cfg, k = self.cfg, self.ctx.rank
         sl = layout.slice(k)
         schedule = make_schedule(cfg.lr_schedule, cfg.lr, total_steps=plan["updates"])
@@ -522,9 +553,26 @@ class ParameterServerTrainer:
         if self.ctx.is_root:
             self.reporter.total = plan["updates"]
         beat = getattr(self.ctx, "beat", None)
-        self.server = srv = Server(self.comm, layout, k, params[sl], self._make_optimizer(layout.size_of(k)),
+        opt = self._make_optimizer(layout.size_of(k))
+        if resume is not None:
+            opt.load_state_dict(resume["state"]["optimizer"])
+        after_round = None
+        if self._checkpoints_on() and self.checkpointer is not None:
+            ckpt, spe, total = self.checkpointer, plan["steps_per_epoch"], plan["updates"]
+
+            def state():  # the shuffles are counter-based: the step and the seed are the whole RNG state
+                return {"optimizer": opt.state_dict(),
+                        "trainer": {"seed": cfg.seed, "steps_per_epoch": spe, "strategy": "ps", "mode": "sync"}}
+
+            def after_round(version):  # K = 1: rank 0 holds all of the state
+                faults.point("step", 0, version)
+                if ckpt.due(version) or version == total:
+                    # every --checkpoint-every rounds, and at the end (the allreduce strategy's rule)
+                    ckpt.save(version, version // spe, params, state())
+        self.server = srv = Server(self.comm, layout, k, params[sl], opt,
                                    schedule, cfg.ps_mode, cfg.staleness, cfg.l2, self.model.penalized,
-                                   budget=plan["updates"], log=log, beat=beat, trace=self.trace)
+                                   budget=plan["updates"], log=log, beat=beat, trace=self.trace,
+                                   after_round=after_round, start_version=self.start_step)
         srv.run()
         self.steps = srv.version
         self.timers.add("compute", srv.t_loop - srv.t_wait)
@@ -564,9 +612,9 @@ class ParameterServerTrainer:
         t_compute = t_wait = t_delay = 0.0
         samples = 0
         perm, perm_epoch = None, -1
-        t = 0
+        t = self.start_step
         try:
-            for t in itertools.count():  # until a server answers STOP (it counts the updates)
+            for t in itertools.count(self.start_step):  # until a server answers STOP (it counts the updates)
                 t0 = time.perf_counter()
                 epoch, s = divmod(t, spe)
                 if epoch != perm_epoch:
@@ -600,6 +648,8 @@ class ParameterServerTrainer:
                 t_wait += time.perf_counter() - t1
                 if beat is not None:
                     beat("ps worker step")
+                if faults.active:
+                    faults.point("step", self.ctx.rank, t + 1)
                 self.steps = t + 1  # gradients pushed (the last one or few may be answered by STOP)
                 if not ok:
                     break
@@ -633,7 +683,7 @@ class ParameterServerTrainer:
                 verdict[:] = (1.0, first[10], first[11], first[12])
         comm.Bcast(verdict, root=0)
         if verdict[0]:
-            raise _diverged(int(verdict[1]), _WHAT[int(verdict[2])], float(verdict[3]))
+            raise _diverged(int(verdict[1]), _WHAT[int(verdict[2])], float(verdict[3]), self.checkpointer)
         # The final parameters: slices to rank 0, then to everyone.
         counts = [layout.size_of(k) if k < K else 0 for k in range(ctx.size)]
         displs = [int(layout.offsets[k]) if k < K else 0 for k in range(ctx.size)]
