@@ -28,6 +28,17 @@ def _launcher_rank() -> int:
     return 0
 
 
+def _launched_with_others() -> bool:
+    """True when a launcher started this process as one of several ranks (no MPI initialised)."""
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"):
+        try:
+            if int(os.environ.get(var, "1")) > 1:
+                return True
+        except ValueError:
+            pass
+    return False
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that prints usage errors on rank 0 only (every rank still exits 2)."""
 
@@ -35,6 +46,17 @@ class _Parser(argparse.ArgumentParser):
         if _launcher_rank() == 0:
             self.print_usage(sys.stderr)
             sys.stderr.write(f"mpidml: error: {message}\n")
+            sys.stderr.flush()
+        if _launched_with_others():
+            # Every rank parsed the same command line and is here. The launcher ends the job at
+            # the first non-zero exit, so a rank that exits at once (before rank 0 has even
+            # started) would swallow rank 0's message: meet rank 0 first.
+            try:
+                from mpi4py import MPI
+
+                MPI.COMM_WORLD.Barrier()
+            except Exception:  # no usable MPI: exiting is still right
+                pass
         sys.exit(2)
 
 
