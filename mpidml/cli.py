@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(t, "epochs", int, "sgd/adam epochs (default 10)")
     _flag(t, "max-iter", int, "lbfgs iterations / gd steps (default 1000)")
     _flag(t, "tol", float, "lbfgs/gd: stop when max|gradient| <= tol (default 1e-8)")
+    _flag(t, "ftol", float, "lbfgs: also stop when (f_old - f) / max(|f_old|, |f|, 1) <= ftol, as SciPy's "
+                            "and scikit-learn's L-BFGS (which use 64 * 2.2e-16); default 0: off")
     _flag(t, "memory", int, "lbfgs history size (default 10)")
     _flag(t, "shuffle", str, "global (one seeded permutation of all rows per epoch; default) | none")
     _flag(t, "seed", int, "seed of the epoch shuffles (default 0)")

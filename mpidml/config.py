@@ -73,6 +73,7 @@ class TrainConfig:
     epochs: int = 10
     max_iter: int = 1000  # L-BFGS iterations / gradient-descent steps
     tol: float = 1e-8  # L-BFGS and GD: stop when max |gradient| <= tol
+    ftol: float = 0.0  # L-BFGS: also stop when the relative reduction of f is <= ftol (0: off)
     memory: int = 10  # L-BFGS history
     shuffle: str = "global"
     seed: int = 0
@@ -123,6 +124,8 @@ class TrainConfig:
             raise ConfigError(f"--l2 must be >= 0, got {self.l2}")
         if not (self.tol >= 0):
             raise ConfigError(f"--tol must be >= 0, got {self.tol}")
+        if not (0 <= self.ftol < 1):
+            raise ConfigError(f"--ftol must be in [0, 1), got {self.ftol}")
         if not (0 <= self.momentum < 1):
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.momentum == 0:

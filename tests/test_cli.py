@@ -120,6 +120,9 @@ def test_softmax_on_three_ranks_equals_one_rank(softmax_h5, tmp_path):
     (["--optimizer", "sgdd"], "did you mean 'sgd'"),
     (["--lr", "-1", "--optimizer", "sgd"], "--lr must be > 0"),
     (["--batch-size", "100000", "--optimizer", "sgd"], "larger than the dataset"),
+    (["--ftol=-1e-9"], "--ftol must be in [0, 1)"),
+    # An argparse error: every rank exits 2, and rank 0's line still reaches the user.
+    (["--ftol", "-1e-9"], "argument --ftol: expected one argument"),
 ])
 def test_bad_options_fail_with_one_line_on_every_rank(logistic_h5, tmp_path, args, expect):
     proc = run(MPIDML + ["train", str(logistic_h5), "--out", str(tmp_path / "r")] + args, ranks=2, check=False)
@@ -177,3 +180,22 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(logistic_h5, tmp_pat
     piped = run(args + ["--out", str(tmp_path / "pipe")], ranks=2)
     assert "[####" not in piped.stderr and "step 22  epoch 2.00" in piped.stderr
     assert "[rank 1]" not in piped.stderr  # other ranks are quiet without --verbose
+
+
+def test_ftol_stops_lbfgs_on_a_small_relative_reduction(logistic_h5, tmp_path):
+    """--ftol is SciPy's rule: stop once (f_old - f) / max(|f_old|, |f|, 1) <= ftol."""
+    runs = {}
+    for name, extra in (("gtol", []), ("ftol", ["--ftol", "1e-6"])):
+        out = tmp_path / name
+        run(MPIDML + ["train", str(logistic_h5), "--optimizer", "lbfgs", "--tol", "1e-12", "--l2", "1e-3",
+                      "--out", str(out)] + extra, ranks=2)
+        runs[name] = (json.loads((out / "summary.json").read_text()),
+                      [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()])
+    (s_g, _), (s_f, trace) = runs["gtol"], runs["ftol"]
+    assert "relative reduction" in s_f["message"] and s_f["steps"] < s_g["steps"]
+    losses = [r["loss"] for r in trace if "loss" in r]
+    # It stopped at the first iteration whose relative reduction was <= 1e-6, not before.
+    red = [(a - b) / max(abs(a), abs(b), 1.0) for a, b in zip(losses, losses[1:])]
+    assert red[-1] <= 1e-6 and all(r > 1e-6 for r in red[:-1]), red
+    # ... which here is already close to the optimum the gradient rule reaches.
+    assert 0 <= (s_f["objective"] - s_g["objective"]) / s_g["objective"] < 1e-5

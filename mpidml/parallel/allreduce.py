@@ -190,7 +190,8 @@ class AllreduceTrainer:
 
     def _fit_lbfgs(self, params, resume):
         cfg = self.cfg
-        lb = LBFGS(self.n_params, memory=cfg.memory, tol=cfg.tol, max_iter=cfg.max_iter)
+        lb = LBFGS(self.n_params, memory=cfg.memory, tol=cfg.tol, max_iter=cfg.max_iter,
+                   ftol=getattr(cfg, "ftol", 0.0))
         if resume is None:
             lb.reset(params, self.objective)
         else:
