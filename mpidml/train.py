@@ -133,11 +133,9 @@ def warm_up_kernels(ctx: Context, model, shard) -> None:
         # rank would otherwise compile at once on a cold cache (seen with NUMBA_DEBUG_CACHE=1).
         from . import kernels
 
-        gids = getattr(shard, "gids", None)
-        if gids is None:
-            kernels.select_local_rows(rows, 0, 1, np.empty(1, dtype=np.int64))
-        else:
-            kernels.select_sorted_rows(rows, gids, np.empty(1, dtype=np.int64))
+        one = np.zeros(1, dtype=np.int64)
+        kernels.epoch_batches(one[:0], 0, 1, 1, 1, 1, kernels.shuffle_keys(0, 0), False, one, one.copy(),
+                              np.zeros(2, dtype=np.int64))
         model.stats(shard, model.init_params(), rows)
 
     # Numba's one-time set-up (its CPU target's registries import numba.np and SciPy's BLAS,

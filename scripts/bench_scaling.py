@@ -32,12 +32,12 @@ A step is compute + communication (no overlap: mpidml's steps are synchronous):
 
     L-BFGS evaluation:  T(P) = c N / P + T_fixed + T_binomial(P, m)   (mpidml reduces to the root
                                                                        and broadcasts its sums)
-    SGD step:           T(P) = k B / P + pi B + o + T_allreduce(P, m)
-    what-if, a shuffle that costs pi per LOCAL row (O(N/P) per rank):  (k + pi) B / P + o + T_allreduce
+    SGD step:           T(P) = (k + pi) B / P + o + T_allreduce(P, m)
 
 c: seconds per row of a full pass (from the 1-rank run), k: per row of a mini-batch (random rows),
-pi: seconds per row of the per-epoch shuffle that EVERY rank computes for all N rows (per step
-that is pi * B whatever P is), o: the loop's per-step Python overhead (no-op-kernel run), m:
+pi: seconds per LOCAL row of the epoch's batch plan (each rank evaluates the keyed order for its
+own N/P rows: mpidml.parallel.allreduce.EpochPlan), o: the loop's per-step Python overhead
+(no-op-kernel run), m:
 (n_params + 2) * 8 bytes. Strong: N fixed; weak: N/P fixed (and B/P for SGD). Efficiency
 E = T(1) / (P T(P)) (strong) or T(1) / T(P) (weak). Projected to 64, 256, 1024 ranks with the
 alpha/beta measured here (shared memory, one node) and with an assumed interconnect
@@ -174,10 +174,9 @@ def _loop_costs(args) -> dict:
     from mpidml.metrics import Reporter
     from mpidml.models import make_model
     from mpidml.parallel import AllreduceTrainer
-    from mpidml.parallel.allreduce import epoch_permutation
+    from mpidml.parallel.allreduce import EpochPlan
 
     N = args.rows
-    pi = min(_timed(lambda e=e: epoch_permutation(N, 0, e)) for e in range(5)) / N
     model = make_model("logistic", args.features, 2)
 
     class Null:
@@ -191,6 +190,9 @@ def _loop_costs(args) -> dict:
 
     shard = DenseShard(X=np.zeros((N, 1)), y=np.zeros(N), sw=np.empty(0), lo=0, hi=N, n_total=N, n_features=1,
                        driver="memory", path="<memory>")
+    plan = EpochPlan(shard, N, args.batch, 0, "global")
+    plan.build(0)  # compile
+    pi = min(_timed(lambda e=e: plan.build(e)) for e in range(1, 6)) / N
     cfg = TrainConfig(data="-", out="-", progress="none", optimizer="sgd", lr=0.1, momentum=0.9,
                       batch_size=args.batch, epochs=2, shuffle="none")
     ctx = Context(MPI.COMM_SELF)
@@ -249,10 +251,8 @@ def project(meas, params, a, b, g) -> dict:
             "reduce_bcast_binomial_s": t_binomial_reduce_bcast(P, m, a, b, g),
             "lbfgs_eval_strong_s": c * N / P + fixed + t_binomial_reduce_bcast(P, m, a, b, g),
             "lbfgs_eval_weak_s": c * n_weak + fixed + t_binomial_reduce_bcast(P, m, a, b, g),
-            "sgd_step_strong_s": k * B / P + pi * B + o + tree,
-            "sgd_step_weak_s": k * b_weak + pi * b_weak * P + o + tree,
-            "sgd_step_strong_local_shuffle_s": (k + pi) * B / P + o + tree,
-            "sgd_step_weak_local_shuffle_s": (k + pi) * b_weak + o + tree,
+            "sgd_step_strong_s": (k + pi) * B / P + o + tree,
+            "sgd_step_weak_s": (k + pi) * b_weak + o + tree,
         }
         out[P] = row
     base = out[1]
@@ -261,9 +261,6 @@ def project(meas, params, a, b, g) -> dict:
         row["lbfgs_weak_efficiency"] = base["lbfgs_eval_weak_s"] / row["lbfgs_eval_weak_s"]
         row["sgd_strong_efficiency"] = base["sgd_step_strong_s"] / (P * row["sgd_step_strong_s"])
         row["sgd_weak_efficiency"] = base["sgd_step_weak_s"] / row["sgd_step_weak_s"]
-        row["sgd_strong_efficiency_local_shuffle"] = (base["sgd_step_strong_local_shuffle_s"]
-                                                      / (P * row["sgd_step_strong_local_shuffle_s"]))
-        row["sgd_weak_efficiency_local_shuffle"] = base["sgd_step_weak_local_shuffle_s"] / row["sgd_step_weak_local_shuffle_s"]
     return {str(P): v for P, v in out.items() if P != 1}
 
 
@@ -367,9 +364,7 @@ def main() -> int:
             "recursive_doubling": "ceil(log2 P) (alpha + m beta + m gamma)",
             "binomial_reduce_bcast": "2 ceil(log2 P)(alpha + m beta) + ceil(log2 P) m gamma",
             "lbfgs_eval": "c N/P + T_binomial_reduce_bcast(P, m)   (weak: c n_per_rank + ...)",
-            "sgd_step": "k B/P + pi B + o + min(T_ring, T_recursive_doubling)   (weak: k b + pi b P + o + ...)",
-            "sgd_step_local_shuffle": "what-if: a shuffle costing pi per LOCAL row, (k + pi) B/P + o + ... "
-                                      "(weak: (k + pi) b + o + ...)",
+            "sgd_step": "(k + pi) B/P + o + min(T_ring, T_recursive_doubling)   (weak: (k + pi) b + o + ...)",
             "efficiency": "strong T(1)/(P T(P)); weak T(1)/T(P)",
             "m": "(n_params + 2) * 8 bytes",
         },
@@ -377,7 +372,7 @@ def main() -> int:
             "no compute/communication overlap (mpidml's steps are synchronous)",
             "perfect load balance; one rank per core; compute per rank as measured on this machine",
             "alpha, beta independent of P and placement; no link contention",
-            "every rank shuffles all N rows each epoch (current mpidml): pi B per step, whatever P",
+            "each rank plans its own N/P rows of each epoch's global order: pi per local row",
             "a tuned MPI picks the faster of ring and recursive doubling for the Allreduce",
         ],
         "measured": {"alpha_s": alpha, "beta_s_per_byte": beta, "bandwidth_B_per_s": 1 / beta,
@@ -394,7 +389,7 @@ def main() -> int:
         "lbfgs_eval_model_s": meas["c"] * args.rows / 2 + t_binomial_reduce_bcast(2, (n_params + 2) * 8, alpha, beta,
                                                                                    gamma),
         "sgd_step_measured_min_s": pt("strong", "sgd", 2)["time_per_step_or_eval"]["min"] if 2 in ranks else None,
-        "sgd_step_model_s": meas["k"] * args.batch / 2 + pi * args.batch + o + min(
+        "sgd_step_model_s": (meas["k"] + pi) * args.batch / 2 + o + min(
             t_ring(2, (n_params + 2) * 8, alpha, beta, gamma),
             t_recursive_doubling(2, (n_params + 2) * 8, alpha, beta, gamma)),
     }
@@ -472,9 +467,8 @@ def plot(res, path):
         for (key, name), color in zip((("lbfgs_strong_efficiency", "L-BFGS strong"),
                                        ("lbfgs_weak_efficiency", "L-BFGS weak"),
                                        ("sgd_strong_efficiency", "SGD strong"),
-                                       ("sgd_weak_efficiency", "SGD weak"),
-                                       ("sgd_weak_efficiency_local_shuffle", "SGD weak, O(N/P) shuffle")),
-                                      ("C0", "C2", "C1", "C4", "C3")):
+                                       ("sgd_weak_efficiency", "SGD weak")),
+                                      ("C0", "C2", "C1", "C4")):
             a.plot(Ps, [1.0] + [proj[str(P)][key] for P in PROJECT_P], ls, color=color, marker=".",
                    label=f"{name} ({label})")
     a.set_xscale("log", base=2)

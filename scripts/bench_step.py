@@ -74,8 +74,13 @@ def parse(argv=None):
 
 
 def launch(args) -> int:
-    cmd = benchlib.mpirun(args.ranks) + [sys.executable, os.path.abspath(__file__), "--worker"] + \
-        [a for a in sys.argv[1:] if not a.startswith("--json")]
+    argv, passed = [], iter(sys.argv[1:])
+    for a in passed:  # the workers print JSON to stdout; only the launcher writes --json FILE
+        if a == "--json":
+            next(passed, None)
+        elif not a.startswith("--json="):
+            argv.append(a)
+    cmd = benchlib.mpirun(args.ranks) + [sys.executable, os.path.abspath(__file__), "--worker"] + argv
     result = benchlib.run_json(cmd, benchlib.mpi_env(threads=1), args.timeout)
     result["command"] = " ".join([os.path.relpath(sys.executable), "scripts/bench_step.py"] + sys.argv[1:])
     result["machine"] = benchlib.machine()
@@ -90,7 +95,6 @@ def worker(args) -> int:
     import numpy as np
     from mpi4py import MPI
 
-    from mpidml import kernels
     from mpidml.comm import Context
     from mpidml.config import TrainConfig
     from mpidml.data import DenseShard, shard_bounds
@@ -98,7 +102,7 @@ def worker(args) -> int:
     from mpidml.models import make_model
     from mpidml.optim import SGD, make_schedule
     from mpidml.parallel import AllreduceTrainer
-    from mpidml.parallel.allreduce import epoch_permutation
+    from mpidml.parallel.allreduce import EpochPlan
     from mpidml.train import warm_up_kernels
 
     ctx = Context()
@@ -171,24 +175,25 @@ def worker(args) -> int:
         trainer.fit(params)
         return max_over_ranks((time.perf_counter() - t0) / trainer.steps)
 
+    plan = EpochPlan(shard, N, B, 0, "global")  # the trainer's: cfg seed 0, global shuffle
+
     def permutation_alone():
         t0 = time.perf_counter()
         for epoch in range(args.epochs):
-            epoch_permutation(N, 0, epoch)
+            plan.epoch = -1  # force a rebuild
+            plan.build(epoch)
         return max_over_ranks((time.perf_counter() - t0) / total)
 
     def kernel_alone(params):
         """Per-step kernel time on this rank's rows of each step; summed per-step max over ranks."""
-        local_rows = np.empty(B, dtype=np.int64)
         grad = np.zeros(P)
         per_step = np.zeros(total)
         k = 0
         for epoch in range(args.epochs):
-            perm = epoch_permutation(N, 0, epoch)
+            plan.build(epoch)
             for s in range(steps_per_epoch):
                 step = epoch * steps_per_epoch + s
-                m = kernels.select_local_rows(perm[s * B:(s + 1) * B], lo, hi, local_rows)
-                rows = local_rows[:m]
+                rows = plan.rows(s)
                 with_loss = (step + 1) % log_every == 0 or step + 1 == total
                 grad[:] = 0.0
                 t0 = time.perf_counter()
@@ -273,7 +278,8 @@ def worker(args) -> int:
         "other": in_us(other),
         "other_fraction_of_step": S(frac),
         "other_parts": {
-            "what": "epoch_permutation: the per-epoch shuffle of all N rows (every rank), per step; "
+            "what": "epoch_permutation: the per-epoch batch plan (each rank: its N/P rows' places in the "
+                    "epoch's global order), per step; "
                     "null_model_loop: the whole loop with a no-op kernel (shuffle, row selection, Allreduce, "
                     "gradient finish, optimizer, bookkeeping); null_model_loop_minus_shuffle_allreduce_optimizer: "
                     "the Python left in the loop",

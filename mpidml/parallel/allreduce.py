@@ -7,9 +7,11 @@ one ``Allreduce`` adds the buffers of all ranks, and every rank divides by the
 global weight sum. Uneven shards are therefore weighted exactly, and N rows on
 P ranks give the single-process answer for any N and P.
 
-Mini-batches: each epoch draws one seeded permutation of all N global rows;
-step s takes ``perm[s*B:(s+1)*B]`` and each rank works on the rows of that
-batch that it holds. The trained model does not depend on the number of ranks.
+Mini-batches: each epoch has one seeded order of all N global rows; step s
+takes the rows at positions ``[s*B, (s+1)*B)`` and each rank works on the rows
+of that batch that it holds. The order is a keyed bijection row -> position
+that a rank evaluates for its own rows only (:class:`EpochPlan`, O(N/P) per
+epoch), so the trained model does not depend on the number of ranks.
 
 Replicas stay identical by construction: full-batch evaluations (L-BFGS, GD)
 reduce to the root and broadcast the root's sums, so every rank takes the same
@@ -280,9 +282,7 @@ class AllreduceTrainer:
             # The shuffles are counter-based (seed, epoch): step and seed are the whole RNG state.
             return {"optimizer": opt.state_dict(), "trainer": {"seed": cfg.seed, "steps_per_epoch": steps_per_epoch}}
 
-        local_rows = np.empty(B, dtype=np.int64)
-        lo, hi = shard.lo, shard.hi
-        gids = getattr(shard, "gids", None)  # --shard stratified|shuffled: a sorted set of global rows
+        plan = EpochPlan(shard, N, B, cfg.seed, cfg.shuffle)
         comm, buf, grad, grad_sum = self.comm, self.buf, self.grad, self.grad_sum
         allreduce_sums = self._allreduce_sums
         pen, l2, tmp = self.pen, self.l2, self._tmp
@@ -291,16 +291,16 @@ class AllreduceTrainer:
         t_compute = t_comm = 0.0
         samples_since, t_log = 0, time.perf_counter()
         for epoch in range(start // steps_per_epoch, cfg.epochs):
-            perm = epoch_permutation(N, cfg.seed, epoch, cfg.shuffle)
+            t0 = time.perf_counter()
+            plan.build(epoch)
+            t_compute += time.perf_counter() - t0
             first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
             for s in range(first, steps_per_epoch):
                 step = epoch * steps_per_epoch + s
                 log_now = (step + 1) % log_every == 0 or step + 1 == total
                 t0 = time.perf_counter()
-                batch = perm[s * B:(s + 1) * B]
-                m = (kernels.select_local_rows(batch, lo, hi, local_rows) if gids is None
-                     else kernels.select_sorted_rows(batch, gids, local_rows))
-                rows = local_rows[:m]
+                rows = plan.rows(s)
+                m = rows.size
                 buf[:] = 0.0
                 buf[-2] = model.loss_grad(shard, params, rows, grad_sum, log_now)
                 buf[-1] = float(sw[rows].sum()) if sw.size else float(m)
@@ -322,7 +322,7 @@ class AllreduceTrainer:
                 t3 = time.perf_counter()
                 t_compute += (t1 - t0) + (t3 - t2)
                 t_comm += t2 - t1
-                samples_since += len(batch)
+                samples_since += plan.global_count(s)
                 self.steps = step + 1
                 if log_now:
                     f = buf[-2] / buf[-1] + l2_penalty(params, l2, pen)
@@ -394,11 +394,50 @@ def _checksum(arr: np.ndarray) -> int:
 
 
 def epoch_permutation(n_rows: int, seed: int, epoch: int, shuffle: str = "global") -> np.ndarray:
-    """The global row order of one epoch: the same on every rank for a given seed and epoch."""
-    if shuffle == "none":
-        return np.arange(n_rows, dtype=np.int64)
-    rng = np.random.default_rng([int(seed), int(epoch)])
-    return rng.permutation(n_rows).astype(np.int64, copy=False)
+    """The global row order of one epoch (row at each position), the same on every rank.
+
+    O(N): for references and tests. Training never builds it: :class:`EpochPlan` evaluates the
+    same order for this rank's rows only.
+    """
+    return kernels.epoch_order(n_rows, seed, epoch, shuffle == "none")
+
+
+class EpochPlan:
+    """This rank's rows of each mini-batch step of an epoch, for one global order of all N rows.
+
+    Step s of an epoch takes the rows at positions ``[s*B, (s+1)*B)`` of the epoch's order
+    (:func:`epoch_permutation`); each rank finds which of its own rows those are by evaluating
+    the keyed bijection for its rows only (:func:`mpidml.kernels.epoch_batches`): O(N/P) per
+    rank and epoch instead of drawing the whole permutation on every rank. Buffers are
+    allocated once. ``rows(s)`` is a view: local row offsets, ascending.
+    """
+
+    def __init__(self, shard, n_rows: int, batch: int, seed: int, shuffle: str):
+        self.n_rows, self.batch, self.seed = int(n_rows), int(batch), int(seed)
+        self.identity = shuffle == "none"
+        self.steps = -(-self.n_rows // self.batch)
+        gids = getattr(shard, "gids", None)  # --shard stratified|shuffled: a sorted set of global rows
+        self.gids = gids if gids is not None else np.empty(0, dtype=np.int64)
+        self.lo, self.n_local = int(shard.lo), int(shard.n_local)
+        self.bits = kernels.domain_bits(self.n_rows)
+        self.step_of = np.empty(self.n_local, dtype=np.int64)
+        self.order = np.empty(self.n_local, dtype=np.int64)
+        self.starts = np.zeros(self.steps + 1, dtype=np.int64)
+        self.epoch = -1
+
+    def build(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            kernels.epoch_batches(self.gids, self.lo, self.n_local, self.n_rows, self.batch, self.bits,
+                                  kernels.shuffle_keys(self.seed, epoch), self.identity, self.step_of,
+                                  self.order, self.starts)
+            self.epoch = epoch
+
+    def rows(self, s: int) -> np.ndarray:
+        return self.order[self.starts[s]:self.starts[s + 1]]
+
+    def global_count(self, s: int) -> int:
+        """Rows of step s over all ranks (B, or fewer in an epoch's last step)."""
+        return min(self.batch, self.n_rows - s * self.batch)
 
 
 def _diverged(step, what, value, checkpointer=None):

@@ -96,7 +96,7 @@ from .. import faults, kernels
 from ..data import all_shard_bounds
 from ..errors import ConfigError
 from ..optim import SGD, Adam, make_schedule
-from .allreduce import _diverged, epoch_permutation, l2_penalty, mean_gradient
+from .allreduce import EpochPlan, _diverged, l2_penalty, mean_gradient
 
 TAG_GRAD, TAG_PARAMS, TAG_STOP, TAG_DONE = 101, 102, 103, 104
 # Scalars after the gradient slice in every TAG_GRAD message.
@@ -605,8 +605,7 @@ class ParameterServerTrainer:
         N, B, spe, T = int(shard.n_total), int(cfg.batch_size), plan["steps_per_epoch"], plan["steps"]
         log_every, sync = plan["log_every"], cfg.ps_mode == "sync"
         n_local, sw, pen, l2 = shard.n_local, shard.sw, model.penalized, float(cfg.l2)
-        local_rows = np.empty(B, dtype=np.int64)
-        gids = getattr(shard, "gids", None)  # a row-set shard (sorted global row ids), not a block
+        epoch_plan = EpochPlan(shard, N, B, cfg.seed, cfg.shuffle) if sync else None
         cuts = (np.arange(spe + 1, dtype=np.int64) * n_local) // spe  # async: batch j = perm[cuts[j]:cuts[j+1]]
         beat = getattr(self.ctx, "beat", None)
         t_compute = t_wait = t_delay = 0.0
@@ -617,17 +616,14 @@ class ParameterServerTrainer:
             for t in itertools.count(self.start_step):  # until a server answers STOP (it counts the updates)
                 t0 = time.perf_counter()
                 epoch, s = divmod(t, spe)
-                if epoch != perm_epoch:
-                    perm = epoch_permutation(N, cfg.seed, epoch, cfg.shuffle) if sync else \
-                        _worker_permutation(n_local, cfg.seed, epoch, me, cfg.shuffle)
-                    perm_epoch = epoch
-                if sync:
-                    batch = perm[s * B:(s + 1) * B]
-                    m = (kernels.select_local_rows(batch, shard.lo, shard.hi, local_rows) if gids is None
-                         else kernels.select_sorted_rows(batch, gids, local_rows))
-                    rows = local_rows[:m]
+                if sync:  # allreduce's batches: this worker's rows of step s of the epoch's global order
+                    epoch_plan.build(epoch)
+                    rows = epoch_plan.rows(s)
                     log_now = (t + 1) % log_every == 0 or t + 1 == T
                 else:
+                    if epoch != perm_epoch:
+                        perm = _worker_permutation(n_local, cfg.seed, epoch, me, cfg.shuffle)
+                        perm_epoch = epoch
                     rows = perm[cuts[s]:cuts[s + 1]]
                     u = t * W + me  # this gradient's nominal place among all updates
                     log_now = (u + 1) % log_every == 0 or u + 1 == T * W

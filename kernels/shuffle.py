@@ -1,0 +1,121 @@
+"""A keyed, counter-based permutation of the rows, evaluated one row at a time.
+
+Mini-batch training takes, at step s of an epoch, the rows whose position in that epoch's
+random order is in ``[s*B, (s+1)*B)``. Drawing the whole order (``rng.permutation(N)``) costs
+every rank O(N) per epoch although it holds only N/P rows. Here the order is a bijection
+``pos = position(row)`` of ``[0, N)`` that any rank evaluates for just its own rows, so an
+epoch's plan costs O(N/P) per rank and the batches are still those of one global order
+(the trained model does not depend on the number of ranks).
+
+The bijection: a few rounds of operations that are each invertible on ``[0, 2^bits)``
+(``2^bits >= N``, the next power of two): xor with a round key, multiplication by an odd
+constant modulo ``2^bits``, and ``x ^= x >> shift`` (Kensler's hash-permutation construction,
+as used for correlated multi-jittered sampling). A value that lands in ``[N, 2^bits)`` is
+mapped again until it falls in ``[0, N)`` ("cycle walking"), which keeps it a bijection of
+``[0, N)``; fewer than two rounds of walking are needed on average because ``2^bits < 2N``.
+The round keys come from (seed, epoch) through splitmix64, so the order of an epoch is a
+pure function of the seed and the epoch number (checkpoints store nothing else).
+"""
+import numpy as np
+from numba import njit
+
+N_ROUNDS = 4
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+# Odd multipliers for the rounds (any odd number is a bijection modulo 2^bits).
+_MUL_A = np.uint64(0xE170893D)
+_MUL_B = np.uint64(0x0929EB3F)
+
+
+def _splitmix64(state: int) -> tuple[int, int]:
+    """One splitmix64 step on Python ints: (new state, output)."""
+    state = (state + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return state, z ^ (z >> 31)
+
+
+def shuffle_keys(seed: int, epoch: int) -> np.ndarray:
+    """uint64 (N_ROUNDS,) round keys of the order of ``epoch`` for ``seed`` (both >= 0)."""
+    state = ((int(seed) & 0xFFFFFFFF) << 32 | (int(epoch) & 0xFFFFFFFF)) ^ 0x6D706964_6D6C5348  # "mpidmlSH"
+    keys = np.empty(N_ROUNDS, dtype=np.uint64)
+    for r in range(N_ROUNDS):
+        state, keys[r] = _splitmix64(state)
+    return keys
+
+
+def domain_bits(n_rows: int) -> int:
+    """Smallest ``bits`` with ``2**bits >= n_rows`` (at least 1)."""
+    return max(1, int(n_rows - 1).bit_length())
+
+
+@njit(cache=True, nogil=True)
+def row_position(row, n_rows, bits, keys):
+    """Position (int64) of global row ``row`` in the epoch order given by ``keys``.
+
+    row: int64 in [0, n_rows); bits: domain_bits(n_rows); keys: uint64 (N_ROUNDS,).
+    A bijection of [0, n_rows) for every key.
+    """
+    mask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
+    s1 = np.uint64(max(1, bits // 2))
+    s2 = np.uint64(max(1, (bits + 2) // 3))
+    n = np.uint64(n_rows)
+    x = np.uint64(row)
+    while True:
+        for r in range(keys.size):
+            x ^= keys[r] & mask
+            x = (x * _MUL_A) & mask
+            x ^= x >> s1
+            x = (x * _MUL_B) & mask
+            x ^= x >> s2
+        if x < n:
+            return np.int64(x)
+
+
+@njit(cache=True, nogil=True)
+def epoch_batches(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_of, order, starts):
+    """This rank's rows of every step of one epoch, grouped by step.
+
+    gids: int64 (n_local,) the global ids of the local rows, or size 0 for the block
+    ``lo .. lo + n_local - 1``; n_rows: global N; batch: global batch size B; bits, keys: the
+    epoch's order (see :func:`row_position`); identity: True for no shuffle (position = row).
+    step_of: int64 (n_local,) scratch. Writes ``order`` int64 (n_local,): local row offsets,
+    those of step 0 first, then step 1, ... (ascending within a step), and ``starts`` int64
+    (steps + 1,), steps = ceil(N / B): step s takes ``order[starts[s]:starts[s+1]]``.
+    O(n_local + steps), a stable counting sort; no allocation.
+    """
+    steps = starts.size - 1
+    for s in range(steps + 1):
+        starts[s] = 0
+    for j in range(n_local):
+        g = gids[j] if gids.size else lo + j
+        pos = g if identity else row_position(g, n_rows, bits, keys)
+        s = pos // batch
+        step_of[j] = s
+        starts[s + 1] += 1
+    for s in range(steps):  # starts[s] = first slot of step s
+        starts[s + 1] += starts[s]
+    for j in range(n_local):  # starts[s] walks to the end of step s
+        s = step_of[j]
+        order[starts[s]] = j
+        starts[s] += 1
+    for s in range(steps, 0, -1):  # back to first slots
+        starts[s] = starts[s - 1]
+    starts[0] = 0
+
+
+def epoch_order(n_rows: int, seed: int, epoch: int, identity: bool = False) -> np.ndarray:
+    """int64 (n_rows,): the global row at each position of the epoch's order (O(N); for
+    references and tests: training never builds it)."""
+    keys, bits = shuffle_keys(seed, epoch), domain_bits(n_rows)
+    out = np.empty(n_rows, dtype=np.int64)
+    _fill_order(n_rows, bits, keys, identity, out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _fill_order(n_rows, bits, keys, identity, out):
+    for g in range(n_rows):
+        out[g if identity else row_position(g, n_rows, bits, keys)] = g
