@@ -40,7 +40,7 @@ import numpy as np
 from .errors import ConfigError, DataError, MpidmlError
 
 MAX_CLASS_PANELS = 8
-PHASE_COLOURS = {"io": "#4c72b0", "compute": "#55a868", "comm": "#c44e52", "other": "#b0b0b0"}
+PHASE_COLOURS = {"io": "#4c72b0", "compute": "#55a868", "comm": "#c44e52", "warm-up": "#dd8452", "other": "#b0b0b0"}
 
 __all__ = ["write_report", "load_run", "feature_names", "top_coefficients", "MAX_CLASS_PANELS"]
 
@@ -249,7 +249,7 @@ def _x_key(records) -> str:
     return "step" if any("step" in r for r in records) else "iter"
 
 
-def plot_curve(plt, records, key: str, path: str, final: float | None, ylabel: str) -> bool:
+def plot_curve(plt, records, key: str, path: str, final: float | None, ylabel: str, label: str) -> bool:
     """One logged quantity per step (per worker when the records name one). False if none logged."""
     xk = _x_key(records)
     pts = [(r[xk], r[key], r.get("worker")) for r in records
@@ -266,7 +266,7 @@ def plot_curve(plt, records, key: str, path: str, final: float | None, ylabel: s
             sel = np.array([p[2] == w for p in pts])
             ax.scatter(x[sel], y[sel], s=12, label=f"worker rank {w}", zorder=2)
     else:
-        ax.plot(x, y, marker="." if len(x) < 60 else None, lw=1.5, label=f"logged {ylabel}")
+        ax.plot(x, y, marker="." if len(x) < 60 else None, lw=1.5, label=label)
     if final is not None and math.isfinite(final):
         ax.axhline(final, ls="--", color="k", lw=1, label=f"final, all rows: {final:.6g}")
     positive = y[np.isfinite(y)]
@@ -285,12 +285,23 @@ def plot_curve(plt, records, key: str, path: str, final: float | None, ylabel: s
     return True
 
 
-def plot_time(plt, summary: dict, path: str) -> list[list]:
-    """Stacked bar of io/compute/comm/other seconds per rank; returns the table rows."""
-    per_rank = summary.get("time_per_rank") or {}
+def time_per_rank(summary: dict) -> dict:
+    """{phase: seconds per rank}; the kernel warm-up, when recorded, split out of "other"."""
+    per_rank = {k: np.asarray(v, dtype=np.float64) for k, v in (summary.get("time_per_rank") or {}).items()}
+    warm = summary.get("warm_up_per_rank")
+    if warm is not None and "other" in per_rank and len(warm) == len(per_rank["other"]):
+        warm = np.asarray(warm, dtype=np.float64)
+        per_rank["warm-up"] = np.minimum(warm, per_rank["other"])
+        per_rank["other"] = per_rank["other"] - per_rank["warm-up"]
+    return per_rank
+
+
+def plot_time(plt, summary: dict, path: str) -> tuple[list[str], list[list]]:
+    """Stacked bar of io/compute/comm/warm-up/other seconds per rank; returns the table."""
+    per_rank = time_per_rank(summary)
     phases = [p for p in PHASE_COLOURS if p in per_rank]
     if not phases:
-        return []
+        return [], []
     n = len(per_rank[phases[0]])
     labels = [_rank_label(summary, r) for r in range(n)]
     fig, ax = plt.subplots(figsize=(max(4.5, 1.0 + 0.7 * n), 4))
@@ -304,8 +315,9 @@ def plot_time(plt, summary: dict, path: str) -> list[list]:
     ax.set_title("where the time went (per rank)")
     ax.legend(fontsize=8, ncol=len(phases), loc="upper center", bbox_to_anchor=(0.5, -0.12))
     _save(fig, path)
-    return [[labels[r]] + [_num(per_rank[p][r]) for p in phases]
-            + [_num(per_rank["wall"][r]) if "wall" in per_rank else "-"] for r in range(n)]
+    header = ["rank"] + [f"{p} s" for p in phases] + ["wall s"]
+    return header, [[labels[r]] + [_num(per_rank[p][r]) for p in phases]
+                    + [_num(per_rank["wall"][r]) if "wall" in per_rank else "-"] for r in range(n)]
 
 
 def _rank_label(summary: dict, r: int) -> str:
@@ -411,7 +423,9 @@ def write_report(run_dir: str, out: str | None = None, top_k: int = 10) -> dict:
 
     # Curves
     blocks.append(("h2", "Training curves"))
-    if plot_curve(plt, records, "loss", os.path.join(out, "loss.png"), s.get("objective"), "objective"):
+    full_batch = _x_key(records) == "iter"  # L-BFGS/GD log the objective on all rows, SGD/Adam on the batch
+    if plot_curve(plt, records, "loss", os.path.join(out, "loss.png"), s.get("objective"), "objective",
+                  "objective, all rows" if full_batch else "objective on the step's batch"):
         written.append("loss.png")
         last = records[-1] if records else {}
         blocks.append(("img", "loss.png", "objective per step"))
@@ -419,7 +433,8 @@ def write_report(run_dir: str, out: str | None = None, top_k: int = 10) -> dict:
                        f"{_num(last.get('loss'))}; the dashed line is the final objective on all rows."))
     else:
         blocks.append(("p", "metrics.jsonl has no logged objective."))
-    if plot_curve(plt, records, "accuracy", os.path.join(out, "accuracy.png"), s.get("accuracy"), "accuracy"):
+    if plot_curve(plt, records, "accuracy", os.path.join(out, "accuracy.png"), s.get("accuracy"), "accuracy",
+                  "accuracy on the step's batch"):
         written.append("accuracy.png")
         blocks.append(("img", "accuracy.png", "accuracy per step"))
     elif s.get("accuracy") is not None:
@@ -428,16 +443,15 @@ def write_report(run_dir: str, out: str | None = None, top_k: int = 10) -> dict:
 
     # Time
     blocks.append(("h2", "Where the time went"))
-    time_rows = plot_time(plt, s, os.path.join(out, "time.png"))
+    time_header, time_rows = plot_time(plt, s, os.path.join(out, "time.png"))
     if time_rows:
         written.append("time.png")
         blocks.append(("img", "time.png", "time per phase and rank"))
-        phases = [p for p in PHASE_COLOURS if p in s["time_per_rank"]]
-        blocks.append(("table", ["rank"] + [f"{p} s" for p in phases] + ["wall s"], time_rows))
-        t = s.get("time") or {}
+        blocks.append(("table", time_header, time_rows))
         blocks.append(("p", "io: reading data and writing outputs; compute: kernels and optimizer; comm: inside "
-                       "MPI calls, including waiting for slower ranks; other: the rest (start-up, loading the "
-                       f"compiled kernels ({_num(t.get('jit_compile'))} s on rank 0), Python overhead)."))
+                       "MPI calls, including waiting for slower ranks; warm-up: compiling or loading the Numba "
+                       "kernels (rank 0 first, the others wait for it); other: the rest (start-up, Python "
+                       "overhead, logging)."))
 
     # Confusion matrix
     if m.get("confusion") is not None:
