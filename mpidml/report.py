@@ -5,7 +5,7 @@ Reads what training left in RUN (``summary.json``, ``metrics.jsonl``, ``model.h5
 
 ``loss.png``
     the logged objective per step (L-BFGS/GD: per iteration), log scale when it spans more
-    than two decades, the final objective on all rows as a dashed line; per worker for the
+    than a decade, the final objective on all rows as a dashed line; per worker for the
     asynchronous parameter server.
 ``accuracy.png``
     only when metrics.jsonl carries an ``accuracy`` per logged step.
@@ -269,8 +269,10 @@ def plot_curve(plt, records, key: str, path: str, final: float | None, ylabel: s
         ax.plot(x, y, marker="." if len(x) < 60 else None, lw=1.5, label=label)
     if final is not None and math.isfinite(final):
         ax.axhline(final, ls="--", color="k", lw=1, label=f"final, all rows: {final:.6g}")
-    positive = y[np.isfinite(y)]
-    if positive.size and positive.min() > 0 and positive.max() / positive.min() > 100:
+    span = y[np.isfinite(y)]
+    if final is not None and math.isfinite(final):
+        span = np.append(span, final)
+    if span.size and span.min() > 0 and span.max() / span.min() > 10:  # more than a decade: log scale
         ax.set_yscale("log")
     ax.set_xlabel("iteration" if xk == "iter" else "step")
     ax.set_ylabel(ylabel)
@@ -337,7 +339,7 @@ def plot_confusion(plt, cm: np.ndarray, path: str) -> None:
     if K <= 20:
         for i in range(K):
             for j in range(K):
-                ax.text(j, i, _num(cm[i, j]), ha="center", va="center", fontsize=9 if K <= 10 else 6,
+                ax.text(j, i, _num(cm[i, j]), ha="center", va="center", fontsize=9 if K <= 10 else 7,
                         color="white" if cm[i, j] > top / 2 else "black")
     ax.set_xticks(np.arange(K))
     ax.set_yticks(np.arange(K))
