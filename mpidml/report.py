@@ -40,6 +40,7 @@ import numpy as np
 from .errors import ConfigError, DataError, MpidmlError
 
 MAX_CLASS_PANELS = 8
+IMAGES = ("loss.png", "accuracy.png", "time.png", "confusion.png", "coefficients.png", "staleness.png")
 PHASE_COLOURS = {"io": "#4c72b0", "compute": "#55a868", "comm": "#c44e52", "warm-up": "#dd8452", "other": "#b0b0b0"}
 
 __all__ = ["write_report", "load_run", "feature_names", "top_coefficients", "MAX_CLASS_PANELS"]
@@ -403,6 +404,9 @@ def write_report(run_dir: str, out: str | None = None, top_k: int = 10) -> dict:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create report directory {out}: {e.strerror}") from None
+    for name in IMAGES:  # a previous report's image that this run does not have must not linger
+        if os.path.isfile(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
     written: list[str] = []
     title = f"mpidml run {os.path.basename(os.path.abspath(run_dir))}"
     blocks: list[tuple] = [("h1", title)]
@@ -419,13 +423,13 @@ def write_report(run_dir: str, out: str | None = None, top_k: int = 10) -> dict:
                        ("macro_f1", "macro F1"), ("roc_auc", "ROC AUC"), ("rmse", "RMSE"), ("r2", "R^2")):
         if m.get(key, s.get(key)) is not None:
             overview.append([label, _num(m.get(key, s.get(key)))])
-    overview += [["steps", _num(s.get("steps"))], ["epochs", _num(s.get("epochs"))],
+    full_batch = _x_key(records) == "iter"  # L-BFGS/GD log the objective on all rows, SGD/Adam on the batch
+    overview += [["iterations" if full_batch else "steps", _num(s.get("steps"))], ["epochs", _num(s.get("epochs"))],
                  ["converged", _num(s.get("converged"))], ["wall seconds", _num((s.get("time") or {}).get("wall"))]]
     blocks.append(("table", ["quantity", "value"], overview))
 
     # Curves
     blocks.append(("h2", "Training curves"))
-    full_batch = _x_key(records) == "iter"  # L-BFGS/GD log the objective on all rows, SGD/Adam on the batch
     if plot_curve(plt, records, "loss", os.path.join(out, "loss.png"), s.get("objective"), "objective",
                   "objective, all rows" if full_batch else "objective on the step's batch"):
         written.append("loss.png")

@@ -171,6 +171,10 @@ def test_report_softmax_lbfgs_top_k_and_out(softmax_h5, tmp_path):
     # L-BFGS logs no batch accuracy: no accuracy curve, the final accuracy is stated instead.
     assert sorted(result["images"]) == ["coefficients.png", "confusion.png", "loss.png", "time.png"]
     assert not (run_dir / "report").exists()
+    assert value(md, "iterations") == json.loads((run_dir / "summary.json").read_text())["steps"]
+    (out / "staleness.png").write_bytes(b"from an earlier report")
+    assert "staleness.png" not in report(run_dir, "--out", str(out))[0]["images"]
+    assert not (out / "staleness.png").exists()  # not left beside this run's images
 
     X, y, coef, intercept = load(softmax_h5, run_dir)
     assert coef.shape == (4, 7)
