@@ -733,7 +733,7 @@ class ParameterServerTrainer:
             "max_staleness": int(srv.stale_max.max()) if layout.W else 0,
             "max_clock_spread": int(srv.max_spread),
             # counts of gradients by staleness 0, 1, ... (trailing zeros cut; the bin at index
-            # staleness_histogram_last_bin counts that staleness or more; all zeros in sync mode)
+            # staleness_histogram_last_bin counts that staleness or more; [0] in sync mode, never stale)
             "staleness_histogram": np.trim_zeros(srv.stale_hist, "b").tolist() or [0],
             "staleness_histogram_last_bin": STALENESS_BINS - 1,
             "server_seconds": loop,
