@@ -1,4 +1,4 @@
-"""The ``mpidml`` command line: train, evaluate, generate, convert, info.
+"""The ``mpidml`` command line: train, evaluate, generate, convert, report, info.
 
 This module imports nothing heavy at the top: ``--threads`` must reach
 NUMBA_NUM_THREADS / OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS
@@ -196,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", default=None, help="where to write the PNG (default OUT/scaling.png)")
     s.add_argument("--no-plot", action="store_true", help="write the JSON only")
 
+    r = sub.add_parser("report", help="PNGs and a Markdown/HTML page of a finished run (no MPI)",
+                       description="Write RUN/report/ (or --out DIR): loss and accuracy curves, time per phase "
+                       "and rank, confusion matrix, top coefficients with feature names, and the staleness "
+                       "histogram of a parameter-server run, plus index.md and index.html. Needs matplotlib.")
+    r.add_argument("run", help="run directory written by mpidml train")
+    r.add_argument("--out", default=None, help="directory for the report (default RUN/report)")
+    r.add_argument("--top-k", type=int, default=10, help="coefficients shown per sign and class (default 10)")
+
     i = sub.add_parser("info", help="versions, MPI library, parallel HDF5 support, thread settings")
     _flag(i, "threads", int, "threads per rank (default 1)")
     return parser
@@ -230,6 +238,10 @@ def main(argv=None) -> int:
 
         return scaling_main([args.out] + (["--json", args.json] if args.json else [])
                             + (["--plot", args.plot] if args.plot else []) + (["--no-plot"] if args.no_plot else []))
+    if args.command == "report":  # post-processing only: no MPI
+        from .report import main as report_main
+
+        return report_main([args.run, "--top-k", str(args.top_k)] + (["--out", args.out] if args.out else []))
     set_threads(getattr(args, "threads", None))
     from .jitcache import configure_numba_cache
 

@@ -298,7 +298,8 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
     ctx.timers.add("io", time.perf_counter() - t0)
 
     times = ctx.timers.snapshot()
-    per_rank = ctx.gather_floats([times[k] for k in ("wall", "io", "compute", "comm", "other")] + [shard.n_local])
+    per_rank = ctx.gather_floats([times[k] for k in ("wall", "io", "compute", "comm", "other")] + [shard.n_local,
+                                                                                            compile_seconds])
     hostnames = ctx.gather_hostnames()
     summary = None
     if ctx.is_root:
@@ -326,6 +327,8 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
                      "run_start_unix": fit_start_unix - (t_fit - t_start), "fit_start_unix": fit_start_unix,
                      "metrics_t0_unix": fit_start_unix - (t_fit - reporter.t0)},
             "time_per_rank": {k: per_rank[:, i].tolist() for i, k in enumerate(("wall", "io", "compute", "comm", "other"))},
+            # seconds of kernel warm-up (compile or cache load, and waiting for rank 0's), part of "other"
+            "warm_up_per_rank": per_rank[:, 6].tolist(),
             "replica_resyncs": getattr(trainer, "replica_resyncs", 0),
             "resumed_from": resume["path"] if resume else None,
             "checkpoint": trainer.checkpointer.last_path,

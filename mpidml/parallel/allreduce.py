@@ -290,6 +290,10 @@ class AllreduceTrainer:
         timers = self.timers
         t_compute = t_comm = 0.0
         samples_since, t_log = 0, time.perf_counter()
+        # Classifiers log the batch accuracy too (weighted like the loss): [correct, weight] of the
+        # batch at the parameters its loss is computed at, one small Allreduce on logged steps only.
+        n_cls = getattr(model, "n_classes", 0) if model.is_classifier else 0
+        acc_buf = np.zeros(2) if n_cls else None
         for epoch in range(start // steps_per_epoch, cfg.epochs):
             t0 = time.perf_counter()
             plan.build(epoch)
@@ -304,8 +308,13 @@ class AllreduceTrainer:
                 buf[:] = 0.0
                 buf[-2] = model.loss_grad(shard, params, rows, grad_sum, log_now)
                 buf[-1] = float(sw[rows].sum()) if sw.size else float(m)
+                if log_now and acc_buf is not None:
+                    cm = model.stats(shard, params, rows)[:n_cls * n_cls]
+                    acc_buf[0], acc_buf[1] = np.trace(cm.reshape(n_cls, n_cls)), cm.sum()
                 t1 = time.perf_counter()
                 allreduce_sums()
+                if log_now and acc_buf is not None:
+                    comm.Allreduce(MPI.IN_PLACE, acc_buf, op=MPI.SUM)
                 t2 = time.perf_counter()
                 mean_gradient(grad_sum, buf[-1], params, l2, pen, tmp, grad)  # the objective only when logged
                 gnorm2 = float(np.dot(grad, grad))
@@ -329,9 +338,11 @@ class AllreduceTrainer:
                     if not math.isfinite(f):
                         raise _diverged(step + 1, "loss", f, self.checkpointer)
                     now = time.perf_counter()
-                    self.reporter.log({"step": step + 1, "epoch": epoch + (s + 1) / steps_per_epoch,
-                                       "loss": f, "lr": lr,
-                                       "samples_per_s": samples_since / max(now - t_log, 1e-12)})
+                    rec = {"step": step + 1, "epoch": epoch + (s + 1) / steps_per_epoch, "loss": f, "lr": lr,
+                           "samples_per_s": samples_since / max(now - t_log, 1e-12)}
+                    if acc_buf is not None and acc_buf[1] > 0:
+                        rec["accuracy"] = float(acc_buf[0] / acc_buf[1])
+                    self.reporter.log(rec)
                     samples_since, t_log = 0, now
                 self._step_done(step + 1, epoch, params, state)
             self.epochs_done = epoch + 1

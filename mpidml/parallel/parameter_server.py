@@ -104,6 +104,9 @@ LOSS, WSUM, PEN, HAS_LOSS, ROWS = range(5)
 N_SCALARS = 5
 MODES = ("sync", "async", "ssp")
 DELAY_ENV = "MPIDML_PS_DELAY"
+# Bins of the staleness histogram in summary.json: bin s counts gradients applied s updates
+# late; the last bin counts STALENESS_BINS - 1 or more (bounded memory however long the run).
+STALENESS_BINS = 64
 _WHAT = ("gradient norm^2", "loss")  # divergence kinds, by code
 
 
@@ -209,6 +212,7 @@ class Server:
         self.sent_version = np.full(W, self.version, dtype=np.int64)
         self.stale_sum = np.zeros(W, dtype=np.int64)
         self.stale_max = np.zeros(W, dtype=np.int64)
+        self.stale_hist = np.zeros(STALENESS_BINS, dtype=np.int64)  # async/ssp, all workers together
         self.done = np.zeros(W, dtype=bool)
         self.max_spread = 0  # max over replies of (clock of the worker - min active clock)
         self.reply_log: list = []  # with trace: (worker index, its clock, min active clock, version sent)
@@ -338,6 +342,7 @@ class Server:
         staleness = int(self.version - self.sent_version[i])
         self.stale_sum[i] += staleness
         self.stale_max[i] = max(self.stale_max[i], staleness)
+        self.stale_hist[min(staleness, STALENESS_BINS - 1)] += 1
         self._apply(self.bufs[i], i, staleness)
         self.clock[i] += 1
         self.recv[i].Start()  # its buffer has been used
@@ -723,6 +728,10 @@ class ParameterServerTrainer:
             "mean_staleness": float(srv.stale_sum.sum() / max(n_grads, 1)) if cfg.ps_mode != "sync" else 0.0,
             "max_staleness": int(srv.stale_max.max()) if layout.W else 0,
             "max_clock_spread": int(srv.max_spread),
+            # counts of gradients by staleness 0, 1, ... (trailing zeros cut; the bin at index
+            # staleness_histogram_last_bin counts that staleness or more; [0] in sync mode, never stale)
+            "staleness_histogram": np.trim_zeros(srv.stale_hist, "b").tolist() or [0],
+            "staleness_histogram_last_bin": STALENESS_BINS - 1,
             "server_seconds": loop,
             "per_worker": per_worker,
         }
