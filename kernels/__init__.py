@@ -19,6 +19,7 @@ from .softmax import softmax_decision, softmax_loss_grad, softmax_loss_grad_ws
 from .util import select_local_rows
 from .mlp import mlp_layout, mlp_loss_grad, mlp_predict_proba
 from .rowset import select_sorted_rows
+from .preprocess import column_sq_dev, column_sums, impute_standardize
 
 __all__ = [
     "linear_loss_grad",
@@ -33,4 +34,7 @@ __all__ = [
     "mlp_loss_grad",
     "mlp_predict_proba",
     "select_sorted_rows",
+    "column_sums",
+    "column_sq_dev",
+    "impute_standardize",
 ]
