@@ -84,6 +84,16 @@ class Preprocessing:
             out["intercept_raw"] = intercept - coef_raw @ self.standardize_mean
         return out
 
+    def describe(self, n_rows: int) -> str:
+        """One log line: what was done to the features."""
+        parts = []
+        if self.impute_mean is not None:
+            parts.append(f"filled {self.imputed_values} NaN with column means")
+        if self.standardize_mean is not None:
+            const = f" (constant columns only centred: {list(self.constant_columns)})" if self.constant_columns else ""
+            parts.append(f"standardized every column{const}")
+        return f"features: {'; '.join(parts)}; statistics over all {n_rows} rows"
+
     def summary(self) -> dict:
         return {"impute": "mean" if self.impute_mean is not None else "none",
                 "imputed_values": self.imputed_values,

@@ -247,7 +247,7 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
     if cfg.impute != "none" or cfg.standardize:
         preprocessing = fit_preprocessing(ctx, shard, cfg.impute, cfg.standardize, cfg.data)
         apply_preprocessing(preprocessing, shard)
-        say.message(f"features: {preprocessing.summary()} (statistics over all {meta['n_rows']} rows)")
+        say.message(preprocessing.describe(meta["n_rows"]))
 
     n_classes = infer_classes(ctx, cfg, shard)
     model = ctx.collective(make_model, cfg.model, meta["n_features"], n_classes, cfg.hidden)

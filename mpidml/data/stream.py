@@ -9,7 +9,9 @@ current one. A mini-batch step reads just the batch's rows (sorted for HDF5,
 then put back in batch order), so results match the in-memory run.
 
 Streaming uses independent read-only opens on every rank (MPI-IO collective
-reads would force all ranks to read in lockstep).
+reads would force all ranks to read in lockstep). With ``--impute mean`` /
+``--standardize`` the shard's ``transform`` is applied to every chunk and batch
+right after it is read (the file is never changed).
 """
 
 from __future__ import annotations
