@@ -38,9 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels
-from .errors import DataError
+from .config import IMPUTE
+from .errors import ConfigError, DataError
 
-IMPUTE_STRATEGIES = ("none", "mean")
+IMPUTE_STRATEGIES = IMPUTE  # the values of --impute
 ARRAY_NAMES = ("impute_mean", "standardize_mean", "standardize_scale")
 
 __all__ = ["Preprocessing", "IMPUTE_STRATEGIES", "fit_preprocessing", "apply_preprocessing",
@@ -151,7 +152,7 @@ def fit_preprocessing(ctx, shard, impute: str = "none", standardize: bool = Fals
     load). Raises DataError (agreed on every rank) for a column without any value.
     """
     if impute not in IMPUTE_STRATEGIES:
-        raise DataError(f"unknown impute strategy {impute!r}; choose from {', '.join(IMPUTE_STRATEGIES)}")
+        raise ConfigError(f"unknown impute strategy {impute!r}; choose from {', '.join(IMPUTE_STRATEGIES)}")
     d = shard.n_features
     x_dtype = shard.X.dtype if shard.X is not None else shard.x_dtype
     warm_up(ctx, x_dtype)
