@@ -3,6 +3,8 @@ on the full data, for any split of the rows (N = 1001 is not divisible by 2 or 3
 rank that holds no rows, like a parameter server), and bitwise the same on every rank.
 """
 
+import math
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -58,3 +60,19 @@ def test_statistics_equal_sklearn_on_the_full_data(server_rank_empty):
     everyone = np.empty((world.size, mine.size))
     world.comm.Allgather(mine, everyone)
     assert np.array_equal(everyone, np.broadcast_to(mine, everyone.shape))
+
+
+def test_std_of_large_values_on_every_rank_count():
+    # 1e6 rows of values ~1e6 split over the ranks: the std still matches an exactly rounded reference.
+    world = Context(MPI.COMM_WORLD)
+    n = 1_000_003
+    x = 1e6 + np.random.default_rng(12).standard_normal(n)
+    lo, hi = shard_bounds(n, world.size, world.rank)
+    shard = DenseShard(X=x[lo:hi, None].copy(), y=np.zeros(hi - lo), sw=np.empty(0), lo=lo, hi=hi, n_total=n,
+                       n_features=1, driver="memory", path="<memory>")
+    prep = fit_preprocessing(world, shard, "none", True)
+    mean = math.fsum(x) / n
+    std = math.sqrt(math.fsum((x - mean) ** 2) / n)
+    assert abs(prep.standardize_mean[0] - mean) <= 1e-15 * mean
+    assert abs(prep.standardize_scale[0] - std) <= 1e-12 * std
+    assert abs(prep.standardize_scale[0] - np.std(x)) <= 1e-10 * std
