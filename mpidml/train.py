@@ -33,10 +33,10 @@ from .imbalance import prepare_rows
 from .launcher import launcher_info
 from .metrics import Reporter, write_json_atomic
 from .modelio import save_model
-from .preprocess import apply_preprocessing, fit_preprocessing
 from .models import make_model
 from .models.streamed import StreamedModel
 from .parallel import STRATEGIES
+from .preprocess import apply_preprocessing, fit_preprocessing
 
 
 def prepare_run_dir(path: str, overwrite: bool, resume: bool = False) -> None:
