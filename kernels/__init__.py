@@ -20,6 +20,7 @@ from .util import select_local_rows
 from .mlp import mlp_layout, mlp_loss_grad, mlp_predict_proba
 from .rowset import select_sorted_rows
 from .shuffle import domain_bits, epoch_batches, epoch_order, row_position, shuffle_keys
+from .preprocess import column_sq_dev, column_sums, impute_standardize
 
 __all__ = [
     "linear_loss_grad",
@@ -39,4 +40,7 @@ __all__ = [
     "epoch_order",
     "row_position",
     "shuffle_keys",
+    "column_sums",
+    "column_sq_dev",
+    "impute_standardize",
 ]

@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(t, "shard", str, "which rows each rank holds: contiguous (default) | stratified (every rank gets the class "
           "mix) | shuffled (seeded permutation); the trained model does not depend on it")
     _flag(t, "l2", float, "L2 penalty on the coefficients (default 1e-4)")
+    _flag(t, "impute", str, "mean: NaN in X is a missing value, filled with its column's mean over all rows "
+          "(stored in model.h5); none (default): NaN is an error")
+    _switch(t, "standardize", "scale X to zero mean and unit variance per column (global mean and std, after "
+            "--impute; constant columns only centred); stored in model.h5 and applied by evaluate and predict")
     _flag(t, "strategy", str, "allreduce (default) | ps (parameter server on rank 0; sgd/adam only)")
     _flag(t, "comm-dtype", str, "allreduce: float64 (default) | float32: gradients travel as float32 (half "
           "the bytes); parameters, optimizer state and the objective stay float64")
@@ -315,20 +319,26 @@ def cmd_evaluate(args) -> int:
     from .comm import Context
     from .errors import DataError
     from .modelio import load_model
+    from .preprocess import apply_preprocessing, load_preprocessing, warm_up
     from .train import evaluate_params, load_training_data
 
     ctx = Context()
     model, params, attrs = ctx.collective(load_model, args.model)
+    preprocessing = ctx.collective(load_preprocessing, args.model)
 
     class _Cfg:  # the few options load_training_data reads
         data = args.data
         x_name = args.x_name or "X"
         y_name = args.y_name or "y"
         driver = args.driver or "auto"
+        impute = "mean" if preprocessing.impute_mean is not None else "none"
 
     meta, shard = load_training_data(ctx, _Cfg, model.y_dtype)
     if meta["n_features"] != model.n_features:
         ctx.agree(DataError(f"{args.data} has {meta['n_features']} features but the model expects {model.n_features}"))
+    if preprocessing.active:  # the transform stored at training time, not statistics of this data
+        warm_up(ctx, shard.X.dtype)
+        apply_preprocessing(preprocessing, shard)
     ctx.collective(model.check_labels, shard.y, shard.lo)
     result = evaluate_params(ctx, model, shard, params, float(attrs.get("l2", 0.0)))
     if ctx.is_root:

@@ -41,6 +41,7 @@ DRIVERS = ("auto", "mpio", "independent")
 SCHEDULES = ("constant", "inverse_sqrt", "step", "cosine")
 SHUFFLES = ("global", "none")
 COMM_DTYPES = ("float64", "float32")
+IMPUTE = ("none", "mean")
 
 
 @dataclass
@@ -59,6 +60,9 @@ class TrainConfig:
     class_weight: str = ""  # classifiers: "" (none) | "balanced" | "0:1,1:5"
     shard: str = "contiguous"  # which rows each rank holds: contiguous | stratified | shuffled
     l2: float = 1e-4
+    # features: global statistics over all rows, stored in model.h5 (mpidml/preprocess.py)
+    impute: str = "none"  # none (NaN in X is an error) | mean (NaN -> column mean)
+    standardize: bool = False  # (x - column mean) / column std; constant columns are only centred
     # optimizer
     strategy: str = "allreduce"
     comm_dtype: str = "float64"  # allreduce: dtype of the reduced gradient on the wire (parameters stay float64)
@@ -112,6 +116,7 @@ class TrainConfig:
         choice("ps_mode", PS_MODES)
         choice("progress", ("auto", "bar", "log", "none"))
         choice("comm_dtype", COMM_DTYPES)
+        choice("impute", IMPUTE)
         if self.comm_dtype != "float64" and self.strategy != "allreduce":
             raise ConfigError(f"--comm-dtype {self.comm_dtype} applies to --strategy allreduce only "
                               f"(got --strategy {self.strategy})")

@@ -3,7 +3,10 @@
 Datasets ``coef`` (K, D) and ``intercept`` (K,) (K = 1 for linear and binary
 logistic regression); for the MLP instead ``W1`` (H1, D), ``b1`` (H1), ...,
 ``W{L}`` (K, H_last), ``b{L}`` (K) (scikit-learn's ``coefs_`` transposed) and
-the attribute ``hidden`` (hidden layer sizes). Attributes ``model``, ``l2``, ``n_features``,
+the attribute ``hidden`` (hidden layer sizes). With ``--impute mean`` / ``--standardize``
+also ``impute_mean``, ``standardize_mean``, ``standardize_scale`` (D,) and, for linear
+models, ``coef_raw``/``intercept_raw`` (see :mod:`mpidml.preprocess`; ``coef`` is always
+the model on the transformed features). Attributes ``model``, ``l2``, ``n_features``,
 ``n_classes`` and ``mpidml_version``. Written to a temporary file, fsynced and
 renamed into place, so a crash never leaves a half-written model.
 """
@@ -20,13 +23,15 @@ from .errors import DataError, MpidmlError
 from .models import make_model
 
 
-def save_model(path: str, model, params: np.ndarray, **attrs) -> None:
+def save_model(path: str, model, params: np.ndarray, extra_arrays: dict | None = None, **attrs) -> None:
+    """Write model.h5 atomically; ``extra_arrays`` adds datasets (the feature transform, see preprocess.py)."""
     if hasattr(model, "to_arrays"):  # the MLP: W1, b1, W2, b2, ... and the hidden sizes
         arrays = model.to_arrays(params)
         attrs = dict(attrs, hidden=np.asarray(model.hidden, dtype=np.int64))
     else:
         coef, intercept = model.coef_intercept(params)
         arrays = {"coef": coef, "intercept": intercept}
+    arrays = dict(arrays, **(extra_arrays or {}))
     tmp = f"{path}.tmp.{os.getpid()}"
     with h5py.File(tmp, "w") as f:
         for name, value in arrays.items():

@@ -4,7 +4,9 @@ Each rank reads its balanced contiguous block of X (plain read-only h5py opens: 
 are not needed, and files without ``y`` work) and predicts it. The output holds, for
 classifiers, ``labels`` (N,) int64 and ``proba`` (N, K) float64 (class probabilities; for
 binary logistic regression column 1 is P(y = 1)); for linear regression ``prediction``
-(N,) float64. Attributes: ``model``, ``source`` (the data file), ``n_rows``.
+(N,) float64. Attributes: ``model``, ``source`` (the data file), ``n_rows``. A model
+trained with ``--impute mean`` / ``--standardize`` gets its stored transform applied
+to X first (NaN in X is then allowed; see :mod:`mpidml.preprocess`).
 
 Writing: rank 0 creates the datasets in a temporary file, then the ranks write their rows
 in turn (rank 0, 1, ...; each opens the file, writes one hyperslab and closes it), and rank 0
@@ -23,6 +25,7 @@ import numpy as np
 
 from . import kernels
 from .data import shard_bounds
+from .data.hdf5 import nonfinite_x_message
 from .errors import ConfigError, DataError
 
 
@@ -34,17 +37,18 @@ class _Rows:
         self.n_local = X.shape[0]
 
 
-def read_x_block(path: str, x_name: str, n_rows: int, size: int, rank: int):
+def read_x_block(path: str, x_name: str, n_rows: int, size: int, rank: int, allow_nan: bool = False):
+    """This rank's block of X; NaN/Inf is an error naming the row (with allow_nan: Inf only)."""
     lo, hi = shard_bounds(n_rows, size, rank)
     with h5py.File(path, "r") as f:
         X = f[x_name][lo:hi]
     if X.dtype.kind != "f":
         X = X.astype(np.float64)
     X = np.ascontiguousarray(X)
-    bad = ~np.isfinite(X)
+    bad = np.isinf(X) if allow_nan else ~np.isfinite(X)
     if bad.any():
         r, c = np.unravel_index(int(np.flatnonzero(bad)[0]), X.shape)
-        raise DataError(f"{path}: X has a non-finite value at global row {lo + r}, column {c}")
+        raise DataError(nonfinite_x_message(path, x_name, X[r, c], lo + r, c, allow_nan))
     return lo, hi, X
 
 
@@ -63,9 +67,11 @@ def predict_block(model, params, X) -> dict:
 def run_predict(ctx, model_path: str, data: str, output: str, x_name: str = "X", overwrite: bool = False) -> dict:
     """Collective over ctx: predictions for every row of ``data`` into ``output``."""
     from .modelio import load_model
+    from .preprocess import load_preprocessing, warm_up
 
     t0 = time.perf_counter()
     model, params, _ = ctx.collective(load_model, model_path)
+    preprocessing = ctx.collective(load_preprocessing, model_path)
 
     def check():
         meta = _inspect_x(data, x_name)
@@ -78,7 +84,11 @@ def run_predict(ctx, model_path: str, data: str, output: str, x_name: str = "X",
         return meta
 
     n_rows, _ = ctx.collective(check)
-    lo, hi, X = ctx.collective(read_x_block, data, x_name, n_rows, ctx.size, ctx.rank)
+    lo, hi, X = ctx.collective(read_x_block, data, x_name, n_rows, ctx.size, ctx.rank,
+                               preprocessing.impute_mean is not None)
+    if preprocessing.active:  # exactly the transform stored at training time
+        warm_up(ctx, X.dtype)
+        preprocessing.apply(X)
     arrays = predict_block(model, params, X)
     tmp = f"{output}.tmp{int(ctx.bcast_array(np.array([os.getpid()], dtype=np.int64))[0])}"
 

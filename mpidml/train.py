@@ -1,6 +1,7 @@
 """The training job, from a validated config to a run directory.
 
-    prepare RUN/  ->  read this rank's rows  ->  check labels  ->  build model
+    prepare RUN/  ->  read this rank's rows  ->  --impute/--standardize (global
+    statistics, applied in place)  ->  check labels  ->  build model
     ->  strategy.fit  ->  final objective and metrics on all rows  ->  model.h5,
     summary.json
 
@@ -35,6 +36,7 @@ from .modelio import save_model
 from .models import make_model
 from .models.streamed import StreamedModel
 from .parallel import STRATEGIES
+from .preprocess import apply_preprocessing, fit_preprocessing
 
 
 def prepare_run_dir(path: str, overwrite: bool, resume: bool = False) -> None:
@@ -95,14 +97,16 @@ def load_training_data(ctx: Context, cfg: TrainConfig, y_dtype, parts=None):
                             f"use fewer ranks"))
     t0 = time.perf_counter()
     max_memory = getattr(cfg, "max_memory", 0)
+    allow_nan_x = getattr(cfg, "impute", "none") == "mean"  # NaN in X is a missing value, filled later
     if max_memory and x_bytes_per_rank(meta["n_rows"], meta["n_features"], np.dtype(meta["x_dtype"]).itemsize,
                                        n_parts) > max_memory:
         # Decided from metadata alone, so every rank streams (no rank waits in a collective read).
         shard = ctx.collective(open_streaming_shard, cfg.data, x_name=cfg.x_name, y_name=cfg.y_name,
-                               y_dtype=y_dtype, parts=parts or (ctx.size, ctx.rank), max_memory=max_memory)
+                               y_dtype=y_dtype, parts=parts or (ctx.size, ctx.rank), max_memory=max_memory,
+                               allow_nan_x=allow_nan_x)
     else:
         shard = ctx.collective(read_shard, cfg.data, ctx.comm, x_name=cfg.x_name, y_name=cfg.y_name,
-                               driver=cfg.driver, y_dtype=y_dtype, parts=parts)
+                               driver=cfg.driver, y_dtype=y_dtype, parts=parts, allow_nan_x=allow_nan_x)
     if faults.active:
         faults.point("load", ctx.rank)
     ctx.timers.add("io", time.perf_counter() - t0)
@@ -237,6 +241,12 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
     say.message(f"io: {shard.driver} reads of {meta['n_rows']} x {meta['n_features']} {meta['x_dtype']} "
                 f"from {cfg.data} ({io_reason}); {ctx.size} rank(s), {shard.n_local} rows here")
 
+    preprocessing = None
+    if cfg.impute != "none" or cfg.standardize:
+        preprocessing = fit_preprocessing(ctx, shard, cfg.impute, cfg.standardize, cfg.data)
+        apply_preprocessing(preprocessing, shard)
+        say.message(preprocessing.describe(meta["n_rows"]))
+
     n_classes = infer_classes(ctx, cfg, shard)
     model = ctx.collective(make_model, cfg.model, meta["n_features"], n_classes, cfg.hidden)
     ctx.collective(model.check_labels, shard.y, shard.lo)
@@ -294,7 +304,8 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
     model_path = os.path.join(cfg.out, "model.h5")
     if ctx.is_root:
         save_model(model_path, model, params, l2=cfg.l2, objective=final["objective"],
-                   trained_on=os.path.abspath(cfg.data), config_hash=cfg.training_hash())
+                   trained_on=os.path.abspath(cfg.data), config_hash=cfg.training_hash(),
+                   extra_arrays=preprocessing.model_arrays(model, params) if preprocessing else None)
     ctx.timers.add("io", time.perf_counter() - t0)
 
     times = ctx.timers.snapshot()
@@ -315,6 +326,7 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
             "n_rows": meta["n_rows"], "n_features": meta["n_features"], "n_params": model.n_params,
             "n_classes": getattr(model, "n_classes", None),
             "shard": cfg.shard, "class_weight": final.get("class_weight"),
+            "preprocess": preprocessing.summary() if preprocessing else None,
             "ranks": ctx.size, "hostnames": hostnames, "launcher": launcher_info(hostnames),
             "shard_rows": [int(r) for r in per_rank[:, 5]],
             "io": {"driver": shard.driver, "reason": io_reason, "path": os.path.abspath(cfg.data),

@@ -290,14 +290,23 @@ def _read_block(dset: h5py.Dataset, out: np.ndarray, lo: int, step: int, n_iter:
             on_chunk(a, view)
 
 
-def _first_nonfinite(block: np.ndarray):
-    """Index (row[, col]) of the first non-finite value in ``block``, or None."""
+def _first_nonfinite(block: np.ndarray, allow_nan: bool = False):
+    """Index (row[, col]) of the first non-finite value in ``block`` (Inf only if allow_nan), or None."""
     if block.dtype.kind != "f":
         return None
-    bad = ~np.isfinite(block)
+    bad = np.isinf(block) if allow_nan else ~np.isfinite(block)
     if not bad.any():
         return None
     return np.unravel_index(int(np.flatnonzero(bad)[0]), block.shape)
+
+
+def nonfinite_x_message(path, x_name: str, value, row: int, col: int, allow_nan: bool) -> str:
+    """The one-line error for a NaN/Inf in X (with ``allow_nan``, only Inf gets here)."""
+    if allow_nan:
+        return (f"{path}: dataset '{x_name}' (X) has an infinite value ({value}) at global row {row}, "
+                f"column {col}; --impute mean fills NaN only: remove or fix that value")
+    return (f"{path}: dataset '{x_name}' (X) has a non-finite value ({value}) at global row {row}, "
+            f"column {col}; remove it or use --impute mean to fill NaN with the column mean")
 
 
 def _resolve_driver(driver, comm) -> bool:
@@ -319,7 +328,7 @@ def _resolve_driver(driver, comm) -> bool:
 def read_shard(path, comm, *, x_name: str = "X", y_name: str = "y", driver: str = "auto",
                y_dtype=np.float64, x_dtype=None, chunk_rows: int = 65536,
                check_finite: bool = True, w_name: str | None = None,
-               parts: tuple[int, int] | None = None) -> DenseShard:
+               parts: tuple[int, int] | None = None, allow_nan_x: bool = False) -> DenseShard:
     """Read this rank's rows ``shard_bounds(N, comm.Get_size(), comm.Get_rank())``.
 
     ``comm`` is an mpi4py communicator (``None`` means a single process). ``driver``:
@@ -333,7 +342,8 @@ def read_shard(path, comm, *, x_name: str = "X", y_name: str = "y", driver: str 
     ``y_dtype`` float (regression) or integer (class labels): float labels that are
     not whole numbers cannot be read as integers (DataError). With ``check_finite``
     a NaN/Inf in X or y raises DataError naming the global row. Labels are not
-    otherwise validated (the model does that).
+    otherwise validated (the model does that). ``allow_nan_x`` lets NaN (a missing
+    value, for ``--impute mean``) through in X; Inf in X and NaN in y stay errors.
 
     ``w_name`` (optional, an addition): name of a 1-D dataset of non-negative sample
     weights; without it ``sw`` is an empty array meaning all ones.
@@ -404,12 +414,10 @@ def read_shard(path, comm, *, x_name: str = "X", y_name: str = "y", driver: str 
 
     def check_x(offset, view):
         if check_finite and not problem:
-            where = _first_nonfinite(view)
+            where = _first_nonfinite(view, allow_nan_x)
             if where is not None:
                 r, c = int(where[0]), int(where[1])
-                problem.append(
-                    f"{path}: dataset '{x_name}' (X) has a non-finite value ({view[r, c]}) at "
-                    f"global row {lo + offset + r}, column {c}; remove or impute it")
+                problem.append(nonfinite_x_message(path, x_name, view[r, c], lo + offset + r, c, allow_nan_x))
 
     try:
         if use_mpio:

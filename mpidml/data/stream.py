@@ -9,7 +9,9 @@ current one. A mini-batch step reads just the batch's rows (sorted for HDF5,
 then put back in batch order), so results match the in-memory run.
 
 Streaming uses independent read-only opens on every rank (MPI-IO collective
-reads would force all ranks to read in lockstep).
+reads would force all ranks to read in lockstep). With ``--impute mean`` /
+``--standardize`` the shard's ``transform`` is applied to every chunk and batch
+right after it is read (the file is never changed).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import h5py
 import numpy as np
 
 from ..errors import DataError
-from .hdf5 import _convert_labels, _first_nonfinite, inspect
+from .hdf5 import _convert_labels, _first_nonfinite, inspect, nonfinite_x_message
 from .partition import shard_bounds
 
 ROW_ALIGN = 64  # chunk sizes are multiples of this, so the kernels' row blocking is unchanged
@@ -36,6 +38,7 @@ class StreamingShard:
 
     X = None
     driver = "independent-streamed"
+    transform = None  # optional callable(X_block) applied in place to every block read (--impute/--standardize)
 
     def __init__(self, path, x_name, lo, hi, n_total, n_features, x_dtype, y, sw, chunk_rows):
         self.path, self.x_name = path, x_name
@@ -61,6 +64,8 @@ class StreamingShard:
         out = buf[: stop - start]
         self._dset.read_direct(out, source_sel=np.s_[self.lo + start:self.lo + stop], dest_sel=np.s_[0:stop - start])
         self.bytes_read += out.nbytes
+        if self.transform is not None:
+            self.transform(out)
         return out
 
     def chunks(self):
@@ -91,16 +96,18 @@ class StreamingShard:
         data = self._dset[sorted_rows + self.lo, :]  # HDF5 point selection needs increasing indices
         out[:m][order] = data
         self.bytes_read += data.nbytes
+        if self.transform is not None:
+            self.transform(out[:m])
         return out[:m]
 
-    def check_finite(self) -> None:
-        """One streamed pass: DataError naming the first non-finite value's global row."""
+    def check_finite(self, allow_nan: bool = False) -> None:
+        """One streamed pass: DataError naming the first non-finite (allow_nan: infinite) value's global row."""
         for start, _, X in self.chunks():
-            where = _first_nonfinite(X)
+            where = _first_nonfinite(X, allow_nan)
             if where is not None:
                 r, c = int(where[0]), int(where[1])
-                raise DataError(f"{self.path}: dataset '{self.x_name}' (X) has a non-finite value ({X[r, c]}) at "
-                                f"global row {self.lo + start + r}, column {c}; remove or impute it")
+                raise DataError(nonfinite_x_message(self.path, self.x_name, X[r, c], self.lo + start + r, c,
+                                                    allow_nan))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -114,8 +121,11 @@ def x_bytes_per_rank(n_rows: int, n_features: int, itemsize: int, n_parts: int) 
 
 
 def open_streaming_shard(path, *, x_name="X", y_name="y", y_dtype=np.float64, parts, max_memory: int,
-                         check_finite=True) -> StreamingShard:
-    """Open this rank's part of ``path`` for streaming within ``max_memory`` bytes of X buffers."""
+                         check_finite=True, allow_nan_x=False) -> StreamingShard:
+    """Open this rank's part of ``path`` for streaming within ``max_memory`` bytes of X buffers.
+
+    ``allow_nan_x``: NaN in X is a missing value (``--impute mean``), not an error.
+    """
     info = inspect(path, x_name=x_name, y_name=y_name)
     n_total, n_features = info["n_rows"], info["n_features"]
     n_parts, part = parts
@@ -134,7 +144,7 @@ def open_streaming_shard(path, *, x_name="X", y_name="y", y_dtype=np.float64, pa
                            np.empty(0), min(chunk_rows, max(ROW_ALIGN, hi - lo)))
     if check_finite:
         try:
-            shard.check_finite()
+            shard.check_finite(allow_nan_x)
         except DataError:
             shard.close()
             raise
