@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(pr, "threads", int, "threads per rank (default 1)")
 
     g = sub.add_parser("generate", help="write a synthetic dataset with known true parameters")
-    g.add_argument("kind", choices=("linear", "logistic", "softmax"))
+    g.add_argument("kind", choices=("linear", "logistic", "softmax", "mf"))
     g.add_argument("-o", "--output", required=True, help="HDF5 file to write")
     g.add_argument("--rows", type=int, default=100_000)
     g.add_argument("--features", type=int, default=32)
@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     g.add_argument("--overwrite", action="store_true")
     _write_options(g)
+    _mf_generate_options(g)
 
     c = sub.add_parser("convert", help="convert .npy/.npz, CSV or svmlight/LIBSVM text to the HDF5 layout")
     c.add_argument("src", help="input file (.npy .npz .csv .tsv .txt .svm .svmlight .libsvm)")
@@ -175,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="versions, MPI library, parallel HDF5 support, thread settings")
     _flag(i, "threads", int, "threads per rank (default 1)")
     return parser
+
+
+def _mf_generate_options(p) -> None:
+    """Options of ``mpidml generate mf`` (ratings with a known low-rank truth; see mpidml.data.ratings)."""
+    for name, help_ in (("users", "mf: number of users (default 1000)"), ("items", "mf: number of items (default 500)"),
+                        ("rank", "mf: rank k of the true factors (default 5)"),
+                        ("ratings", "mf: number of observed (user, item) ratings (default 20000)"),
+                        ("test-ratings", "mf: further held-out ratings written to --test-output (default 0)")):
+        _flag(p, name, int, help_)
+    _flag(p, "test-output", str, "mf: HDF5 file for the held-out ratings", "FILE")
 
 
 def _write_options(p) -> None:
@@ -318,6 +329,13 @@ def cmd_generate(args) -> int:
     from .data import generate
 
     ctx = Context()
+    if args.kind == "mf":  # ratings for matrix factorization (mpidml.data.ratings)
+        from .recommend import generate_mf_command
+
+        return generate_mf_command(ctx, args)
+    from .recommend import reject_mf_options
+
+    ctx.collective(reject_mf_options, args)
     # Every rank takes part: a collective MPI-IO write, or rank 0 alone while the others wait.
     meta = ctx.collective(generate, args.kind, args.output, rows=args.rows, features=args.features,
                           classes=args.classes or (2 if args.kind != "softmax" else 3),
