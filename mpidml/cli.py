@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("data", nargs="?", default=None, help="HDF5 file with X and y")
     t.add_argument("--config", help="TOML file with options (same names as the flags, _ for -)")
     _flag(t, "out", str, "run directory to create (config.toml, metrics.jsonl, summary.json, model.h5)", "RUN")
-    _flag(t, "model", str, "linear | logistic | softmax | mlp (default logistic)")
+    _flag(t, "model", str, "linear | logistic | softmax | mlp | mf (matrix factorization of ratings) (default logistic)")
+    _flag(t, "rank", int, "mf: number of latent factors k", "K")
+    _flag(t, "holdout", str, "mf: held-out ratings file; its RMSE goes into summary.json", "FILE")
     _flag(t, "classes", int, "softmax/mlp: number of classes (default: max label + 1)")
     _flag(t, "hidden", str, "mlp: hidden layer sizes, one or two ReLU layers, e.g. 64 or 128,64 (default 64)", "H[,H2]")
     _flag(t, "class-weight", str, "classifiers: balanced (n / (n_classes * count_c), global counts) or explicit "
@@ -87,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(t, "strategy", str, "allreduce (default) | ps (parameter server on rank 0; sgd/adam only)")
     _flag(t, "comm-dtype", str, "allreduce: float64 (default) | float32: gradients travel as float32 (half "
           "the bytes); parameters, optimizer state and the objective stay float64")
-    _flag(t, "optimizer", str, "sgd | adam | gd | lbfgs (default lbfgs)")
+    _flag(t, "optimizer", str, "sgd | adam | gd | lbfgs | als (mf only) (default lbfgs)")
     _flag(t, "lr", float, "learning rate for sgd, adam and gd (default 0.1)")
     _flag(t, "lr-schedule", str, "constant | inverse_sqrt | step | cosine (default constant)")
     _flag(t, "momentum", float, "sgd/gd momentum in [0, 1) (default 0)")
@@ -254,7 +256,7 @@ def cmd_train(args) -> int:
     cfg = ctx.collective(resolve_train_config, args, cli)
     summary = run_train(cfg, ctx)
     if ctx.is_root:
-        result = {k: summary.get(k) for k in ("objective", "accuracy", "rmse", "r2", "converged", "steps")
+        result = {k: summary.get(k) for k in ("objective", "accuracy", "rmse", "holdout_rmse", "r2", "converged", "steps")
                   if summary.get(k) is not None}
         result["wall_seconds"] = round(summary["time"]["wall"], 3)
         result["run_dir"] = summary["run_dir"]
@@ -285,6 +287,10 @@ def resolve_train_config(args, cli: dict):
 
 
 def cmd_evaluate(args) -> int:
+    from .recommend import evaluate_mf_command, is_mf_model
+
+    if is_mf_model(args.model):  # ratings (user, item, rating): mpidml.recommend
+        return evaluate_mf_command(args)
     import numpy as np
 
     from .comm import Context
@@ -314,6 +320,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from .recommend import is_mf_model, predict_mf_command
+
+    if is_mf_model(args.model):
+        return predict_mf_command(args)
     from .comm import Context
     from .predict import run_predict
 

@@ -33,8 +33,8 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-MODELS = ("linear", "logistic", "softmax", "mlp")
-OPTIMIZERS = ("sgd", "adam", "gd", "lbfgs")
+MODELS = ("linear", "logistic", "softmax", "mlp", "mf")
+OPTIMIZERS = ("sgd", "adam", "gd", "lbfgs", "als")
 STRATEGIES = ("allreduce", "ps")
 PS_MODES = ("sync", "async", "ssp")
 DRIVERS = ("auto", "mpio", "independent")
@@ -59,6 +59,9 @@ class TrainConfig:
     class_weight: str = ""  # classifiers: "" (none) | "balanced" | "0:1,1:5"
     shard: str = "contiguous"  # which rows each rank holds: contiguous | stratified | shuffled
     l2: float = 1e-4
+    # mf (ratings user/item/rating; mpidml.models.mf): rank k of the factors; held-out ratings file
+    rank: int = 0
+    holdout: str = ""
     # optimizer
     strategy: str = "allreduce"
     comm_dtype: str = "float64"  # allreduce: dtype of the reduced gradient on the wire (parameters stay float64)
@@ -111,6 +114,10 @@ class TrainConfig:
         choice("ps_mode", PS_MODES)
         choice("progress", ("auto", "bar", "log", "none"))
         choice("comm_dtype", COMM_DTYPES)
+        if self.model == "mf" or self.optimizer == "als" or self.rank or self.holdout:
+            from .recommend import check_mf_config
+
+            check_mf_config(self)
         if self.comm_dtype != "float64" and self.strategy != "allreduce":
             raise ConfigError(f"--comm-dtype {self.comm_dtype} applies to --strategy allreduce only "
                               f"(got --strategy {self.strategy})")

@@ -72,7 +72,7 @@ def _default(value, default):
 
 
 # -- reading ratings ------------------------------------------------------------------------
-def load_ratings(ctx, path: str, parts=None, n_users: int = 0, n_items: int = 0):
+def load_ratings(ctx, path: str, parts=None, n_users: int = 0, n_items: int = 0, with_rating: bool = True):
     """Collective: this rank's ratings, with n_users/n_items agreed by every rank.
 
     Sizes come from ``n_users``/``n_items`` when given (a trained model's), else from the
@@ -81,7 +81,7 @@ def load_ratings(ctx, path: str, parts=None, n_users: int = 0, n_items: int = 0)
     """
     parts = (ctx.size, ctx.rank) if parts is None else parts
     t0 = time.perf_counter()
-    shard = ctx.collective(read_ratings_shard, path, parts=parts)
+    shard = ctx.collective(read_ratings_shard, path, parts=parts, with_rating=with_rating)
     ctx.timers.add("io", time.perf_counter() - t0)
     sizes = np.array([shard.n_users, shard.n_items,
                       shard.user.max() + 1 if shard.n_local else 0,
@@ -158,3 +158,199 @@ def load_mf_model(path: str):
         raise DataError(f"{path}: malformed mf model (expected user_factors, item_factors, user_bias, "
                         f"item_bias and attributes n_users, n_items, rank, global_mean): {e}") from None
     return model, params, mu, attrs
+
+
+# -- mpidml train --model mf ----------------------------------------------------------------
+def check_mf_config(cfg) -> None:
+    """The mf rules of TrainConfig.validate (ConfigError with one actionable line)."""
+    if cfg.model != "mf":
+        for given, flag in ((cfg.optimizer == "als", "--optimizer als"), (cfg.rank, "--rank"),
+                            (cfg.holdout, "--holdout")):
+            if given:
+                raise ConfigError(f"{flag} applies to --model mf only (got --model {cfg.model})")
+        return
+    if cfg.rank < 1:
+        raise ConfigError(f"--model mf needs --rank K >= 1 (the number of latent factors), got {cfg.rank}")
+    if cfg.strategy == "ps":
+        raise ConfigError("--model mf through the parameter server is not built yet; "
+                          "use --strategy allreduce --optimizer als")
+    if cfg.optimizer != "als":
+        raise ConfigError(f"--model mf trains with --optimizer als (alternating least squares), not "
+                          f"{cfg.optimizer}")
+    if not (cfg.l2 > 0):
+        raise ConfigError(f"--optimizer als needs --l2 > 0 (the ridge N*l2 keeps every user's and item's "
+                          f"system positive definite), got {cfg.l2}")
+    unsupported = {"class_weight": cfg.class_weight, "hidden": cfg.hidden, "classes": cfg.classes,
+                   "shard": cfg.shard != "contiguous", "max_memory": cfg.max_memory,
+                   "comm_dtype": cfg.comm_dtype != "float64", "checkpoint_every": cfg.checkpoint_every,
+                   "resume": cfg.resume, "x_name": cfg.x_name != "X", "y_name": cfg.y_name != "y"}
+    for name, given in unsupported.items():
+        if given:
+            raise ConfigError(f"--{name.replace('_', '-')} does not apply to --model mf "
+                              "(ratings are read from the datasets user, item, rating)")
+
+
+def warm_up_mf_kernels(ctx) -> float:
+    """Compile (or load from the cache) the mf kernels on rank 0 first, then on the others."""
+    from .kernels import mf as mfk
+
+    def compile_once():
+        ids, r, block = np.zeros(1, dtype=np.int64), np.ones(1), np.zeros((1, 2))
+        systems, out = np.zeros((1, 6)), np.zeros((1, 2))
+        mfk.mf_normal_equations(ids, ids, r, 0.0, block, systems)
+        mfk.mf_solve_systems(systems, 1.0, out)
+        mfk.mf_loss(ids, ids, r, 0.0, block, block)
+        mfk.mf_predict(ids, ids, 0.0, block, block, np.empty(1))
+
+    t0 = time.perf_counter()
+    if ctx.is_root:
+        compile_once()
+    ctx.barrier()
+    if not ctx.is_root:
+        compile_once()
+    ctx.barrier()
+    return time.perf_counter() - t0
+
+
+def run_train_mf(cfg, ctx) -> dict:
+    """``mpidml train --model mf`` collectively; returns the summary (on rank 0, None elsewhere)."""
+    from .launcher import launcher_info
+    from .metrics import Reporter, write_json_atomic
+    from .parallel.als import ALSTrainer
+    from .train import prepare_run_dir, thread_settings, versions
+
+    t_start = time.perf_counter()
+    ctx.start_watchdog(cfg.timeout)
+    ctx.collective(lambda: prepare_run_dir(cfg.out, cfg.overwrite) if ctx.is_root else None)
+    if ctx.is_root:
+        with open(os.path.join(cfg.out, "config.toml"), "w") as fh:
+            fh.write(cfg.to_toml())
+    prefix = f"[rank {ctx.rank}] " if (ctx.size > 1 and cfg.verbose) else ""
+    shard = load_ratings(ctx, cfg.data)
+    holdout = load_ratings(ctx, cfg.holdout, n_users=shard.n_users, n_items=shard.n_items) if cfg.holdout else None
+    model = ctx.collective(MFModel, shard.n_users, shard.n_items, cfg.rank)
+    mu = global_mean(ctx, shard)
+    compile_seconds = warm_up_mf_kernels(ctx)
+
+    reporter = Reporter(cfg.out if ctx.is_root else None, total=cfg.max_iter, unit="iter", mode=cfg.progress,
+                        prefix=prefix, enabled=ctx.is_root or cfg.verbose)
+    reporter.message(f"mf: {shard.n_total} ratings of {model.n_users} users x {model.n_items} items, rank "
+                     f"{model.rank}, global mean {mu:.6g}; {ctx.size} rank(s), {shard.n_local} ratings here")
+    trainer = ALSTrainer(ctx, model, shard, l2=cfg.l2, mu=mu, n_total=shard.n_total, max_iter=cfg.max_iter,
+                         tol=cfg.tol, reporter=reporter)
+    params = model.init_params(cfg.seed)
+    t_fit = time.perf_counter()
+    ctx.beat("start of training")
+    try:
+        fit = trainer.fit(params)
+    except MpidmlError as e:  # raised from reduced values that every rank holds identically
+        e.agreed = True
+        raise
+    finally:
+        reporter.close()
+    fit_seconds = time.perf_counter() - t_fit
+
+    train_rmse, _ = rmse(ctx, model, shard, params, mu)
+    holdout_rmse, n_holdout = rmse(ctx, model, holdout, params, mu) if holdout is not None else (None, 0)
+    model_path = os.path.join(cfg.out, "model.h5")
+    t0 = time.perf_counter()
+    if ctx.is_root:
+        save_mf_model(model_path, model, params, mu, l2=cfg.l2, objective=fit["objective"],
+                      trained_on=os.path.abspath(cfg.data), config_hash=cfg.training_hash())
+    ctx.timers.add("io", time.perf_counter() - t0)
+    times = ctx.timers.snapshot()
+    per_rank = ctx.gather_floats([times[k] for k in ("wall", "io", "compute", "comm", "other")] + [shard.n_local])
+    hostnames = ctx.gather_hostnames()
+    if ctx.watchdog is not None:
+        ctx.watchdog.stop()
+    if not ctx.is_root:
+        return None
+    summary = {
+        "command": "train", "model": "mf", "optimizer": cfg.optimizer, "strategy": cfg.strategy,
+        "objective": fit["objective"], "rmse": train_rmse, "holdout_rmse": holdout_rmse,
+        "metrics": {"objective": fit["objective"], "train_rmse": train_rmse, "holdout_rmse": holdout_rmse,
+                    "n_holdout": n_holdout, "holdout": os.path.abspath(cfg.holdout) if cfg.holdout else None},
+        "converged": fit["converged"], "message": fit["message"], "steps": fit["iterations"],
+        "objective_history": trainer.history,
+        "n_ratings": shard.n_total, "n_users": model.n_users, "n_items": model.n_items, "rank": model.rank,
+        "n_params": model.n_params, "global_mean": mu, "l2": cfg.l2,
+        "ranks": ctx.size, "hostnames": hostnames, "launcher": launcher_info(hostnames),
+        "shard_rows": [int(r) for r in per_rank[:, 5]],
+        "io": {"driver": shard.driver, "path": os.path.abspath(cfg.data)},
+        "time": {"wall": times["wall"], "io": times["io"], "compute": times["compute"], "comm": times["comm"],
+                 "other": times["other"], "fit": fit_seconds, "jit_compile": compile_seconds,
+                 "since_start": time.perf_counter() - t_start},
+        "time_per_rank": {k: per_rank[:, i].tolist() for i, k in enumerate(("wall", "io", "compute", "comm", "other"))},
+        "config_hash": cfg.training_hash(), "threads": thread_settings(), "versions": versions(),
+        "run_dir": os.path.abspath(cfg.out), "model_path": os.path.abspath(model_path), "argv": sys.argv,
+    }
+    write_json_atomic(os.path.join(cfg.out, "summary.json"), summary)
+    return summary
+
+
+# -- mpidml evaluate / predict with an mf model.h5 ---------------------------------------------
+def _refuse_dense_options(args, names) -> None:
+    for name in names:
+        if getattr(args, name, None):
+            raise ConfigError(f"--{name.replace('_', '-')} does not apply to an mf model "
+                              "(ratings are read from the datasets user, item, rating)")
+
+
+def evaluate_mf_command(args) -> int:
+    """JSON on rank 0: rmse, mae, objective (with the model's l2) of an mf model on a ratings file."""
+    from .comm import Context
+
+    ctx = Context()
+    ctx.collective(_refuse_dense_options, args, ("x_name", "y_name"))
+    model, params, mu, attrs = ctx.collective(load_mf_model, args.model)
+    shard = load_ratings(ctx, args.data, n_users=model.n_users, n_items=model.n_items)
+    err = model.predict(shard.user, shard.item, params, mu) - shard.rating
+    sums = ctx.allreduce_array(np.array([float(np.dot(err, err)), float(np.abs(err).sum()), float(shard.n_local)]))
+    if ctx.is_root:
+        n = sums[2]
+        l2 = float(attrs.get("l2", 0.0))
+        print(json.dumps({"model": "mf", "data": os.path.abspath(args.data), "ranks": ctx.size, "n_ratings": int(n),
+                          "rmse": math.sqrt(sums[0] / n), "mae": sums[1] / n,
+                          "objective": 0.5 * sums[0] / n + model.penalty(params, l2), "l2": l2}))
+    return 0
+
+
+def predict_mf_command(args) -> int:
+    """PRED.h5 with ``prediction`` (N,) float64 for every (user, item) row of DATA, in row order.
+
+    Each rank predicts its block of rows; the ranks then write their rows in turn into a
+    temporary file that rank 0 renames into place (as mpidml.predict does for dense models).
+    """
+    from .comm import Context
+
+    ctx = Context()
+    t0 = time.perf_counter()
+    ctx.collective(_refuse_dense_options, args, ("x_name",))
+    model, params, mu, _ = ctx.collective(load_mf_model, args.model)
+    ctx.collective(lambda: _check_output(args.output, args.overwrite) if ctx.is_root else None)
+    shard = load_ratings(ctx, args.data, n_users=model.n_users, n_items=model.n_items, with_rating=False)
+    prediction = model.predict(shard.user, shard.item, params, mu)
+    tmp = f"{args.output}.tmp{int(ctx.bcast_array(np.array([os.getpid()], dtype=np.int64))[0])}"
+
+    def create():
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("prediction", shape=(shard.n_total,), dtype=np.float64)
+            f.attrs.update({"model": "mf", "source": os.path.abspath(args.data), "n_rows": shard.n_total})
+
+    ctx.collective(lambda: create() if ctx.is_root else None)
+    for turn in range(ctx.size):
+        def write():
+            if ctx.rank == turn:
+                with h5py.File(tmp, "r+") as f:
+                    f["prediction"][shard.lo:shard.hi] = prediction
+        ctx.collective(write)
+    ctx.collective(lambda: os.replace(tmp, args.output) if ctx.is_root else None)
+    if ctx.is_root:
+        print(json.dumps({"output": os.path.abspath(args.output), "model": "mf", "n_rows": shard.n_total,
+                          "ranks": ctx.size, "datasets": ["prediction"], "seconds": time.perf_counter() - t0}))
+    return 0
+
+
+def _check_output(path: str, overwrite: bool) -> None:
+    if os.path.exists(path) and not overwrite:
+        raise ConfigError(f"{path} exists; use --overwrite to replace it")

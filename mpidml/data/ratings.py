@@ -179,20 +179,21 @@ def _positive_attr(f, path, name) -> int:
     return as_int
 
 
-def inspect_ratings(path) -> dict:
+def inspect_ratings(path, with_rating: bool = True) -> dict:
     """Check a ratings file's metadata (serial, read-only, reads no ratings).
 
     Returns ``{'n_ratings', 'n_users', 'n_items'}`` (n_users/n_items 0 when the
     file has no such attribute). DataError for a missing or non-HDF5 file, a
     missing ``user``/``item``/``rating`` dataset, a dataset that is not 1-D,
     integer ids, a numeric rating, unequal lengths or zero ratings.
+    ``with_rating=False`` (predictions) needs only user and item.
     """
     from .hdf5 import _open_serial  # the dense reader's clear open errors
 
     path = os.fspath(path)
     with _open_serial(path) as f:
         lengths = {}
-        for name in RATING_NAMES:
+        for name in RATING_NAMES if with_rating else RATING_NAMES[:2]:
             ds = f.get(name)
             if not isinstance(ds, h5py.Dataset):
                 raise DataError(f"{path} has no dataset '{name}'; a ratings file needs datasets user (int64), "
@@ -205,25 +206,26 @@ def inspect_ratings(path) -> dict:
                 raise DataError(f"{path}: dataset '{name}' has dtype {ds.dtype}; it must be {want}")
             lengths[name] = int(ds.shape[0])
         if len(set(lengths.values())) != 1:
-            raise DataError(f"{path}: datasets user, item and rating must have the same length, got "
+            raise DataError(f"{path}: datasets {', '.join(lengths)} must have the same length, got "
                             + ", ".join(f"{k} {v}" for k, v in lengths.items()))
-        n = lengths["rating"]
+        n = lengths["user"]
         if n == 0:
             raise DataError(f"{path} has zero ratings; nothing to train on")
         return {"n_ratings": n, "n_users": _positive_attr(f, path, "n_users"),
                 "n_items": _positive_attr(f, path, "n_items")}
 
 
-def read_ratings_shard(path, *, parts: tuple[int, int] = (1, 0)) -> RatingsShard:
+def read_ratings_shard(path, *, parts: tuple[int, int] = (1, 0), with_rating: bool = True) -> RatingsShard:
     """Read ratings ``shard_bounds(N, n_parts, part)`` of ``path`` (``parts=(n_parts, part)``).
 
     ``part = -1`` holds no ratings (a parameter server). Validates what it
     reads: ids must be >= 0 and, when the file has ``n_users``/``n_items``
     attributes, below them; ratings must be finite. DataError names the first
     bad global row. Fewer ratings than parts is a DataError.
+    ``with_rating=False`` reads only user and item (``rating`` is then empty).
     """
     path = os.fspath(path)
-    info = inspect_ratings(path)
+    info = inspect_ratings(path, with_rating)
     n_total = info["n_ratings"]
     n_parts, part = int(parts[0]), int(parts[1])
     if n_total < n_parts:
@@ -234,7 +236,7 @@ def read_ratings_shard(path, *, parts: tuple[int, int] = (1, 0)) -> RatingsShard
         with h5py.File(path, "r") as f:
             user = np.ascontiguousarray(f["user"][lo:hi], dtype=np.int64)
             item = np.ascontiguousarray(f["item"][lo:hi], dtype=np.int64)
-            rating = np.ascontiguousarray(f["rating"][lo:hi], dtype=np.float64)
+            rating = np.ascontiguousarray(f["rating"][lo:hi] if with_rating else [], dtype=np.float64)
     except MpidmlError:
         raise
     except Exception as exc:
