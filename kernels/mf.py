@@ -120,3 +120,36 @@ def mf_solve_systems(systems, ridge, out):
                 s -= L[m, a] * out[e, m]
             out[e, a] = s / L[a, a]
     return failed
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def mf_sgd_gradients(upos, ipos, rating, mu, urows, irows, ucoef, icoef, ugrad, igrad):
+    """Mini-batch gradient sums of the per-rating objective; returns sum_j 0.5 e_j**2.
+
+    The batch's m ratings refer to rows of ``urows`` (nu, k+1) and ``irows``
+    (ni, k+1) (the batch's distinct users and items, [factors, bias]) through
+    ``upos``/``ipos`` int64 (m,). Per rating j with e_j = r_j - r_hat_j the loss is
+    0.5 e_j**2 + 0.5 ucoef[a] ||urows[a]||^2 + 0.5 icoef[c] ||irows[c]||^2
+    (a = upos[j], c = ipos[j]; ucoef = l2 N / n_u and icoef = l2 N / n_i make the
+    per-rating penalties add up to (l2/2)||params||^2 over all N ratings).
+    Writes (zeroes first) ugrad (nu, k+1) and igrad (ni, k+1) with the SUMS over
+    the batch of those losses' gradients, all taken at the rows as given.
+    """
+    k1 = urows.shape[1]
+    k = k1 - 1
+    ugrad[:, :] = 0.0
+    igrad[:, :] = 0.0
+    total = 0.0
+    for j in range(upos.shape[0]):
+        a = upos[j]
+        c = ipos[j]
+        e = rating[j] - mu - urows[a, k] - irows[c, k]
+        for f in range(k):
+            e -= urows[a, f] * irows[c, f]
+        total += 0.5 * e * e
+        for f in range(k):
+            ugrad[a, f] += ucoef[a] * urows[a, f] - e * irows[c, f]
+            igrad[c, f] += icoef[c] * irows[c, f] - e * urows[a, f]
+        ugrad[a, k] += ucoef[a] * urows[a, k] - e
+        igrad[c, k] += icoef[c] * irows[c, k] - e
+    return total

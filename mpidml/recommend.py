@@ -172,12 +172,19 @@ def check_mf_config(cfg) -> None:
     if cfg.rank < 1:
         raise ConfigError(f"--model mf needs --rank K >= 1 (the number of latent factors), got {cfg.rank}")
     if cfg.strategy == "ps":
-        raise ConfigError("--model mf through the parameter server is not built yet; "
-                          "use --strategy allreduce --optimizer als")
-    if cfg.optimizer != "als":
+        if cfg.optimizer != "sgd":
+            raise ConfigError(f"--model mf with --strategy ps trains with --optimizer sgd, not {cfg.optimizer}")
+        if cfg.ps_mode != "async":
+            raise ConfigError(f"--model mf with --strategy ps runs --ps-mode async only (item rows are updated "
+                              f"as pushes arrive), got --ps-mode {cfg.ps_mode}")
+        if cfg.momentum or cfg.lr_schedule != "constant":
+            raise ConfigError("--model mf with --strategy ps uses plain SGD: no --momentum, --lr-schedule constant")
+        if not (cfg.l2 >= 0):
+            raise ConfigError(f"--l2 must be >= 0, got {cfg.l2}")
+    elif cfg.optimizer != "als":
         raise ConfigError(f"--model mf trains with --optimizer als (alternating least squares), not "
                           f"{cfg.optimizer}")
-    if not (cfg.l2 > 0):
+    if cfg.optimizer == "als" and not (cfg.l2 > 0):
         raise ConfigError(f"--optimizer als needs --l2 > 0 (the ridge N*l2 keeps every user's and item's "
                           f"system positive definite), got {cfg.l2}")
     unsupported = {"class_weight": cfg.class_weight, "hidden": cfg.hidden, "classes": cfg.classes,
@@ -201,6 +208,7 @@ def warm_up_mf_kernels(ctx) -> float:
         mfk.mf_solve_systems(systems, 1.0, out)
         mfk.mf_loss(ids, ids, r, 0.0, block, block)
         mfk.mf_predict(ids, ids, 0.0, block, block, np.empty(1))
+        mfk.mf_sgd_gradients(ids, ids, r, 0.0, block, block, r, r, out, out.copy())
 
     t0 = time.perf_counter()
     if ctx.is_root:
@@ -212,6 +220,23 @@ def warm_up_mf_kernels(ctx) -> float:
     return time.perf_counter() - t0
 
 
+def _mf_ps_trainer(ctx, model, shard, mu, cfg):
+    """Global rating counts per user and item, ratings moved to their users' workers, the trainer."""
+    from .data.partition import all_shard_bounds
+    from .parallel.mf_ps import MFParameterServer, reshard_by_user
+
+    t0 = time.perf_counter()
+    counts = np.concatenate([np.bincount(shard.user, minlength=model.n_users),
+                             np.bincount(shard.item, minlength=model.n_items)]).astype(np.int64)
+    ctx.allreduce_array(counts)
+    n_workers = ctx.size - cfg.servers
+    user, item, rating = reshard_by_user(ctx.comm, shard, all_shard_bounds(model.n_users, n_workers), n_workers,
+                                         cfg.servers)
+    ctx.timers.add("comm", time.perf_counter() - t0)
+    return MFParameterServer(ctx, model, user, item, rating, mu=mu, n_total=shard.n_total,
+                             user_counts=counts[:model.n_users], item_counts=counts[model.n_users:], cfg=cfg)
+
+
 def run_train_mf(cfg, ctx) -> dict:
     """``mpidml train --model mf`` collectively; returns the summary (on rank 0, None elsewhere)."""
     from .launcher import launcher_info
@@ -221,23 +246,36 @@ def run_train_mf(cfg, ctx) -> dict:
 
     t_start = time.perf_counter()
     ctx.start_watchdog(cfg.timeout)
+    ps = cfg.strategy == "ps"
+    if ps:  # ranks 0..K-1 serve the item rows and read no ratings; workers K..P-1 read them all
+        from .parallel.mf_ps import check_mf_ps_layout
+
+        ctx.collective(check_mf_ps_layout, ctx.size, cfg.servers)
+        n_workers = ctx.size - cfg.servers
+        parts = (n_workers, ctx.rank - cfg.servers if ctx.rank >= cfg.servers else -1)
+    else:
+        parts = None
     ctx.collective(lambda: prepare_run_dir(cfg.out, cfg.overwrite) if ctx.is_root else None)
     if ctx.is_root:
         with open(os.path.join(cfg.out, "config.toml"), "w") as fh:
             fh.write(cfg.to_toml())
     prefix = f"[rank {ctx.rank}] " if (ctx.size > 1 and cfg.verbose) else ""
-    shard = load_ratings(ctx, cfg.data)
+    shard = load_ratings(ctx, cfg.data, parts=parts)
     holdout = load_ratings(ctx, cfg.holdout, n_users=shard.n_users, n_items=shard.n_items) if cfg.holdout else None
     model = ctx.collective(MFModel, shard.n_users, shard.n_items, cfg.rank)
     mu = global_mean(ctx, shard)
     compile_seconds = warm_up_mf_kernels(ctx)
 
-    reporter = Reporter(cfg.out if ctx.is_root else None, total=cfg.max_iter, unit="iter", mode=cfg.progress,
-                        prefix=prefix, enabled=ctx.is_root or cfg.verbose)
+    reporter = Reporter(cfg.out if ctx.is_root else None, total=cfg.epochs if ps else cfg.max_iter,
+                        unit="epoch" if ps else "iter", mode=cfg.progress, prefix=prefix,
+                        enabled=ctx.is_root or cfg.verbose)
     reporter.message(f"mf: {shard.n_total} ratings of {model.n_users} users x {model.n_items} items, rank "
                      f"{model.rank}, global mean {mu:.6g}; {ctx.size} rank(s), {shard.n_local} ratings here")
-    trainer = ALSTrainer(ctx, model, shard, l2=cfg.l2, mu=mu, n_total=shard.n_total, max_iter=cfg.max_iter,
-                         tol=cfg.tol, reporter=reporter)
+    if ps:
+        trainer = _mf_ps_trainer(ctx, model, shard, mu, cfg)
+    else:
+        trainer = ALSTrainer(ctx, model, shard, l2=cfg.l2, mu=mu, n_total=shard.n_total, max_iter=cfg.max_iter,
+                             tol=cfg.tol, reporter=reporter)
     params = model.init_params(cfg.seed)
     t_fit = time.perf_counter()
     ctx.beat("start of training")
@@ -251,6 +289,10 @@ def run_train_mf(cfg, ctx) -> dict:
     fit_seconds = time.perf_counter() - t_fit
 
     train_rmse, _ = rmse(ctx, model, shard, params, mu)
+    if ps:  # the objective at the end (ALS computes it every iteration)
+        fit["objective"] = 0.5 * train_rmse ** 2 + model.penalty(params, cfg.l2)
+        reporter.log({"epoch": cfg.epochs, "loss": fit["objective"], "objective": fit["objective"],
+                      "train_rmse": train_rmse})
     holdout_rmse, n_holdout = rmse(ctx, model, holdout, params, mu) if holdout is not None else (None, 0)
     model_path = os.path.join(cfg.out, "model.h5")
     t0 = time.perf_counter()
@@ -259,7 +301,8 @@ def run_train_mf(cfg, ctx) -> dict:
                       trained_on=os.path.abspath(cfg.data), config_hash=cfg.training_hash())
     ctx.timers.add("io", time.perf_counter() - t0)
     times = ctx.timers.snapshot()
-    per_rank = ctx.gather_floats([times[k] for k in ("wall", "io", "compute", "comm", "other")] + [shard.n_local])
+    n_here = trainer.rating.shape[0] if ps else shard.n_local  # ps: after moving ratings to their users' workers
+    per_rank = ctx.gather_floats([times[k] for k in ("wall", "io", "compute", "comm", "other")] + [n_here])
     hostnames = ctx.gather_hostnames()
     if ctx.watchdog is not None:
         ctx.watchdog.stop()
@@ -270,8 +313,10 @@ def run_train_mf(cfg, ctx) -> dict:
         "objective": fit["objective"], "rmse": train_rmse, "holdout_rmse": holdout_rmse,
         "metrics": {"objective": fit["objective"], "train_rmse": train_rmse, "holdout_rmse": holdout_rmse,
                     "n_holdout": n_holdout, "holdout": os.path.abspath(cfg.holdout) if cfg.holdout else None},
-        "converged": fit["converged"], "message": fit["message"], "steps": fit["iterations"],
-        "objective_history": trainer.history,
+        "converged": fit["converged"], "message": fit["message"],
+        "steps": fit["ps"]["batches"] if ps else fit["iterations"],
+        "objective_history": None if ps else trainer.history,
+        "ps": {"servers": cfg.servers, "workers": ctx.size - cfg.servers, **fit["ps"]} if ps else None,
         "n_ratings": shard.n_total, "n_users": model.n_users, "n_items": model.n_items, "rank": model.rank,
         "n_params": model.n_params, "global_mean": mu, "l2": cfg.l2,
         "ranks": ctx.size, "hostnames": hostnames, "launcher": launcher_info(hostnames),

@@ -183,3 +183,34 @@ def test_held_out_rmse_is_near_the_noise_level(tmp_path):
     assert held_rmse < 1.15 * noise, held_rmse
     # The factors matter: biases alone (the best rank-0 model) are far off the noise level.
     assert np.sqrt(np.mean((held.rating - mu - b[held.user] - c[held.item]) ** 2)) > 5 * noise
+
+
+def test_sgd_gradient_kernel_matches_numpy_and_finite_differences(rng):
+    u, i, r = small_ratings(n=40)
+    users, upos = np.unique(u, return_inverse=True)
+    items, ipos = np.unique(i, return_inverse=True)
+    urows, irows = rng.normal(size=(len(users), 4)), rng.normal(size=(len(items), 4))
+    ucoef, icoef = rng.uniform(0.1, 1.0, len(users)), rng.uniform(0.1, 1.0, len(items))
+    ugrad, igrad = np.full((len(users), 4), 7.0), np.full((len(items), 4), 7.0)  # overwritten, not added to
+
+    def batch_loss(U, I):
+        e = r - (1.0 + U[upos, 3] + I[ipos, 3] + np.sum(U[upos, :3] * I[ipos, :3], axis=1))
+        return (0.5 * np.sum(e ** 2) + 0.5 * np.sum(ucoef[upos] * np.sum(U[upos] ** 2, axis=1))
+                + 0.5 * np.sum(icoef[ipos] * np.sum(I[ipos] ** 2, axis=1)))
+
+    loss = mfk.mf_sgd_gradients(upos.astype(np.int64), ipos.astype(np.int64), r, 1.0, urows, irows, ucoef, icoef,
+                                ugrad, igrad)
+    e = r - (1.0 + urows[upos, 3] + irows[ipos, 3] + np.sum(urows[upos, :3] * irows[ipos, :3], axis=1))
+    assert loss == pytest.approx(0.5 * np.sum(e ** 2), rel=1e-13)
+    h = 1e-6
+    for rows, grad, other in ((urows, ugrad, "u"), (irows, igrad, "i")):
+        for a in range(0, rows.shape[0], 5):
+            for f in range(4):
+                plus, minus = rows.copy(), rows.copy()
+                plus[a, f] += h
+                minus[a, f] -= h
+                if other == "u":
+                    fd = (batch_loss(plus, irows) - batch_loss(minus, irows)) / (2 * h)
+                else:
+                    fd = (batch_loss(urows, plus) - batch_loss(urows, minus)) / (2 * h)
+                assert grad[a, f] == pytest.approx(fd, rel=1e-6, abs=1e-7)

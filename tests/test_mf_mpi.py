@@ -43,3 +43,21 @@ def test_als_on_p_ranks_equals_one_rank():
     everyone = np.empty((world.size, params.size))
     world.comm.Allgather(params, everyone)
     assert all(np.array_equal(everyone[0], row) for row in everyone)
+
+
+def test_reshard_by_user_gives_each_worker_exactly_its_users():
+    from mpidml.data.partition import all_shard_bounds
+    from mpidml.parallel.mf_ps import reshard_by_user
+
+    world = Context(MPI.COMM_WORLD)
+    u, i, r = small_ratings(61, 37, 4, n=1001, seed=4)
+    shard = shard_from(u, i, r, 61, 37, world.rank, world.size)
+    owners = all_shard_bounds(61, world.size)
+    mu, mi, mr = reshard_by_user(world.comm, shard, owners, world.size, 0)
+    lo, hi = owners[world.rank], owners[world.rank + 1]
+    assert np.all((mu >= lo) & (mu < hi))
+    want = (u >= lo) & (u < hi)
+    # Every rating of my users, each once, with its item and rating (file order is kept).
+    np.testing.assert_array_equal(mu, u[want])
+    np.testing.assert_array_equal(mi, i[want])
+    np.testing.assert_array_equal(mr, r[want])
