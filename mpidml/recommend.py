@@ -27,7 +27,7 @@ import numpy as np
 
 from . import __version__
 from .data.ratings import generate_ratings, read_ratings_shard
-from .errors import ConfigError, DataError, MpidmlError
+from .errors import ConfigError, DataError, DivergedError, MpidmlError
 from .models.mf import MFModel
 
 MF_GENERATE_OPTIONS = ("users", "items", "rank", "ratings", "test_ratings", "test_output")
@@ -49,6 +49,8 @@ def generate_mf_command(ctx, args) -> int:
             raise ConfigError("--classes does not apply to 'mpidml generate mf'")
         if args.write == "collective":
             raise ConfigError("generate mf writes on rank 0 only; --write collective is not supported for it")
+        if args.layout or args.chunk_size:
+            raise ConfigError("--layout and --chunk-size do not apply to 'mpidml generate mf'")
         if args.test_output and not args.test_ratings:
             raise ConfigError("--test-output needs --test-ratings M > 0")
 
@@ -280,7 +282,8 @@ def run_train_mf(cfg, ctx) -> dict:
     t_fit = time.perf_counter()
     ctx.beat("start of training")
     try:
-        fit = trainer.fit(params)
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected explicitly (exit 3)
+            fit = trainer.fit(params)
     except MpidmlError as e:  # raised from reduced values that every rank holds identically
         e.agreed = True
         raise
@@ -289,6 +292,10 @@ def run_train_mf(cfg, ctx) -> dict:
     fit_seconds = time.perf_counter() - t_fit
 
     train_rmse, _ = rmse(ctx, model, shard, params, mu)
+    if not math.isfinite(train_rmse):  # the same reduced value on every rank: all raise together
+        err = DivergedError(f"mf training diverged (train RMSE {train_rmse}); lower --lr")
+        err.agreed = True
+        raise err
     if ps:  # the objective at the end (ALS computes it every iteration)
         fit["objective"] = 0.5 * train_rmse ** 2 + model.penalty(params, cfg.l2)
         reporter.log({"epoch": cfg.epochs, "loss": fit["objective"], "objective": fit["objective"],

@@ -142,3 +142,13 @@ def test_generate_mf_command_line(tmp_path):
         assert np.array_equal(f["true_item_factors"][...], g["true_item_factors"][...])
     proc = run(MPIDML + ["generate", "linear", "--rank", "3", "-o", str(tmp_path / "l.h5")], ranks=2, check=False)
     assert proc.returncode == 2 and proc.stderr.count("--rank applies to 'mpidml generate mf' only") == 1
+
+
+def test_pairs_without_ratings_read_for_predictions(tmp_path):
+    path = tmp_path / "pairs.h5"
+    with h5py.File(path, "w") as f:
+        f["user"], f["item"] = np.array([3, 1, 2]), np.array([0, 4, 4])
+    with pytest.raises(DataError, match="has no dataset 'rating'"):
+        read_ratings_shard(path)
+    got = read_ratings_shard(path, parts=(2, 0), with_rating=False)
+    assert got.user.tolist() == [3, 1] and got.item.tolist() == [0, 4] and got.rating.size == 0

@@ -52,3 +52,13 @@ def test_ps_options_are_one_clear_error(ratings, tmp_path, extra, ranks, message
     proc = run(MPIDML + ["train", str(train), "--model", "mf", "--rank", "2", *extra, "--out", str(tmp_path / "r")],
                ranks=ranks, check=False)
     assert proc.returncode == 2 and proc.stderr.count(message) == 1, proc.stderr
+
+
+def test_diverging_sgd_is_exit_code_3_with_one_line(ratings, tmp_path):  # noqa: F811
+    train, _ = ratings
+    options = list(PS)
+    options[options.index("--lr") + 1] = "1e4"
+    options[options.index("--epochs") + 1] = "1"
+    proc = run(MPIDML + ["train", str(train), *options, "--out", str(tmp_path / "r")], ranks=3, check=False)
+    assert proc.returncode == 3 and proc.stderr.count("mf training diverged") == 1, proc.stderr
+    assert "RuntimeWarning" not in proc.stderr

@@ -168,6 +168,7 @@ class MFParameterServer:
                 n = status.Get_count(MPI.DOUBLE) // k1
                 comm.Recv([values, n * k1, MPI.DOUBLE], source=src, tag=TAG_PUSH)
                 rows[pending.pop(src)] += values[:n]  # distinct ids: no two deltas for one row
+                self.ctx.beat("mf ps push")  # servers count as alive while pushes arrive (--timeout)
                 self.stats["pushes"] += 1
                 self.stats["bytes_from_workers"] += n * k1 * 8
             elif tag == TAG_DONE:
