@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("data", nargs="?", default=None, help="HDF5 file with X and y")
     t.add_argument("--config", help="TOML file with options (same names as the flags, _ for -)")
     _flag(t, "out", str, "run directory to create (config.toml, metrics.jsonl, summary.json, model.h5)", "RUN")
-    _flag(t, "model", str, "linear | logistic | softmax | mlp | mf (matrix factorization of ratings) (default logistic)")
+    _flag(t, "model", str, "linear | logistic | softmax | mlp | mf (matrix factorization of ratings; "
+          "default logistic)")
     _flag(t, "rank", int, "mf: number of latent factors k", "K")
     _flag(t, "holdout", str, "mf: held-out ratings file; its RMSE goes into summary.json", "FILE")
     _flag(t, "classes", int, "softmax/mlp: number of classes (default: max label + 1)")
@@ -256,8 +257,8 @@ def cmd_train(args) -> int:
     cfg = ctx.collective(resolve_train_config, args, cli)
     summary = run_train(cfg, ctx)
     if ctx.is_root:
-        result = {k: summary.get(k) for k in ("objective", "accuracy", "rmse", "holdout_rmse", "r2", "converged", "steps")
-                  if summary.get(k) is not None}
+        keys = ("objective", "accuracy", "rmse", "holdout_rmse", "r2", "converged", "steps")
+        result = {k: summary.get(k) for k in keys if summary.get(k) is not None}
         result["wall_seconds"] = round(summary["time"]["wall"], 3)
         result["run_dir"] = summary["run_dir"]
         print(json.dumps(result))

@@ -34,7 +34,8 @@ def shard_from(u, i, r, n_users, n_items, rank=0, size=1):
 
 def numpy_objective(u, i, r, mu, P, Q, b, c, l2):
     pred = mu + b[u] + c[i] + np.sum(P[u] * Q[i], axis=1)
-    return 0.5 * np.mean((r - pred) ** 2) + 0.5 * l2 * (np.sum(P ** 2) + np.sum(Q ** 2) + np.sum(b ** 2) + np.sum(c ** 2))
+    penalty = np.sum(P ** 2) + np.sum(Q ** 2) + np.sum(b ** 2) + np.sum(c ** 2)
+    return 0.5 * np.mean((r - pred) ** 2) + 0.5 * l2 * penalty
 
 
 def unpack(model, params):
