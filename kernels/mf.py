@@ -7,9 +7,10 @@ Conventions (see mpidml.models.mf for the objective):
   ``iblock``: float64 (I, k+1), row i = [q_i, c_i]. ``mu``: the global mean.
 * Prediction: r_hat = mu + b_u + c_i + p_u . q_i.
 * ALS systems: for the entities being solved (users, or items), ``systems`` is
-  float64 (n_ent, S) with S = (k+1)*(k+2): the first (k+1)**2 values of a row
-  are the matrix A_e (row-major, only the UPPER triangle a <= b is written),
-  the last k+1 the right-hand side g_e. For a user u with the item block fixed,
+  float64 (n_ent, S) with T = (k+1)(k+2)/2 and S = T + k+1: the first T values
+  of a row are the upper triangle of the symmetric matrix A_e, packed row by row
+  (A[a, b] for a <= b at ``packed_index(a, b, k+1)``), the last k+1 the
+  right-hand side g_e. For a user u with the item block fixed,
   x = [q_i, 1] and t = r - mu - c_i over u's ratings: A_u = sum x x^T,
   g_u = sum t x (and symmetrically for items with the user block fixed).
 * Kernels ADD into their outputs unless the docstring says "writes"; no
@@ -18,6 +19,12 @@ Conventions (see mpidml.models.mf for the objective):
 """
 import numpy as np
 from numba import njit
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def packed_index(a, b, k1):
+    """Position of A[a, b] (a <= b) in the packed upper triangle of a k1 x k1 matrix."""
+    return a * k1 - (a * (a - 1)) // 2 + (b - a)
 
 
 @njit(cache=True, nogil=True, fastmath=False)
@@ -54,47 +61,48 @@ def mf_normal_equations(ent, other, rating, mu, fixed, systems):
 
     ent: int64 (n,) ids of the entities being solved (rows of ``systems``);
     other: int64 (n,) ids into ``fixed`` (n_other, k+1) = [factors, bias] of the
-    fixed side; systems: float64 (n_ent, (k+1)*(k+2)) (layout in the module
-    docstring; upper triangle of A only). With x = [fixed[o, :k], 1] and
-    t = r - mu - fixed[o, k]: A_e += x x^T, g_e += t x.
+    fixed side; systems: float64 (n_ent, (k+1)(k+2)/2 + k+1) (packed layout in the
+    module docstring). With x = [fixed[o, :k], 1] and t = r - mu - fixed[o, k]:
+    A_e += x x^T, g_e += t x.
     """
     k1 = fixed.shape[1]
     k = k1 - 1
-    rhs = k1 * k1
+    rhs = (k1 * (k1 + 1)) // 2
     for j in range(ent.shape[0]):
         e = ent[j]
         o = other[j]
         t = rating[j] - mu - fixed[o, k]
+        p = 0  # packed position of A[a, b], walking the upper triangle row by row
         for a in range(k1):
             xa = fixed[o, a] if a < k else 1.0
             systems[e, rhs + a] += t * xa
-            base = a * k1
             for b in range(a, k1):
                 xb = fixed[o, b] if b < k else 1.0
-                systems[e, base + b] += xa * xb
+                systems[e, p] += xa * xb
+                p += 1
 
 
 @njit(cache=True, nogil=True, fastmath=False)
 def mf_solve_systems(systems, ridge, out):
     """Writes out[e] = (A_e + ridge I)^{-1} g_e for every row e (Cholesky; A_e's upper triangle).
 
-    systems: float64 (n, (k+1)*(k+2)) as built by mf_normal_equations; ridge > 0
+    systems: float64 (n, (k+1)(k+2)/2 + k+1) as built by mf_normal_equations; ridge > 0
     (makes every system positive definite); out: float64 (n, k+1). Returns the
     number of systems whose Cholesky factorisation met a non-positive pivot (0 when
     all were solved; such rows are left unchanged).
     """
     n = systems.shape[0]
     k1 = out.shape[1]
-    rhs = k1 * k1
+    rhs = (k1 * (k1 + 1)) // 2
     L = np.empty((k1, k1))
     z = np.empty(k1)
     failed = 0
     for e in range(n):
         ok = True
-        # Cholesky M = L L^T of M = A + ridge I, reading M[a, b] from the upper triangle (a <= b).
+        # Cholesky M = L L^T of M = A + ridge I; M[a, b] (b <= a) is the packed A[b, a].
         for a in range(k1):
             for b in range(a + 1):
-                s = systems[e, b * k1 + a] + (ridge if a == b else 0.0)
+                s = systems[e, packed_index(b, a, k1)] + (ridge if a == b else 0.0)
                 for m in range(b):
                     s -= L[a, m] * L[b, m]
                 if a == b:

@@ -205,7 +205,7 @@ def warm_up_mf_kernels(ctx) -> float:
 
     def compile_once():
         ids, r, block = np.zeros(1, dtype=np.int64), np.ones(1), np.zeros((1, 2))
-        systems, out = np.zeros((1, 6)), np.zeros((1, 2))
+        systems, out = np.zeros((1, 5)), np.zeros((1, 2))  # k = 1: 3 packed entries of A + 2 of g
         mfk.mf_normal_equations(ids, ids, r, 0.0, block, systems)
         mfk.mf_solve_systems(systems, 1.0, out)
         mfk.mf_loss(ids, ids, r, 0.0, block, block)
@@ -356,6 +356,7 @@ def evaluate_mf_command(args) -> int:
     ctx.collective(_refuse_dense_options, args, ("x_name", "y_name"))
     model, params, mu, attrs = ctx.collective(load_mf_model, args.model)
     shard = load_ratings(ctx, args.data, n_users=model.n_users, n_items=model.n_items)
+    warm_up_mf_kernels(ctx)
     err = model.predict(shard.user, shard.item, params, mu) - shard.rating
     sums = ctx.allreduce_array(np.array([float(np.dot(err, err)), float(np.abs(err).sum()), float(shard.n_local)]))
     if ctx.is_root:
@@ -381,6 +382,7 @@ def predict_mf_command(args) -> int:
     model, params, mu, _ = ctx.collective(load_mf_model, args.model)
     ctx.collective(lambda: _check_output(args.output, args.overwrite) if ctx.is_root else None)
     shard = load_ratings(ctx, args.data, n_users=model.n_users, n_items=model.n_items, with_rating=False)
+    warm_up_mf_kernels(ctx)
     prediction = model.predict(shard.user, shard.item, params, mu)
     tmp = f"{args.output}.tmp{int(ctx.bcast_array(np.array([os.getpid()], dtype=np.int64))[0])}"
 

@@ -68,23 +68,28 @@ def test_predict_and_loss_kernels_match_numpy(rng):
 def test_normal_equations_and_solver_match_numpy(rng):
     u, i, r = small_ratings()
     iblock = rng.normal(size=(17, 4))
-    systems = np.zeros((23, 20))
+    systems = np.zeros((23, 14))  # k + 1 = 4: 10 packed entries of A's upper triangle, then 4 of g
     mfk.mf_normal_equations(u, i, r, 2.0, iblock, systems)
+    upper = np.triu_indices(4)  # NumPy's row-by-row order of the upper triangle = the packed order
+
+    def unpack_matrix(row):
+        A = np.zeros((4, 4))
+        A[upper] = row[:10]
+        return A + np.triu(A, 1).T
+
+    assert [mfk.packed_index(a, b, 4) for a, b in zip(*upper)] == list(range(10))
     for e in range(23):
         sel = u == e
         X = np.hstack([iblock[i[sel], :3], np.ones((sel.sum(), 1))])
-        A = systems[e, :16].reshape(4, 4)
-        np.testing.assert_allclose(np.triu(A), np.triu(X.T @ X), rtol=1e-13, atol=1e-13)
-        assert np.all(np.tril(A, -1) == 0)  # only the upper triangle is written
-        np.testing.assert_allclose(systems[e, 16:], X.T @ (r[sel] - 2.0 - iblock[i[sel], 3]), rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(unpack_matrix(systems[e]), X.T @ X, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(systems[e, 10:], X.T @ (r[sel] - 2.0 - iblock[i[sel], 3]), rtol=1e-13, atol=1e-13)
     out = np.zeros((23, 4))
     assert mfk.mf_solve_systems(systems, 0.7, out) == 0
     for e in range(23):
-        A = np.triu(systems[e, :16].reshape(4, 4))
-        A = A + np.triu(A, 1).T + 0.7 * np.eye(4)
-        np.testing.assert_allclose(out[e], np.linalg.solve(A, systems[e, 16:]), rtol=1e-11, atol=1e-12)
+        A = unpack_matrix(systems[e]) + 0.7 * np.eye(4)
+        np.testing.assert_allclose(out[e], np.linalg.solve(A, systems[e, 10:]), rtol=1e-11, atol=1e-12)
     # A non-positive-definite system is reported and its row left alone.
-    bad = np.zeros((1, 20))
+    bad = np.zeros((1, 14))
     bad[0, 0] = -5.0
     keep = np.full((1, 4), 9.0)
     assert mfk.mf_solve_systems(bad, 1.0, keep) == 1 and np.all(keep == 9.0)

@@ -23,8 +23,9 @@ Bcast of its value, so every rank takes the same stopping decision) and stops
 when its relative decrease is at most ``tol`` or after ``max_iter`` iterations.
 Each half-step minimises f exactly over its block, so f never increases.
 
-Memory: each rank holds one system per user or item, (k+1)(k+2) float64 each
-(for 10^6 users and k = 10: 1.06 GB); the buffers are allocated once.
+Memory: each rank holds one system per user and per item, (k+1)(k+4)/2 float64
+each (A's packed upper triangle and g; for 10^6 users and k = 10: 616 MB), and
+the Reduce_scatter moves that many per entity; the buffers are allocated once.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class ALSTrainer:
         self.ridge = self.n_total * self.l2  # (1/N) loss + (l2/2)||theta||^2, times N
         k1 = model.rank + 1
         self.k1 = k1
-        self.width = k1 * (k1 + 1)  # (k+1)^2 matrix + (k+1) right-hand side
+        self.width = (k1 * (k1 + 1)) // 2 + k1  # packed upper triangle of A + right-hand side g
         self.side = {}
         for which, n_ent in (("users", model.n_users), ("items", model.n_items)):
             offsets = all_shard_bounds(n_ent, ctx.size)
