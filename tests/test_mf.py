@@ -220,3 +220,17 @@ def test_sgd_gradient_kernel_matches_numpy_and_finite_differences(rng):
                 else:
                     fd = (batch_loss(urows, plus) - batch_loss(urows, minus)) / (2 * h)
                 assert grad[a, f] == pytest.approx(fd, rel=1e-6, abs=1e-7)
+
+
+def test_als_stops_when_the_relative_decrease_reaches_tol():
+    u, i, r = small_ratings(seed=2)
+    model = MFModel(23, 17, 3)
+    shard = shard_from(u, i, r, 23, 17)
+    tol = 1e-3
+    trainer = ALSTrainer(Context(MPI.COMM_SELF), model, shard, l2=1e-3, mu=float(r.mean()), n_total=len(r),
+                         max_iter=500, tol=tol)
+    fit = trainer.fit(model.init_params(seed=0))
+    h = np.array(trainer.history)
+    rel = (h[:-1] - h[1:]) / h[1:]
+    assert fit["converged"] and fit["iterations"] == len(h) - 1 < 500
+    assert rel[-1] <= tol and np.all(rel[:-1] > tol)
