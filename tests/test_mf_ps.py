@@ -62,3 +62,16 @@ def test_diverging_sgd_is_exit_code_3_with_one_line(ratings, tmp_path):  # noqa:
     proc = run(MPIDML + ["train", str(train), *options, "--out", str(tmp_path / "r")], ranks=3, check=False)
     assert proc.returncode == 3 and proc.stderr.count("mf training diverged") == 1, proc.stderr
     assert "RuntimeWarning" not in proc.stderr
+
+
+def test_bench_mf_prints_json():
+    import os
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "bench_mf.py")
+    proc = run([sys.executable, script, "--users", "50", "--items", "30", "--ratings", "600", "--rank", "2",
+                "--iterations", "2", "--numpy-users", "10", "--batch-size", "16"], ranks=2)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["ranks"] == 2 and out["ratings"] == 600
+    assert out["als"]["reduce_scatter_bytes"] == (50 + 30) * (3 * 4 // 2 + 3) * 8
+    assert out["ps"]["pulls"] == out["ps"]["batches"] == -(-600 // 16)
