@@ -222,7 +222,7 @@ def warm_up_mf_kernels(ctx) -> float:
     return time.perf_counter() - t0
 
 
-def _mf_ps_trainer(ctx, model, shard, mu, cfg):
+def mf_ps_trainer(ctx, model, shard, mu, cfg):
     """Global rating counts per user and item, ratings moved to their users' workers, the trainer."""
     from .data.partition import all_shard_bounds
     from .parallel.mf_ps import MFParameterServer, reshard_by_user
@@ -274,7 +274,7 @@ def run_train_mf(cfg, ctx) -> dict:
     reporter.message(f"mf: {shard.n_total} ratings of {model.n_users} users x {model.n_items} items, rank "
                      f"{model.rank}, global mean {mu:.6g}; {ctx.size} rank(s), {shard.n_local} ratings here")
     if ps:
-        trainer = _mf_ps_trainer(ctx, model, shard, mu, cfg)
+        trainer = mf_ps_trainer(ctx, model, shard, mu, cfg)
     else:
         trainer = ALSTrainer(ctx, model, shard, l2=cfg.l2, mu=mu, n_total=shard.n_total, max_iter=cfg.max_iter,
                              tol=cfg.tol, reporter=reporter)

@@ -46,7 +46,7 @@ from mpidml.config import TrainConfig  # noqa: E402
 from mpidml.data.ratings import generate_ratings  # noqa: E402
 from mpidml.models.mf import MFModel  # noqa: E402
 from mpidml.parallel.als import ALSTrainer  # noqa: E402
-from mpidml.recommend import _mf_ps_trainer, global_mean, load_ratings, warm_up_mf_kernels  # noqa: E402
+from mpidml.recommend import global_mean, load_ratings, mf_ps_trainer, warm_up_mf_kernels  # noqa: E402
 
 
 def numpy_user_half_step(shard, mu, iblock, ridge, max_users):
@@ -125,7 +125,7 @@ def main():
         cfg = TrainConfig(data=path, out="-", model="mf", rank=args.rank, strategy="ps", ps_mode="async",
                           optimizer="sgd", lr=1.0, epochs=1, batch_size=args.batch_size, l2=l2)
         ps_shard = load_ratings(ctx, path, parts=(ctx.size - 1, ctx.rank - 1 if ctx.rank else -1))
-        ps = _mf_ps_trainer(ctx, model, ps_shard, mu, cfg)
+        ps = mf_ps_trainer(ctx, model, ps_shard, mu, cfg)
         ps_params = model.init_params(0)
         ctx.barrier()
         t0 = time.perf_counter()

@@ -138,7 +138,7 @@ class MFParameterServer:
         totals = np.array([self.stats[k] for k in ("pulls", "pushes", "bytes_to_workers", "bytes_from_workers",
                                                    "batches")], dtype=np.float64)
         self.ctx.allreduce_array(totals)
-        return {"converged": True, "message": f"ran --epochs {self.epochs}",
+        return {"converged": None, "message": f"{self.epochs} epochs done (async parameter server)",
                 "ps": dict(zip(("pulls", "pushes", "bytes_to_workers", "bytes_from_workers", "batches"),
                                (int(x) for x in totals)))}
 
