@@ -192,7 +192,8 @@ def check_mf_config(cfg) -> None:
     unsupported = {"class_weight": cfg.class_weight, "hidden": cfg.hidden, "classes": cfg.classes,
                    "shard": cfg.shard != "contiguous", "max_memory": cfg.max_memory,
                    "comm_dtype": cfg.comm_dtype != "float64", "checkpoint_every": cfg.checkpoint_every,
-                   "resume": cfg.resume, "x_name": cfg.x_name != "X", "y_name": cfg.y_name != "y"}
+                   "resume": cfg.resume, "x_name": cfg.x_name != "X", "y_name": cfg.y_name != "y",
+                   "driver": cfg.driver != "auto"}  # ratings: plain read-only opens (three small vectors)
     for name, given in unsupported.items():
         if given:
             raise ConfigError(f"--{name.replace('_', '-')} does not apply to --model mf "

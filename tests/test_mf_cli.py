@@ -93,6 +93,8 @@ def test_evaluate_and_predict(ratings, runs, tmp_path):
     (["--model", "linear", "--optimizer", "als"], "--optimizer als applies to --model mf only"),
     (["--model", "mf", "--rank", "2", "--optimizer", "als", "--shard", "shuffled"],
      "--shard does not apply to --model mf"),
+    (["--model", "mf", "--rank", "2", "--optimizer", "als", "--driver", "mpio"],
+     "--driver does not apply to --model mf"),
 ])
 def test_bad_options_are_one_clear_error(ratings, tmp_path, extra, message):
     train, _ = ratings
