@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("data", nargs="?", default=None, help="HDF5 file with X and y")
     t.add_argument("--config", help="TOML file with options (same names as the flags, _ for -)")
     _flag(t, "out", str, "run directory to create (config.toml, metrics.jsonl, summary.json, model.h5)", "RUN")
-    _flag(t, "model", str, "linear | logistic | softmax | mlp (default logistic)")
+    _flag(t, "model", str, "linear | logistic | softmax | mlp | mf (matrix factorization of ratings; "
+          "default logistic)")
+    _flag(t, "rank", int, "mf: number of latent factors k", "K")
+    _flag(t, "holdout", str, "mf: held-out ratings file; its RMSE goes into summary.json", "FILE")
     _flag(t, "classes", int, "softmax/mlp: number of classes (default: max label + 1)")
     _flag(t, "hidden", str, "mlp: hidden layer sizes, one or two ReLU layers, e.g. 64 or 128,64 (default 64)", "H[,H2]")
     _flag(t, "class-weight", str, "classifiers: balanced (n / (n_classes * count_c), global counts) or explicit "
@@ -113,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(t, "strategy", str, "allreduce (default) | ps (parameter server on rank 0; sgd/adam only)")
     _flag(t, "comm-dtype", str, "allreduce: float64 (default) | float32: gradients travel as float32 (half "
           "the bytes); parameters, optimizer state and the objective stay float64")
-    _flag(t, "optimizer", str, "sgd | adam | gd | lbfgs (default lbfgs)")
+    _flag(t, "optimizer", str, "sgd | adam | gd | lbfgs | als (mf only) (default lbfgs)")
     _flag(t, "lr", float, "learning rate for sgd, adam and gd (default 0.1)")
     _flag(t, "lr-schedule", str, "constant | inverse_sqrt | step | cosine (default constant)")
     _flag(t, "momentum", float, "sgd/gd momentum in [0, 1) (default 0)")
@@ -166,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(pr, "threads", int, "threads per rank (default 1)")
 
     g = sub.add_parser("generate", help="write a synthetic dataset with known true parameters")
-    g.add_argument("kind", choices=("linear", "logistic", "softmax"))
+    g.add_argument("kind", choices=("linear", "logistic", "softmax", "mf"))
     g.add_argument("-o", "--output", required=True, help="HDF5 file to write")
     g.add_argument("--rows", type=int, default=100_000)
     g.add_argument("--features", type=int, default=32)
@@ -176,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     g.add_argument("--overwrite", action="store_true")
     _write_options(g)
+    _mf_generate_options(g)
 
     c = sub.add_parser("convert", help="convert .npy/.npz, CSV or svmlight/LIBSVM text to the HDF5 layout")
     c.add_argument("src", help="input file (.npy .npz .csv .tsv .txt .svm .svmlight .libsvm)")
@@ -211,6 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="versions, MPI library, parallel HDF5 support, thread settings")
     _flag(i, "threads", int, "threads per rank (default 1)")
     return parser
+
+
+def _mf_generate_options(p) -> None:
+    """Options of ``mpidml generate mf`` (ratings with a known low-rank truth; see mpidml.data.ratings)."""
+    for name, help_ in (("users", "mf: number of users (default 1000)"), ("items", "mf: number of items (default 500)"),
+                        ("rank", "mf: rank k of the true factors (default 5)"),
+                        ("ratings", "mf: number of observed (user, item) ratings (default 20000)"),
+                        ("test-ratings", "mf: further held-out ratings written to --test-output (default 0)")):
+        _flag(p, name, int, help_)
+    _flag(p, "test-output", str, "mf: HDF5 file for the held-out ratings", "FILE")
 
 
 def _write_options(p) -> None:
@@ -283,8 +297,8 @@ def cmd_train(args) -> int:
     cfg = ctx.collective(resolve_train_config, args, cli)
     summary = run_train(cfg, ctx)
     if ctx.is_root:
-        result = {k: summary.get(k) for k in ("objective", "accuracy", "rmse", "r2", "converged", "steps")
-                  if summary.get(k) is not None}
+        keys = ("objective", "accuracy", "rmse", "holdout_rmse", "r2", "converged", "steps")
+        result = {k: summary.get(k) for k in keys if summary.get(k) is not None}
         result["wall_seconds"] = round(summary["time"]["wall"], 3)
         result["run_dir"] = summary["run_dir"]
         print(json.dumps(result))
@@ -314,6 +328,10 @@ def resolve_train_config(args, cli: dict):
 
 
 def cmd_evaluate(args) -> int:
+    from .recommend import evaluate_mf_command, is_mf_model
+
+    if is_mf_model(args.model):  # ratings (user, item, rating): mpidml.recommend
+        return evaluate_mf_command(args)
     import numpy as np
 
     from .comm import Context
@@ -349,6 +367,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from .recommend import is_mf_model, predict_mf_command
+
+    if is_mf_model(args.model):
+        return predict_mf_command(args)
     from .comm import Context
     from .predict import run_predict
 
@@ -364,6 +386,13 @@ def cmd_generate(args) -> int:
     from .data import generate
 
     ctx = Context()
+    if args.kind == "mf":  # ratings for matrix factorization (mpidml.data.ratings)
+        from .recommend import generate_mf_command
+
+        return generate_mf_command(ctx, args)
+    from .recommend import reject_mf_options
+
+    ctx.collective(reject_mf_options, args)
     # Every rank takes part: a collective MPI-IO write, or rank 0 alone while the others wait.
     meta = ctx.collective(generate, args.kind, args.output, rows=args.rows, features=args.features,
                           classes=args.classes or (2 if args.kind != "softmax" else 3),

@@ -33,8 +33,8 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-MODELS = ("linear", "logistic", "softmax", "mlp")
-OPTIMIZERS = ("sgd", "adam", "gd", "lbfgs")
+MODELS = ("linear", "logistic", "softmax", "mlp", "mf")
+OPTIMIZERS = ("sgd", "adam", "gd", "lbfgs", "als")
 STRATEGIES = ("allreduce", "ps")
 PS_MODES = ("sync", "async", "ssp")
 DRIVERS = ("auto", "mpio", "independent")
@@ -63,6 +63,9 @@ class TrainConfig:
     # features: global statistics over all rows, stored in model.h5 (mpidml/preprocess.py)
     impute: str = "none"  # none (NaN in X is an error) | mean (NaN -> column mean)
     standardize: bool = False  # (x - column mean) / column std; constant columns are only centred
+    # mf (ratings user/item/rating; mpidml.models.mf): rank k of the factors; held-out ratings file
+    rank: int = 0
+    holdout: str = ""
     # optimizer
     strategy: str = "allreduce"
     comm_dtype: str = "float64"  # allreduce: dtype of the reduced gradient on the wire (parameters stay float64)
@@ -117,6 +120,10 @@ class TrainConfig:
         choice("progress", ("auto", "bar", "log", "none"))
         choice("comm_dtype", COMM_DTYPES)
         choice("impute", IMPUTE)
+        if self.model == "mf" or self.optimizer == "als" or self.rank or self.holdout:
+            from .recommend import check_mf_config
+
+            check_mf_config(self)
         if self.comm_dtype != "float64" and self.strategy != "allreduce":
             raise ConfigError(f"--comm-dtype {self.comm_dtype} applies to --strategy allreduce only "
                               f"(got --strategy {self.strategy})")

@@ -220,6 +220,10 @@ def _truncate_metrics(path: str, step: int) -> None:
 
 def run_train(cfg: TrainConfig, ctx: Context) -> dict:
     """Run ``mpidml train`` collectively; returns the summary (on every rank)."""
+    if cfg.model == "mf":  # ratings (user, item, rating), not X and y: the recommender job
+        from .recommend import run_train_mf
+
+        return run_train_mf(cfg, ctx)
     t_start = time.perf_counter()
     ctx.start_watchdog(cfg.timeout)
     resuming = bool(cfg.resume)
