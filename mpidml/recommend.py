@@ -193,7 +193,9 @@ def check_mf_config(cfg) -> None:
                    "shard": cfg.shard != "contiguous", "max_memory": cfg.max_memory,
                    "comm_dtype": cfg.comm_dtype != "float64", "checkpoint_every": cfg.checkpoint_every,
                    "resume": cfg.resume, "x_name": cfg.x_name != "X", "y_name": cfg.y_name != "y",
-                   "driver": cfg.driver != "auto"}  # ratings: plain read-only opens (three small vectors)
+                   "driver": cfg.driver != "auto",  # ratings: plain read-only opens (three small vectors)
+                   "impute": getattr(cfg, "impute", "none") != "none",  # features only: mf has none
+                   "standardize": getattr(cfg, "standardize", False)}
     for name, given in unsupported.items():
         if given:
             raise ConfigError(f"--{name.replace('_', '-')} does not apply to --model mf "

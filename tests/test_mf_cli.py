@@ -95,6 +95,8 @@ def test_evaluate_and_predict(ratings, runs, tmp_path):
      "--shard does not apply to --model mf"),
     (["--model", "mf", "--rank", "2", "--optimizer", "als", "--driver", "mpio"],
      "--driver does not apply to --model mf"),
+    (["--model", "mf", "--rank", "2", "--optimizer", "als", "--standardize"],
+     "--standardize does not apply to --model mf"),
 ])
 def test_bad_options_are_one_clear_error(ratings, tmp_path, extra, message):
     train, _ = ratings
