@@ -12,6 +12,7 @@ Conventions (all kernels):
 * ``grad``: float64 like params; kernels ADD the weighted gradient SUM into it.
 * ``with_loss``: return the weighted loss sum if True, else 0.0 (cheaper).
 * No regularisation in the kernels.
+* ``csr``: the same models on rows stored as CSR (indptr, indices, data) instead of X.
 """
 from .linear import linear_loss_grad, linear_predict
 from .logistic import logistic_decision, logistic_loss_grad
@@ -19,6 +20,8 @@ from .softmax import softmax_decision, softmax_loss_grad, softmax_loss_grad_ws
 from .util import select_local_rows
 from .mlp import mlp_layout, mlp_loss_grad, mlp_predict_proba
 from .rowset import select_sorted_rows
+from .csr import (csr_glm_margin, csr_linear_loss_grad, csr_logistic_loss_grad, csr_softmax_decision,
+                  csr_softmax_loss_grad_ws)
 
 __all__ = [
     "linear_loss_grad",
@@ -33,4 +36,9 @@ __all__ = [
     "mlp_loss_grad",
     "mlp_predict_proba",
     "select_sorted_rows",
+    "csr_linear_loss_grad",
+    "csr_logistic_loss_grad",
+    "csr_glm_margin",
+    "csr_softmax_loss_grad_ws",
+    "csr_softmax_decision",
 ]
