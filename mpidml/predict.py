@@ -23,6 +23,7 @@ import numpy as np
 
 from . import kernels
 from .data import shard_bounds
+from .data.csr import inspect_csr, is_csr, read_csr_shard
 from .errors import ConfigError, DataError
 
 
@@ -49,13 +50,16 @@ def read_x_block(path: str, x_name: str, n_rows: int, size: int, rank: int):
 
 
 def predict_block(model, params, X) -> dict:
-    """{dataset name: array} for the rows of X."""
-    rows = np.arange(X.shape[0], dtype=np.int64)
+    """{dataset name: array} for the rows of X (a dense array or a CSRShard)."""
+    view = X if getattr(X, "is_sparse", False) else _Rows(X)
+    rows = np.arange(view.n_local, dtype=np.int64)
     if not model.is_classifier:
+        if view is X:
+            return {"prediction": model.predict(view, params, rows)}
         out = np.empty(X.shape[0])
         kernels.linear_predict(X, params, rows, out)
         return {"prediction": out}
-    proba = model.predict_proba(_Rows(X), params, rows)
+    proba = model.predict_proba(view, params, rows)
     return {"labels": np.argmax(proba, axis=1).astype(np.int64) if proba.shape[1] > 2
             else (proba[:, 1] > proba[:, 0]).astype(np.int64), "proba": proba}
 
@@ -78,7 +82,11 @@ def run_predict(ctx, model_path: str, data: str, output: str, x_name: str = "X",
         return meta
 
     n_rows, _ = ctx.collective(check)
-    lo, hi, X = ctx.collective(read_x_block, data, x_name, n_rows, ctx.size, ctx.rank)
+    if is_csr(data, x_name):
+        X = ctx.collective(read_csr_shard, data, x_name=x_name, y_name=None, parts=(ctx.size, ctx.rank))
+        lo, hi = X.lo, X.hi
+    else:
+        lo, hi, X = ctx.collective(read_x_block, data, x_name, n_rows, ctx.size, ctx.rank)
     arrays = predict_block(model, params, X)
     tmp = f"{output}.tmp{int(ctx.bcast_array(np.array([os.getpid()], dtype=np.int64))[0])}"
 
@@ -113,6 +121,9 @@ def run_predict(ctx, model_path: str, data: str, output: str, x_name: str = "X",
 def _inspect_x(path: str, x_name: str) -> tuple[int, int]:
     if not os.path.exists(path):
         raise DataError(f"data file {path} does not exist; check the path")
+    if is_csr(path, x_name):
+        meta = inspect_csr(path, x_name, None)
+        return meta["n_rows"], meta["n_features"]
     try:
         with h5py.File(path, "r") as f:
             X = f[x_name]

@@ -26,6 +26,7 @@ from .checkpoint import Checkpointer, checkpoint_path, data_fingerprint, list_ch
 from .comm import Context, mpi_library_version
 from .config import TrainConfig
 from .data import h5py_has_mpi, inspect, read_shard
+from .data.csr import inspect_csr, is_csr, read_csr_shard
 from .data.stream import StreamingShard, open_streaming_shard, x_bytes_per_rank
 from .errors import ConfigError, DataError, MpidmlError
 from .imbalance import prepare_rows
@@ -86,7 +87,10 @@ def load_training_data(ctx: Context, cfg: TrainConfig, y_dtype, parts=None):
 
     ``parts=(n_parts, part)`` splits the rows over n_parts data-holding ranks
     (default: all ranks); part -1 holds no rows (a parameter server).
+    When X is a group (the CSR layout, mpidml.data.csr) the shard is a CSRShard.
     """
+    if ctx.collective(is_csr, cfg.data, cfg.x_name):
+        return load_csr_training_data(ctx, cfg, y_dtype, parts)
     meta = ctx.collective(inspect, cfg.data, x_name=cfg.x_name, y_name=cfg.y_name)
     n_parts = ctx.size if parts is None else parts[0]
     if meta["n_rows"] < n_parts:
@@ -103,6 +107,25 @@ def load_training_data(ctx: Context, cfg: TrainConfig, y_dtype, parts=None):
     else:
         shard = ctx.collective(read_shard, cfg.data, ctx.comm, x_name=cfg.x_name, y_name=cfg.y_name,
                                driver=cfg.driver, y_dtype=y_dtype, parts=parts)
+    if faults.active:
+        faults.point("load", ctx.rank)
+    ctx.timers.add("io", time.perf_counter() - t0)
+    return meta, shard
+
+
+def load_csr_training_data(ctx: Context, cfg: TrainConfig, y_dtype, parts=None):
+    """Metadata check, then this rank's CSR rows (independent reads of its slice); agreed."""
+    meta = ctx.collective(inspect_csr, cfg.data, x_name=cfg.x_name, y_name=cfg.y_name)
+    unsupported = [flag for flag, on in (("--max-memory", getattr(cfg, "max_memory", 0)),
+                                         ("--shard " + str(getattr(cfg, "shard", "")),
+                                          getattr(cfg, "shard", "contiguous") != "contiguous"),
+                                         ("--model mlp", getattr(cfg, "model", "") == "mlp")) if on]
+    if unsupported:
+        ctx.agree(ConfigError(f"{cfg.data} holds sparse (CSR) X, which {unsupported[0]} does not support; "
+                              "use --model logistic|softmax|linear with contiguous shards"))
+    t0 = time.perf_counter()
+    shard = ctx.collective(read_csr_shard, cfg.data, x_name=cfg.x_name, y_name=cfg.y_name, y_dtype=y_dtype,
+                           parts=parts or (ctx.size, ctx.rank))
     if faults.active:
         faults.point("load", ctx.rank)
     ctx.timers.add("io", time.perf_counter() - t0)
@@ -236,6 +259,8 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
     meta, shard = load_training_data(ctx, cfg, y_dtype, parts)
     io_reason = ("h5py built with MPI" if h5py_has_mpi() else "h5py built without MPI") if cfg.driver == "auto" \
         else f"forced with --driver {cfg.driver}"
+    if meta.get("sparse"):
+        io_reason = f"CSR, {meta['nnz']} stored values: each rank reads only its rows' slices"
     say.message(f"io: {shard.driver} reads of {meta['n_rows']} x {meta['n_features']} {meta['x_dtype']} "
                 f"from {cfg.data} ({io_reason}); {ctx.size} rank(s), {shard.n_local} rows here")
 
@@ -321,7 +346,7 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
             "io": {"driver": shard.driver, "reason": io_reason, "path": os.path.abspath(cfg.data),
                    "streamed": {"chunk_rows": shard.chunk_rows, "buffer_bytes": shard.memory_bytes,
                                 "bytes_read": shard.bytes_read} if streamed else None,
-                   "x_dtype": str(meta["x_dtype"])},
+                   "x_dtype": str(meta["x_dtype"]), "sparse_nnz": meta.get("nnz")},
             "time": {"wall": times["wall"], "io": times["io"], "compute": times["compute"],
                      "comm": times["comm"], "other": times["other"], "fit": fit_seconds,
                      "jit_compile": compile_seconds, "since_start": time.perf_counter() - t_start,

@@ -25,6 +25,7 @@ This module never imports mpi4py and never communicates.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -129,10 +130,13 @@ def _inspect_open(path: str, x_name: str, y_name: str) -> dict:
         if indices.shape[0] != nnz:
             raise DataError(f"{path}: '{x_name}/indices' has {indices.shape[0]} entries but "
                             f"'{x_name}/data' has {nnz}; they must match")
-        y = _get_dataset(f, path, y_name, "y")
-        _check_vec(path, y_name, y, "y", n, x_name)
+        y_dtype = None
+        if y_name is not None:  # None: features only (mpidml predict)
+            y = _get_dataset(f, path, y_name, "y")
+            _check_vec(path, y_name, y, "y", n, x_name)
+            y_dtype = np.dtype(y.dtype)
         return {"n_rows": n, "n_features": d, "nnz": nnz, "x_dtype": np.dtype(data.dtype),
-                "index_dtype": np.dtype(indices.dtype), "y_dtype": np.dtype(y.dtype), "attrs": _attrs(f),
+                "index_dtype": np.dtype(indices.dtype), "y_dtype": y_dtype, "attrs": _attrs(f),
                 "sparse": True}
 
 
@@ -141,7 +145,8 @@ def inspect_csr(path, x_name: str = "X", y_name: str = "y") -> dict:
 
     Returns ``{'n_rows', 'n_features', 'nnz', 'x_dtype', 'index_dtype', 'y_dtype', 'attrs',
     'sparse': True}``. DataError for a missing shape attribute, missing or mistyped
-    indptr/indices/data, lengths that do not fit together, or a bad y.
+    indptr/indices/data, lengths that do not fit together, or a bad y (not checked, and
+    ``y_dtype`` None, when ``y_name`` is None).
     """
     path = _fspath(path)
     try:
@@ -184,7 +189,8 @@ def read_csr_shard(path, *, x_name: str = "X", y_name: str = "y", y_dtype=np.flo
     indices and data (in pieces of at most 2**24 entries, each checked: 0 <= index < D and,
     with ``check_finite``, finite values). ``x_dtype=None`` keeps the file's float dtype.
     Indices are kept as int32 when the file stores int32 (half the memory), else int64.
-    Fewer rows than parts raises DataError. ``y_dtype`` as for the dense reader.
+    Fewer rows than parts raises DataError. ``y_dtype`` as for the dense reader;
+    ``y_name=None`` reads no labels (y is then zeros).
     """
     path = _fspath(path)
     y_dt = np.dtype(y_dtype)
@@ -230,7 +236,7 @@ def read_csr_shard(path, *, x_name: str = "X", y_name: str = "y", y_dtype=np.flo
                                         f"global row {lo + _row_of(local_ptr, s + k)}, column {idx[k]}; "
                                         "remove or impute it")
                 data[s:e] = vals
-            yraw = f[y_name][lo:hi]
+            yraw = f[y_name][lo:hi] if y_name is not None else np.zeros(n_local)
     except MpidmlError:
         raise
     except Exception as exc:  # truncated/corrupt data blocks
@@ -241,6 +247,25 @@ def read_csr_shard(path, *, x_name: str = "X", y_name: str = "y", y_dtype=np.flo
     return CSRShard(indptr=np.ascontiguousarray(local_ptr), indices=indices, data=data, y=y,
                     sw=np.empty(0), lo=lo, hi=hi, n_total=n_total, n_features=n_features,
                     nnz_total=nnz_total, driver="independent", path=path)
+
+
+def csr_fingerprint(group: h5py.Group, y: h5py.Dataset, n_samples: int = 32) -> dict:
+    """Like checkpoint.data_fingerprint for a CSR group: shape, dtypes and a SHA-256 of
+    ``n_samples`` evenly spaced entries of indptr, indices, data and y (a few reads)."""
+    h = hashlib.sha256()
+    shape = [int(s) for s in np.asarray(group.attrs.get("shape", [0, 0])).ravel()]
+    h.update(np.asarray(shape, dtype=np.int64).tobytes())
+    for name in ("indptr", "indices", "data"):
+        ds = group[name]
+        n = int(ds.shape[0])
+        if n:
+            idx = np.unique(np.linspace(0, n - 1, min(n, n_samples)).astype(np.int64))
+            h.update(np.ascontiguousarray(ds[idx]).tobytes())
+    n = int(y.shape[0])
+    if n:
+        h.update(np.ascontiguousarray(y[np.unique(np.linspace(0, n - 1, min(n, n_samples)).astype(np.int64))]).tobytes())
+    return {"shape": shape, "x_dtype": str(group["data"].dtype), "y_dtype": str(y.dtype), "sparse": True,
+            "nnz": int(group["data"].shape[0]), "sha256": h.hexdigest()[:32]}
 
 
 class CSRWriter:
