@@ -20,6 +20,7 @@ from .softmax import softmax_decision, softmax_loss_grad, softmax_loss_grad_ws
 from .util import select_local_rows
 from .mlp import mlp_layout, mlp_loss_grad, mlp_predict_proba
 from .rowset import select_sorted_rows
+from .hashing import fnv1a_32
 from .csr import (csr_glm_margin, csr_linear_loss_grad, csr_logistic_loss_grad, csr_softmax_decision,
                   csr_softmax_loss_grad_ws)
 
@@ -41,4 +42,5 @@ __all__ = [
     "csr_glm_margin",
     "csr_softmax_loss_grad_ws",
     "csr_softmax_decision",
+    "fnv1a_32",
 ]
