@@ -22,7 +22,7 @@ from .mlp import mlp_layout, mlp_loss_grad, mlp_predict_proba
 from .rowset import select_sorted_rows
 from .hashing import fnv1a_32
 from .csr import (csr_glm_margin, csr_linear_loss_grad, csr_logistic_loss_grad, csr_softmax_decision,
-                  csr_softmax_loss_grad_ws)
+                  csr_softmax_loss_grad_ws, csr_touched_coords)
 
 __all__ = [
     "linear_loss_grad",
@@ -42,5 +42,6 @@ __all__ = [
     "csr_glm_margin",
     "csr_softmax_loss_grad_ws",
     "csr_softmax_decision",
+    "csr_touched_coords",
     "fnv1a_32",
 ]

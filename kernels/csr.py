@@ -143,3 +143,37 @@ def csr_softmax_decision(indptr, indices, data, params, rows, n_classes, out):
             v = data[q]
             for k in range(K):
                 out[t, k] += params[k * D + j] * v
+
+
+@njit(cache=True, nogil=True)
+def csr_touched_coords(indptr, indices, rows, n_outputs, n_features, seen, stamp, cols, out):
+    """The parameter coordinates a gradient over CSR ``rows`` can make non-zero, sorted.
+
+    Layout of the linear models: coef (K, D) row-major, then K intercepts (K = n_outputs,
+    D = n_features). For every column j stored in the rows (each once) the coordinates
+    k*D + j for k < K, then the intercepts K*D + k. indptr int64 (n+1,); indices
+    int32/int64 (nnz,); rows int64 (m,); seen int64 (D,) scratch: seen[j] == stamp marks
+    j as listed, so callers pass a new stamp per call and never clear it; cols int64 (>= D,)
+    scratch; out int64 (>= K * (D + 1),). Writes out[:count], returns count = K * (c + 1)
+    for c distinct columns. No allocation (in-place sort of the c columns).
+    """
+    c = 0
+    for t in range(rows.size):
+        r = rows[t]
+        for q in range(indptr[r], indptr[r + 1]):
+            j = indices[q]
+            if seen[j] != stamp:
+                seen[j] = stamp
+                cols[c] = j
+                c += 1
+    cols[:c].sort()
+    K = n_outputs
+    D = n_features
+    for k in range(K):
+        base = k * c
+        off = k * D
+        for i in range(c):
+            out[base + i] = off + cols[i]
+    for k in range(K):
+        out[K * c + k] = K * D + k
+    return K * (c + 1)

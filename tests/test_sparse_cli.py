@@ -65,3 +65,19 @@ def test_bad_csr_file_is_one_clear_error(text_h5, tmp_path):
     proc = run(MPIDML + ["train", str(bad), "--model", "softmax", "--out", str(tmp_path / "r")], ranks=2, check=False)
     assert proc.returncode == 2 and proc.stderr.count("mpidml: error:") == 1
     assert "non-finite value (nan) at global row 350" in proc.stderr
+
+
+def test_parameter_server_on_csr_uses_sparse_messages(text_h5, tmp_path):
+    path, A, y = text_h5
+    out = tmp_path / "ps"
+    run(MPIDML + ["train", str(path), "--model", "softmax", "--strategy", "ps", "--optimizer", "adam", "--lr", "0.05",
+                  "--batch-size", "32", "--epochs", "2", "--out", str(out)], ranks=3)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["ps"]["messages"] == "sparse" and s["ps"]["workers"] == 2
+    n = 3 * 301
+    assert s["ps"]["bytes_sent"] < 0.5 * 8 * n * s["ps"]["gradients"]  # replies: needed coordinates only
+    with h5py.File(out / "model.h5") as f:
+        coef, intercept = f["coef"][...], f["intercept"][...]
+    X = A.astype(np.float32).toarray().astype(np.float64)
+    assert s["objective"] == pytest.approx(objective_numpy("softmax", X, y, coef, intercept, 1e-4), rel=1e-12)
+    assert s["objective"] < 0.9 * np.log(3)
