@@ -111,3 +111,16 @@ def test_fewer_rows_than_parts(tmp_path):
     write(path, A, y)
     with pytest.raises(DataError, match="3 rows but there are 4"):
         read_csr_shard(path, parts=(4, 0))
+
+
+def test_checkpoint_fingerprint_of_csr_files(tmp_path):
+    from mpidml.checkpoint import data_fingerprint
+
+    A, y = matrix()
+    a, b = str(tmp_path / "a.h5"), str(tmp_path / "b.h5")
+    write(a, A, y)
+    A.data[-1] += 1.0  # the last stored value is one of the sampled entries
+    write(b, A, y)
+    fa, fb = data_fingerprint(a), data_fingerprint(b)
+    assert fa["shape"] == [37, 50] and fa["sparse"] and fa["nnz"] == A.nnz
+    assert fa["sha256"] != fb["sha256"] and data_fingerprint(a) == fa

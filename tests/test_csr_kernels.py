@@ -137,3 +137,24 @@ def test_csr_decisions_match_dense():
     csr_softmax_decision(A.indptr, A.indices, A.data, params, rows, K, Z1)
     softmax_decision(X, params, rows, Z2)
     np.testing.assert_allclose(Z1, Z2, rtol=1e-13, atol=1e-13)
+
+
+def test_touched_coords_are_the_gradient_support():
+    from mpidml.kernels import csr_touched_coords
+
+    A, y, params = sparse_problem("softmax", seed=7)
+    seen = np.full(D, -1, dtype=np.int64)
+    cols = np.empty(D, dtype=np.int64)
+    out = np.empty(K * (D + 1), dtype=np.int64)
+    for stamp, rows in enumerate([np.array([3, 5, 5, 17], dtype=np.int64), np.arange(N, dtype=np.int64),
+                                  np.array([4], dtype=np.int64), np.empty(0, dtype=np.int64)]):
+        c = csr_touched_coords(A.indptr, A.indices, rows, K, D, seen, stamp, cols, out)
+        J = np.unique(A.indices[np.concatenate([np.arange(A.indptr[r], A.indptr[r + 1]) for r in rows] + [[]]).astype(int)])
+        want = np.concatenate([k * D + J for k in range(K)] + [K * D + np.arange(K)])
+        np.testing.assert_array_equal(out[:c], want)
+        # the gradient is zero off these coordinates
+        g = np.zeros(params.size)
+        csr_call("softmax", A, y, EMPTY, params, rows, g)
+        off = np.ones(params.size, dtype=bool)
+        off[want] = False
+        assert not g[off].any()

@@ -81,3 +81,20 @@ def test_parameter_server_on_csr_uses_sparse_messages(text_h5, tmp_path):
     X = A.astype(np.float32).toarray().astype(np.float64)
     assert s["objective"] == pytest.approx(objective_numpy("softmax", X, y, coef, intercept, 1e-4), rel=1e-12)
     assert s["objective"] < 0.9 * np.log(3)
+
+
+def test_sparse_ps_resume_is_bitwise(text_h5, tmp_path):
+    path, _, _ = text_h5
+    out = tmp_path / "ps"
+    args = ["train", str(path), "--model", "softmax", "--strategy", "ps", "--optimizer", "sgd", "--momentum", "0.9",
+            "--batch-size", "40", "--epochs", "2", "--checkpoint-every", "7", "--out", str(out)]
+    run(MPIDML + args, ranks=3)
+    with h5py.File(out / "model.h5") as f:
+        ref = f["coef"][...]
+    ckpts = sorted((out / "checkpoints").glob("ckpt-*.h5"))
+    assert len(ckpts) >= 2
+    for c in ckpts[1:]:
+        c.unlink()  # as if killed after the first checkpoint
+    run(MPIDML + ["train", "--resume", str(out)], ranks=3)
+    with h5py.File(out / "model.h5") as f:
+        np.testing.assert_array_equal(f["coef"][...], ref)
