@@ -162,6 +162,11 @@ def warm_up_kernels(ctx: Context, model, shard) -> None:
         else:
             kernels.select_sorted_rows(rows, gids, np.empty(1, dtype=np.int64))
         model.stats(shard, model.init_params(), rows)
+        if getattr(shard, "is_sparse", False):  # what the sparse parameter server calls per step
+            D = shard.n_features
+            kernels.csr_touched_coords(shard.indptr, shard.indices, rows, model.n_outputs, D,
+                                       np.full(D, -1, dtype=np.int64), 0, np.empty(D, dtype=np.int64),
+                                       np.empty(model.n_outputs * (D + 1), dtype=np.int64))
 
     # Numba's one-time set-up (its CPU target's registries import numba.np and SciPy's BLAS,
     # ~0.4 s) touches no cache file: every rank does it at once, not one after the other.
