@@ -116,13 +116,14 @@ def load_training_data(ctx: Context, cfg: TrainConfig, y_dtype, parts=None):
 def load_csr_training_data(ctx: Context, cfg: TrainConfig, y_dtype, parts=None):
     """Metadata check, then this rank's CSR rows (independent reads of its slice); agreed."""
     meta = ctx.collective(inspect_csr, cfg.data, x_name=cfg.x_name, y_name=cfg.y_name)
-    unsupported = [flag for flag, on in (("--max-memory", getattr(cfg, "max_memory", 0)),
-                                         ("--shard " + str(getattr(cfg, "shard", "")),
-                                          getattr(cfg, "shard", "contiguous") != "contiguous"),
-                                         ("--model mlp", getattr(cfg, "model", "") == "mlp")) if on]
+    unsupported = [(flag, fix) for flag, on, fix in (
+        ("--model mlp", getattr(cfg, "model", "") == "mlp", "use --model logistic|softmax|linear"),
+        (f"--shard {getattr(cfg, 'shard', '')}", getattr(cfg, "shard", "contiguous") != "contiguous",
+         "use --shard contiguous"),
+        ("--max-memory", getattr(cfg, "max_memory", 0), "drop it: a CSR shard is read whole")) if on]
     if unsupported:
-        ctx.agree(ConfigError(f"{cfg.data} holds sparse (CSR) X, which {unsupported[0]} does not support; "
-                              "use --model logistic|softmax|linear with contiguous shards"))
+        flag, fix = unsupported[0]
+        ctx.agree(ConfigError(f"{cfg.data} holds sparse (CSR) X, which {flag} does not support; {fix}"))
     t0 = time.perf_counter()
     shard = ctx.collective(read_csr_shard, cfg.data, x_name=cfg.x_name, y_name=cfg.y_name, y_dtype=y_dtype,
                            parts=parts or (ctx.size, ctx.rank))
