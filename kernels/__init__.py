@@ -12,6 +12,7 @@ Conventions (all kernels):
 * ``grad``: float64 like params; kernels ADD the weighted gradient SUM into it.
 * ``with_loss``: return the weighted loss sum if True, else 0.0 (cheaper).
 * No regularisation in the kernels.
+* ``csr``: the same models on rows stored as CSR (indptr, indices, data) instead of X.
 """
 from .linear import linear_loss_grad, linear_predict
 from .logistic import logistic_decision, logistic_loss_grad
@@ -21,6 +22,9 @@ from .mlp import mlp_layout, mlp_loss_grad, mlp_predict_proba
 from .rowset import select_sorted_rows
 from .shuffle import domain_bits, epoch_batches, epoch_order, row_position, shuffle_keys
 from .preprocess import column_sq_dev, column_sums, impute_standardize
+from .hashing import fnv1a_32
+from .csr import (csr_glm_margin, csr_linear_loss_grad, csr_logistic_loss_grad, csr_softmax_decision,
+                  csr_softmax_loss_grad_ws, csr_touched_coords)
 
 __all__ = [
     "linear_loss_grad",
@@ -43,4 +47,11 @@ __all__ = [
     "column_sums",
     "column_sq_dev",
     "impute_standardize",
+    "csr_linear_loss_grad",
+    "csr_logistic_loss_grad",
+    "csr_glm_margin",
+    "csr_softmax_loss_grad_ws",
+    "csr_softmax_decision",
+    "csr_touched_coords",
+    "fnv1a_32",
 ]

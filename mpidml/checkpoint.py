@@ -53,6 +53,10 @@ def data_fingerprint(path: str, x_name: str = "X", y_name: str = "y", n_samples:
     """
     with h5py.File(path, "r") as f:
         X, y = f[x_name], f[y_name]
+        if isinstance(X, h5py.Group):  # the CSR layout: hash samples of indptr, indices, data and y
+            from .data.csr import csr_fingerprint
+
+            return csr_fingerprint(X, y, n_samples)
         n = X.shape[0]
         idx = np.unique(np.linspace(0, n - 1, min(n, n_samples)).astype(np.int64))
         h = hashlib.sha256()

@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     c.add_argument("--chunk-rows", type=int, default=65536, help="rows read and written per step (memory)")
     c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--sparse", action="store_true", help="svmlight: write the CSR layout (group X with indptr, "
+                   "indices, data) instead of a dense X")
+    c.add_argument("--hash-features", default=None, metavar="2^K", help="input is label<TAB>text lines: write "
+                   "hashed bag-of-words counts as CSR with 2^K columns (tokenizer and hash: see README)")
     _write_options(c)
 
     s = sub.add_parser("scaling", help="combine a scaling sweep (slurm/scaling.sbatch) into scaling.json + scaling.png",
@@ -427,6 +431,20 @@ def cmd_convert(args) -> int:
     zero_based = {"auto": "auto", "true": True, "false": False}[args.zero_based]
 
     ctx = Context()
+    if args.sparse or args.hash_features is not None:
+        from .data.sparse_convert import convert_sparse
+
+        given = [flag for flag, on in (("--write collective", args.write == "collective"), ("--layout", args.layout),
+                                       ("--chunk-size", args.chunk_size), ("--labels", args.y_src),
+                                       ("--delimiter", args.delimiter)) if on]
+        # Text has no random access to rows: rank 0 converts alone, the others wait for the result.
+        meta = ctx.collective(lambda: convert_sparse(
+            args.src, args.output, fmt=args.fmt, hash_features=args.hash_features, n_features=args.n_features,
+            zero_based=zero_based, dtype=args.dtype, chunk_rows=args.chunk_rows, overwrite=args.overwrite,
+            unsupported=given) if ctx.is_root else {"write": "root"})
+        if ctx.is_root:
+            print(json.dumps({"output": os.path.abspath(args.output), "ranks": ctx.size, **_jsonable(meta)}))
+        return 0
     # npy/npz: every rank writes its rows collectively (when h5py has MPI); text: rank 0 alone.
     meta = ctx.collective(convert, args.src, args.output, fmt=args.fmt, y_src=args.y_src, label_col=args.label_col,
                           delimiter=args.delimiter, n_features=args.n_features, zero_based=zero_based,

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import kernels
 from .data import shard_bounds
+from .data.csr import inspect_csr, is_csr, read_csr_shard
 from .data.hdf5 import nonfinite_x_message
 from .errors import ConfigError, DataError
 
@@ -53,13 +54,16 @@ def read_x_block(path: str, x_name: str, n_rows: int, size: int, rank: int, allo
 
 
 def predict_block(model, params, X) -> dict:
-    """{dataset name: array} for the rows of X."""
-    rows = np.arange(X.shape[0], dtype=np.int64)
+    """{dataset name: array} for the rows of X (a dense array or a CSRShard)."""
+    view = X if getattr(X, "is_sparse", False) else _Rows(X)
+    rows = np.arange(view.n_local, dtype=np.int64)
     if not model.is_classifier:
+        if view is X:
+            return {"prediction": model.predict(view, params, rows)}
         out = np.empty(X.shape[0])
         kernels.linear_predict(X, params, rows, out)
         return {"prediction": out}
-    proba = model.predict_proba(_Rows(X), params, rows)
+    proba = model.predict_proba(view, params, rows)
     return {"labels": np.argmax(proba, axis=1).astype(np.int64) if proba.shape[1] > 2
             else (proba[:, 1] > proba[:, 0]).astype(np.int64), "proba": proba}
 
@@ -84,11 +88,17 @@ def run_predict(ctx, model_path: str, data: str, output: str, x_name: str = "X",
         return meta
 
     n_rows, _ = ctx.collective(check)
-    lo, hi, X = ctx.collective(read_x_block, data, x_name, n_rows, ctx.size, ctx.rank,
-                               preprocessing.impute_mean is not None)
-    if preprocessing.active:  # exactly the transform stored at training time
-        warm_up(ctx, X.dtype)
-        preprocessing.apply(X)
+    if is_csr(data, x_name):
+        if preprocessing.active:  # training refuses this pair too: centring would densify the rows
+            raise ConfigError(f"{data} is CSR (sparse) but the model was trained with --impute/--standardize")
+        X = ctx.collective(read_csr_shard, data, x_name=x_name, y_name=None, parts=(ctx.size, ctx.rank))
+        lo, hi = X.lo, X.hi
+    else:
+        lo, hi, X = ctx.collective(read_x_block, data, x_name, n_rows, ctx.size, ctx.rank,
+                                   preprocessing.impute_mean is not None)
+        if preprocessing.active:  # exactly the transform stored at training time
+            warm_up(ctx, X.dtype)
+            preprocessing.apply(X)
     arrays = predict_block(model, params, X)
     tmp = f"{output}.tmp{int(ctx.bcast_array(np.array([os.getpid()], dtype=np.int64))[0])}"
 
@@ -123,6 +133,9 @@ def run_predict(ctx, model_path: str, data: str, output: str, x_name: str = "X",
 def _inspect_x(path: str, x_name: str) -> tuple[int, int]:
     if not os.path.exists(path):
         raise DataError(f"data file {path} does not exist; check the path")
+    if is_csr(path, x_name):
+        meta = inspect_csr(path, x_name, None)
+        return meta["n_rows"], meta["n_features"]
     try:
         with h5py.File(path, "r") as f:
             X = f[x_name]

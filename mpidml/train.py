@@ -27,6 +27,7 @@ from .checkpoint import Checkpointer, checkpoint_path, data_fingerprint, list_ch
 from .comm import Context, mpi_library_version
 from .config import TrainConfig
 from .data import h5py_has_mpi, inspect, read_shard
+from .data.csr import inspect_csr, is_csr, read_csr_shard
 from .data.stream import StreamingShard, open_streaming_shard, x_bytes_per_rank
 from .errors import ConfigError, DataError, MpidmlError
 from .imbalance import prepare_rows
@@ -88,7 +89,10 @@ def load_training_data(ctx: Context, cfg: TrainConfig, y_dtype, parts=None):
 
     ``parts=(n_parts, part)`` splits the rows over n_parts data-holding ranks
     (default: all ranks); part -1 holds no rows (a parameter server).
+    When X is a group (the CSR layout, mpidml.data.csr) the shard is a CSRShard.
     """
+    if ctx.collective(is_csr, cfg.data, cfg.x_name):
+        return load_csr_training_data(ctx, cfg, y_dtype, parts)
     meta = ctx.collective(inspect, cfg.data, x_name=cfg.x_name, y_name=cfg.y_name)
     n_parts = ctx.size if parts is None else parts[0]
     if meta["n_rows"] < n_parts:
@@ -107,6 +111,29 @@ def load_training_data(ctx: Context, cfg: TrainConfig, y_dtype, parts=None):
     else:
         shard = ctx.collective(read_shard, cfg.data, ctx.comm, x_name=cfg.x_name, y_name=cfg.y_name,
                                driver=cfg.driver, y_dtype=y_dtype, parts=parts, allow_nan_x=allow_nan_x)
+    if faults.active:
+        faults.point("load", ctx.rank)
+    ctx.timers.add("io", time.perf_counter() - t0)
+    return meta, shard
+
+
+def load_csr_training_data(ctx: Context, cfg: TrainConfig, y_dtype, parts=None):
+    """Metadata check, then this rank's CSR rows (independent reads of its slice); agreed."""
+    meta = ctx.collective(inspect_csr, cfg.data, x_name=cfg.x_name, y_name=cfg.y_name)
+    unsupported = [(flag, fix) for flag, on, fix in (
+        ("--model mlp", getattr(cfg, "model", "") == "mlp", "use --model logistic|softmax|linear"),
+        (f"--shard {getattr(cfg, 'shard', '')}", getattr(cfg, "shard", "contiguous") != "contiguous",
+         "use --shard contiguous"),
+        ("--max-memory", getattr(cfg, "max_memory", 0), "drop it: a CSR shard is read whole"),
+        # centring would make every row dense; hashed counts have no missing values
+        ("--standardize", getattr(cfg, "standardize", False), "drop it (or scale the counts when converting)"),
+        ("--impute mean", getattr(cfg, "impute", "none") != "none", "drop it: CSR has no NaN to fill")) if on]
+    if unsupported:
+        flag, fix = unsupported[0]
+        ctx.agree(ConfigError(f"{cfg.data} holds sparse (CSR) X, which {flag} does not support; {fix}"))
+    t0 = time.perf_counter()
+    shard = ctx.collective(read_csr_shard, cfg.data, x_name=cfg.x_name, y_name=cfg.y_name, y_dtype=y_dtype,
+                           parts=parts or (ctx.size, ctx.rank))
     if faults.active:
         faults.point("load", ctx.rank)
     ctx.timers.add("io", time.perf_counter() - t0)
@@ -141,6 +168,11 @@ def warm_up_kernels(ctx: Context, model, shard) -> None:
         kernels.epoch_batches(one[:0], 0, 1, 1, 1, 1, kernels.shuffle_keys(0, 0), False, one, one.copy(),
                               np.zeros(2, dtype=np.int64))
         model.stats(shard, model.init_params(), rows)
+        if getattr(shard, "is_sparse", False):  # what the sparse parameter server calls per step
+            D = shard.n_features
+            kernels.csr_touched_coords(shard.indptr, shard.indices, rows, model.n_outputs, D,
+                                       np.full(D, -1, dtype=np.int64), 0, np.empty(D, dtype=np.int64),
+                                       np.empty(model.n_outputs * (D + 1), dtype=np.int64))
 
     # Numba's one-time set-up (its CPU target's registries import numba.np and SciPy's BLAS,
     # ~0.4 s) touches no cache file: every rank does it at once, not one after the other.
@@ -242,6 +274,8 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
     meta, shard = load_training_data(ctx, cfg, y_dtype, parts)
     io_reason = ("h5py built with MPI" if h5py_has_mpi() else "h5py built without MPI") if cfg.driver == "auto" \
         else f"forced with --driver {cfg.driver}"
+    if meta.get("sparse"):
+        io_reason = f"CSR, {meta['nnz']} stored values: each rank reads only its rows' slices"
     say.message(f"io: {shard.driver} reads of {meta['n_rows']} x {meta['n_features']} {meta['x_dtype']} "
                 f"from {cfg.data} ({io_reason}); {ctx.size} rank(s), {shard.n_local} rows here")
 
@@ -336,7 +370,7 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
             "io": {"driver": shard.driver, "reason": io_reason, "path": os.path.abspath(cfg.data),
                    "streamed": {"chunk_rows": shard.chunk_rows, "buffer_bytes": shard.memory_bytes,
                                 "bytes_read": shard.bytes_read} if streamed else None,
-                   "x_dtype": str(meta["x_dtype"])},
+                   "x_dtype": str(meta["x_dtype"]), "sparse_nnz": meta.get("nnz")},
             "time": {"wall": times["wall"], "io": times["io"], "compute": times["compute"],
                      "comm": times["comm"], "other": times["other"], "fit": fit_seconds,
                      "jit_compile": compile_seconds, "since_start": time.perf_counter() - t_start,

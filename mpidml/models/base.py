@@ -83,6 +83,11 @@ class Model:
         return {}
 
 
+def is_sparse(shard) -> bool:
+    """True for a CSR shard (indptr/indices/data instead of a dense X; see mpidml.data.csr)."""
+    return bool(getattr(shard, "is_sparse", False))
+
+
 def first_bad(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 

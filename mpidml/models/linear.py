@@ -2,6 +2,7 @@
 
 Parameters: ``[w_0 .. w_{D-1}, b]`` (D+1,). Losses per row (z = x.w + b):
 linear 0.5*(z - y)^2; logistic log(1 + exp(z)) - y*z with y in {0, 1}.
+Dense shards use the dense kernels, CSR shards (sparse text) the CSR kernels.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from .base import Model, check_integer_labels
+from .base import Model, check_integer_labels, is_sparse
 from .classmetrics import class_stats, classification_metrics, n_class_stats
 
 
@@ -21,15 +22,21 @@ class LinearRegression(Model):
         self._pred = None
 
     def loss_grad(self, shard, params, rows, grad, with_loss=True):
+        if is_sparse(shard):
+            return kernels.csr_linear_loss_grad(shard.indptr, shard.indices, shard.data, shard.y, shard.sw, params,
+                                                rows, grad, with_loss)
         return kernels.linear_loss_grad(shard.X, shard.y, shard.sw, params, rows, grad, with_loss)
+
+    def predict(self, shard, params, rows) -> np.ndarray:
+        """(m,) float64 predictions x.w + b of the rows ``rows``."""
+        return _margin(shard, params, rows)
 
     def n_stats(self):
         # sum sw*y, sum sw*y^2, sum sw*(pred-y)^2 -> R^2 and RMSE
         return 3
 
     def stats(self, shard, params, rows):
-        pred = np.empty(rows.size)
-        kernels.linear_predict(shard.X, params, rows, pred)
+        pred = self.predict(shard, params, rows)
         y = shard.y[rows]
         sw = shard.sw[rows] if shard.sw.size else np.ones(rows.size)
         return np.array([np.dot(sw, y), np.dot(sw, y * y), np.dot(sw, (pred - y) ** 2)])
@@ -53,17 +60,17 @@ class LogisticRegression(Model):
         check_integer_labels(y, lo, 2, "logistic regression (labels must be 0 or 1)")
 
     def loss_grad(self, shard, params, rows, grad, with_loss=True):
+        if is_sparse(shard):
+            return kernels.csr_logistic_loss_grad(shard.indptr, shard.indices, shard.data, shard.y, shard.sw, params,
+                                                  rows, grad, with_loss)
         return kernels.logistic_loss_grad(shard.X, shard.y, shard.sw, params, rows, grad, with_loss)
 
     def predict_labels(self, shard, params, rows) -> np.ndarray:
-        z = np.empty(rows.size)
-        kernels.logistic_decision(shard.X, params, rows, z)
-        return (z > 0).astype(np.int64)
+        return (_margin(shard, params, rows) > 0).astype(np.int64)
 
     def predict_proba(self, shard, params, rows) -> np.ndarray:
         """(m, 2) float64: [P(y=0), P(y=1)] = [1 - sigmoid(z), sigmoid(z)], computed stably."""
-        z = np.empty(rows.size)
-        kernels.logistic_decision(shard.X, params, rows, z)
+        z = _margin(shard, params, rows)
         e = np.exp(-np.abs(z))
         p1 = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
         p0 = np.where(z >= 0, e / (1.0 + e), 1.0 / (1.0 + e))
@@ -78,6 +85,16 @@ class LogisticRegression(Model):
 
     def metrics_from_stats(self, s, weight_sum):
         return classification_metrics(s, 2)
+
+
+def _margin(shard, params, rows) -> np.ndarray:
+    """(m,) float64 margins x.w + b of a dense or CSR shard's rows ``rows``."""
+    z = np.empty(rows.size)
+    if is_sparse(shard):
+        kernels.csr_glm_margin(shard.indptr, shard.indices, shard.data, params, rows, z)
+    else:
+        kernels.linear_predict(shard.X, params, rows, z)
+    return z
 
 
 def _proba_stats(model, shard, params, rows) -> np.ndarray:

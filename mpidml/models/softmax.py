@@ -2,6 +2,7 @@
 
 Parameters: coef (K, D) row-major, then K intercepts: (K*(D+1),). Loss per
 row: logsumexp(z) - z[y] with z = W x + c, labels y in 0..K-1.
+Dense shards use the dense kernels, CSR shards (sparse text) the CSR kernels.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from .base import Model, check_integer_labels
+from .base import Model, check_integer_labels, is_sparse
 from .classmetrics import classification_metrics, n_class_stats
 from .linear import _proba_stats
 
@@ -29,17 +30,26 @@ class SoftmaxRegression(Model):
         check_integer_labels(y, lo, self.n_classes, f"softmax with {self.n_classes} classes (labels must be integers 0..{self.n_classes - 1})")
 
     def loss_grad(self, shard, params, rows, grad, with_loss=True):
+        if is_sparse(shard):
+            return kernels.csr_softmax_loss_grad_ws(shard.indptr, shard.indices, shard.data, shard.y, shard.sw,
+                                                    params, rows, grad, with_loss, self.n_classes, self._work)
         return kernels.softmax_loss_grad_ws(shard.X, shard.y, shard.sw, params, rows, grad, with_loss, self._work)
 
-    def predict_labels(self, shard, params, rows) -> np.ndarray:
+    def logits(self, shard, params, rows) -> np.ndarray:
+        """(m, K) float64 logits of a dense or CSR shard's rows ``rows``."""
         z = np.empty((rows.size, self.n_classes))
-        kernels.softmax_decision(shard.X, params, rows, z)
-        return np.argmax(z, axis=1).astype(np.int64)
+        if is_sparse(shard):
+            kernels.csr_softmax_decision(shard.indptr, shard.indices, shard.data, params, rows, self.n_classes, z)
+        else:
+            kernels.softmax_decision(shard.X, params, rows, z)
+        return z
+
+    def predict_labels(self, shard, params, rows) -> np.ndarray:
+        return np.argmax(self.logits(shard, params, rows), axis=1).astype(np.int64)
 
     def predict_proba(self, shard, params, rows) -> np.ndarray:
         """(m, K) float64 class probabilities (stable softmax of the logits)."""
-        z = np.empty((rows.size, self.n_classes))
-        kernels.softmax_decision(shard.X, params, rows, z)
+        z = self.logits(shard, params, rows)
         z -= z.max(axis=1, keepdims=True)
         np.exp(z, out=z)
         z /= z.sum(axis=1, keepdims=True)

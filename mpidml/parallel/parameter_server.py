@@ -229,16 +229,30 @@ class Server:
         """Send the current slice to worker i (persistent send, completed before the next update)."""
         if self._sending[i]:  # (never in practice: each update flushes first)
             self.send[i].Wait()
-        self.send[i].Start()
+        self._start_reply(i)
         self._sending[i] = True
         self._active_sends.append(i)
         self.sent_version[i] = self.version
-        self.bytes_sent += 8 * self.nk
         active = ~self.done
         lo = int(self.clock[active].min()) if active.any() else int(self.clock[i])
         self.max_spread = max(self.max_spread, int(self.clock[i]) - lo)
         if self.trace:
             self.reply_log.append((i, int(self.clock[i]), lo, self.version))
+
+    # -- message hooks (sparse_ps.SparseServer replaces these three) ---------
+    def _requests(self, comm, W: int):
+        """Persistent receives (one per worker, any tag) and sends of the whole slice."""
+        K = self.layout.K
+        return ([comm.Recv_init([self.bufs[i], MPI.DOUBLE], source=K + i, tag=MPI.ANY_TAG) for i in range(W)],
+                [comm.Send_init([self.pslice, MPI.DOUBLE], dest=K + i, tag=TAG_PARAMS) for i in range(W)])
+
+    def _received(self, i: int, status) -> None:
+        """A TAG_GRAD message from worker i is in self.bufs[i] (dense: nothing to decode)."""
+        self.bytes_recv += 8 * (self.nk + N_SCALARS)
+
+    def _start_reply(self, i: int) -> None:
+        self.send[i].Start()
+        self.bytes_sent += 8 * self.nk
 
     def _stop_reply(self, i: int) -> None:
         self._stop_reqs.append(self.comm.Isend([self._empty, 0, MPI.DOUBLE], dest=self.layout.K + i, tag=TAG_STOP))
@@ -359,8 +373,7 @@ class Server:
     def run(self) -> None:
         comm, K, W, nk = self.comm, self.layout.K, self.layout.W, self.nk
         self._empty = np.zeros(0)
-        self.recv = [comm.Recv_init([self.bufs[i], MPI.DOUBLE], source=K + i, tag=MPI.ANY_TAG) for i in range(W)]
-        self.send = [comm.Send_init([self.pslice, MPI.DOUBLE], dest=K + i, tag=TAG_PARAMS) for i in range(W)]
+        self.recv, self.send = self._requests(comm, W)
         self._active_sends: list = []
         self._sending = np.zeros(W, dtype=bool)
         self._stop_reqs: list = []
@@ -382,7 +395,7 @@ class Server:
                                        "worker(s) are still active")
                 tag = status.Get_tag()
                 if tag == TAG_GRAD:
-                    self.bytes_recv += 8 * (nk + N_SCALARS)
+                    self._received(i, status)
                     if self.deadline is not None and not self.stopped and t1 > self.deadline:
                         self.stopped = "deadline"
                         self._release()
@@ -404,7 +417,8 @@ class Server:
         finally:
             self.t_loop = time.perf_counter() - t_start
             for r in self.recv + self.send:
-                r.Free()
+                if r:  # (a completed non-persistent request is already freed)
+                    r.Free()
 
 
 # -- the worker side ---------------------------------------------------------------
@@ -486,6 +500,9 @@ class ParameterServerTrainer:
         self.link: WorkerLink | None = None
         self._section: dict = {}
         self.trace = False  # tests: keep the server's per-reply clock log (Server.reply_log)
+        # CSR data with one server: push/pull only the coordinates a batch touches (sparse_ps);
+        # tests may set it False to compare with dense messages on the same shards.
+        self.sparse_messages = bool(getattr(shard, "is_sparse", False)) and self.K == 1
 
     @staticmethod
     def data_parts(ctx, cfg):
@@ -574,7 +591,10 @@ class ParameterServerTrainer:
                 if ckpt.due(version) or version == total:
                     # every --checkpoint-every rounds, and at the end (the allreduce strategy's rule)
                     ckpt.save(version, version // spe, params, state())
-        self.server = srv = Server(self.comm, layout, k, params[sl], opt,
+        server_cls = Server
+        if self.sparse_messages:
+            from .sparse_ps import SparseServer as server_cls
+        self.server = srv = server_cls(self.comm, layout, k, params[sl], opt,
                                    schedule, cfg.ps_mode, cfg.staleness, cfg.l2, self.model.penalized,
                                    budget=plan["updates"], log=log, beat=beat, trace=self.trace,
                                    after_round=after_round, start_version=self.start_step)
@@ -600,6 +620,10 @@ class ParameterServerTrainer:
         return log
 
     def _work(self, params, layout, plan) -> None:
+        if self.sparse_messages:
+            from .sparse_ps import work_sparse
+
+            return work_sparse(self, params, layout, plan)
         cfg, shard, model = self.cfg, self.shard, self.model
         n, K, W = layout.n, layout.K, layout.W
         me = self.ctx.rank - K  # worker index
@@ -718,6 +742,7 @@ class ParameterServerTrainer:
         n_grads = int(srv.clock.sum())
         out = {
             "mode": cfg.ps_mode, "servers": K, "workers": layout.W,
+            "messages": "sparse" if self.sparse_messages else "dense",
             "staleness_bound": int(cfg.staleness) if cfg.ps_mode == "ssp" else None,
             "batch_per_update": plan["batch"], "updates": int(srv.version), "gradients": n_grads,
             "updates_per_s": srv.version / loop, "gradients_per_s": n_grads / loop,
