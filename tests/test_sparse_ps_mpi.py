@@ -66,10 +66,13 @@ def test_sparse_ps_sync_equals_dense_ps_sync(kind, options, weighted):
     dense, ps_dense = ps_train_csr(ctx, A, y, k, sw, sparse_messages=False, **opts)
     assert np.abs(dense).max() > 0.01
     np.testing.assert_array_equal(sparse, dense)
-    # ... and the allreduce strategy on the same rows, to rounding (the order of the sums differs)
+    # ... and the allreduce strategy on the same rows, to rounding (the order of the sums differs).
+    # Adam divides by sqrt(v) + 1e-8: a coordinate whose batch gradient is rounding noise (1e-18
+    # in one order, 0 in the other) moves by ~lr * 1e-10, so Adam agrees to ~1e-10, SGD to 1e-15.
     ar, trainer = train_shard(ctx, csr_shard_of(A, y, ctx.rank, ctx.size, sw), k,
                               float(A.shape[0] if sw is None else sw.sum()), **opts)
-    np.testing.assert_allclose(sparse, ar, rtol=1e-12, atol=1e-12 * np.abs(ar).max())
+    tol = 1e-8 if options["optimizer"] == "adam" else 1e-12
+    np.testing.assert_allclose(sparse, ar, rtol=tol, atol=tol * np.abs(ar).max())
     if ctx.is_root:
         s, d = ps_sparse.summary_section()["ps"], ps_dense.summary_section()["ps"]
         assert s["messages"] == "sparse" and d["messages"] == "dense"

@@ -40,7 +40,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import faults, kernels
-from .allreduce import epoch_permutation, l2_penalty
+from .allreduce import EpochPlan, l2_penalty
 from .parameter_server import (DELAY_ENV, HAS_LOSS, LOSS, N_SCALARS, PEN, ROWS, TAG_DONE, TAG_GRAD, TAG_PARAMS,
                                TAG_STOP, WSUM, Server, _worker_permutation, parse_delays)
 
@@ -126,25 +126,27 @@ def work_sparse(tr, params, layout, plan) -> None:
     log_every, sync = plan["log_every"], cfg.ps_mode == "sync"
     n_local, sw = shard.n_local, shard.sw
     D, n_out = model.n_features, model.n_outputs
-    row_bufs = np.empty((2, B), dtype=np.int64)
     coord_bufs = np.empty((2, n), dtype=np.int64)
     seen = np.full(D, -1, dtype=np.int64)
     cols = np.empty(D, dtype=np.int64)
     cuts = (np.arange(spe + 1, dtype=np.int64) * n_local) // spe
     perms: dict = {}
+    # sync: the allreduce batches (EpochPlan). The next step's rows are prepared while the current
+    # step's are still in use, which may be across an epoch boundary: one plan per epoch parity.
+    epoch_plans = [EpochPlan(shard, N, B, cfg.seed, cfg.shuffle) for _ in range(2)] if sync else None
     beat = getattr(tr.ctx, "beat", None)
 
     def rows_of(t, which):
         epoch, s = divmod(t, spe)
+        if sync:
+            plan_e = epoch_plans[epoch % 2]
+            plan_e.build(epoch)
+            return plan_e.rows(s)
         perm = perms.get(epoch)
         if perm is None:
             for old in [e for e in perms if e < epoch]:
                 del perms[old]
-            perm = perms[epoch] = (epoch_permutation(N, cfg.seed, epoch, cfg.shuffle) if sync else
-                                   _worker_permutation(n_local, cfg.seed, epoch, me, cfg.shuffle))
-        if sync:
-            m = kernels.select_local_rows(perm[s * B:(s + 1) * B], shard.lo, shard.hi, row_bufs[which])
-            return row_bufs[which, :m]
+            perm = perms[epoch] = _worker_permutation(n_local, cfg.seed, epoch, me, cfg.shuffle)
         return perm[cuts[s]:cuts[s + 1]]
 
     def coords_of(rows, which, stamp):
