@@ -38,7 +38,7 @@ c: seconds per row of a full pass (from the 1-rank run), k: per row of a mini-ba
 pi: seconds per LOCAL row of the epoch's batch plan (each rank evaluates the keyed order for its
 own N/P rows: mpidml.parallel.allreduce.EpochPlan), o: the loop's per-step Python overhead
 (no-op-kernel run), m:
-(n_params + 2) * 8 bytes. Strong: N fixed; weak: N/P fixed (and B/P for SGD). Efficiency
+(n_params + 4) * 8 bytes. Strong: N fixed; weak: N/P fixed (and B/P for SGD). Efficiency
 E = T(1) / (P T(P)) (strong) or T(1) / T(P) (weak). Projected to 64, 256, 1024 ranks with the
 alpha/beta measured here (shared memory, one node) and with an assumed interconnect
 (``--cluster-alpha``, ``--cluster-bandwidth``: 2 us, 12.5 GB/s, typical of InfiniBand HDR);
@@ -239,7 +239,7 @@ def t_binomial_reduce_bcast(P, m, a, b, g):
 
 def project(meas, params, a, b, g) -> dict:
     """Projected time per step / evaluation and efficiency at PROJECT_P (and the measured P)."""
-    m = (params + 2) * 8
+    m = (params + 4) * 8
     c, k, pi, o, fixed = meas["c"], meas["k"], meas["pi"], meas["o"], meas["fixed"]
     N, B, n_weak, b_weak = meas["N"], meas["B"], meas["n_weak"], meas["b_weak"]
     out = {}
@@ -366,7 +366,7 @@ def main() -> int:
             "lbfgs_eval": "c N/P + T_binomial_reduce_bcast(P, m)   (weak: c n_per_rank + ...)",
             "sgd_step": "(k + pi) B/P + o + min(T_ring, T_recursive_doubling)   (weak: (k + pi) b + o + ...)",
             "efficiency": "strong T(1)/(P T(P)); weak T(1)/T(P)",
-            "m": "(n_params + 2) * 8 bytes",
+            "m": "(n_params + 4) * 8 bytes",
         },
         "assumptions": [
             "no compute/communication overlap (mpidml's steps are synchronous)",
@@ -377,7 +377,7 @@ def main() -> int:
         ],
         "measured": {"alpha_s": alpha, "beta_s_per_byte": beta, "bandwidth_B_per_s": 1 / beta,
                      "gamma_s_per_byte": gamma, "from": "ping-pong ranks 0-1, shared memory, this node",
-                     **{k: v for k, v in meas.items()}, "n_params": n_params, "message_bytes": (n_params + 2) * 8},
+                     **{k: v for k, v in meas.items()}, "n_params": n_params, "message_bytes": (n_params + 4) * 8},
         "projection_measured_alpha_beta": project(meas, n_params, alpha, beta, gamma),
         "projection_cluster_alpha_beta": {
             "alpha_s": args.cluster_alpha, "bandwidth_B_per_s": args.cluster_bandwidth, "assumed": True,
@@ -386,12 +386,12 @@ def main() -> int:
     # the model's own check: predicted vs measured 2-rank L-BFGS evaluation
     model["check_2_ranks"] = {
         "lbfgs_eval_measured_min_s": pt("strong", "lbfgs", 2)["time_per_step_or_eval"]["min"] if 2 in ranks else None,
-        "lbfgs_eval_model_s": meas["c"] * args.rows / 2 + t_binomial_reduce_bcast(2, (n_params + 2) * 8, alpha, beta,
+        "lbfgs_eval_model_s": meas["c"] * args.rows / 2 + t_binomial_reduce_bcast(2, (n_params + 4) * 8, alpha, beta,
                                                                                    gamma),
         "sgd_step_measured_min_s": pt("strong", "sgd", 2)["time_per_step_or_eval"]["min"] if 2 in ranks else None,
         "sgd_step_model_s": (meas["k"] + pi) * args.batch / 2 + o + min(
-            t_ring(2, (n_params + 2) * 8, alpha, beta, gamma),
-            t_recursive_doubling(2, (n_params + 2) * 8, alpha, beta, gamma)),
+            t_ring(2, (n_params + 4) * 8, alpha, beta, gamma),
+            t_recursive_doubling(2, (n_params + 4) * 8, alpha, beta, gamma)),
     }
     result = {
         "benchmark": "bench_scaling",

@@ -17,7 +17,7 @@ interleaved so that machine noise hits all parts alike:
   for the slowest rank, so the per-step MAX over ranks is summed (``kernel``); the per-rank
   mean is reported as ``kernel_mean_rank``;
 * ``allreduce``: a raw ``comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)`` of the same
-  (P+2)-long float64 buffer, back to back, once per step;
+  (P+4)-long float64 buffer ([gradient sum, correct, counted, loss sum, weight sum]), back to back, once per step;
 * ``optimizer``: ``opt.step(params, grad, lr=...)`` alone.
 
 ``other = step - kernel - allreduce - optimizer`` is everything else (Python in the loop,
@@ -238,8 +238,8 @@ def worker(args) -> int:
         kmax, kmean = kernel_alone(params_end)
         rec_kernel.append(kmax)
         rec_kernel_mean.append(kmean)
-        rec_ar.append(allreduce_alone(P + 2, np.float64, total))
-        rec_ar32.append(allreduce_alone(P + 2, np.float32, total))
+        rec_ar.append(allreduce_alone(P + 4, np.float64, total))
+        rec_ar32.append(allreduce_alone(P + 4, np.float32, total))
         rec_opt.append(optimizer_alone(params_end))
         rec_null.append(null_steps())
         rec_perm.append(permutation_alone())
@@ -311,7 +311,7 @@ def worker(args) -> int:
             "step": in_us(rec["float32"]["step"]),
             "trainer_timers": {"compute": in_us(rec["float32"]["compute"]), "comm": in_us(rec["float32"]["comm"])},
             "allreduce_raw_float32": in_us(rec_ar32),
-            "bytes_per_step": {"float64": (P + 2) * 8, "float32": (P + 2) * 4},
+            "bytes_per_step": {"float64": (P + 4) * 8, "float32": (P + 4) * 4},
             "step_time_ratio_float32_over_float64": {"min": s32["min"] / step["min"],
                                                      "median": s32["median"] / step["median"]},
         }

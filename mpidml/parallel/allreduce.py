@@ -2,7 +2,8 @@
 
 Every rank holds a replica of the flat parameter vector and the optimizer
 state. Each step, every rank computes the loss and gradient SUMS over its
-rows of the global batch into one buffer ``[grad_sum (P), loss_sum, weight_sum]``,
+rows of the global batch into one buffer ``[grad_sum (P), correct, counted, loss_sum,
+weight_sum]`` (correct/counted: a classifier's batch accuracy, on logged steps),
 one ``Allreduce`` adds the buffers of all ranks, and every rank divides by the
 global weight sum. Uneven shards are therefore weighted exactly, and N rows on
 P ranks give the single-process answer for any N and P.
@@ -54,24 +55,27 @@ class AllreduceTrainer:
         self.n_params = P = model.n_params
         self.weight_sum = float(weight_sum)
         self.l2 = float(cfg.l2)
-        # [grad_sum (P), loss_sum, weight_sum]: the one buffer reduced per step.
-        self.buf = np.zeros(P + 2, dtype=np.float64)
+        # [grad_sum (P), correct, counted, loss_sum, weight_sum]: the one buffer reduced per step.
+        # correct/counted: a classifier's weighted hits and weight in the batch, filled on the
+        # mini-batch steps that log (batch accuracy), 0 otherwise: no second collective for it.
+        self.buf = np.zeros(P + _N_TAIL, dtype=np.float64)
         self.grad_sum = self.buf[:P]
         self.grad = np.zeros(P, dtype=np.float64)
         self._tmp = np.zeros(P, dtype=np.float64)
         # --comm-dtype float32: the gradient sums travel as float32 (half the bytes) through
         # preallocated buffers (cast, reduce, cast back); parameters, optimizer state and the
-        # objective stay float64. Mini-batch steps reduce [grad_sum, loss_sum, weight_sum] in
-        # float32 (the batch loss is only logged; unit-weight counts are integers < 2^24, exact).
-        # Full-batch evaluations send [loss_sum, weight_sum] as float64 beside the float32
-        # gradient (_reduce_bcast_float32): the line search compares f values in the 10th digit.
+        # objective stay float64. Mini-batch steps reduce the whole buffer in float32 (the batch
+        # loss and accuracy are only logged; unit-weight counts are integers < 2^24, exact).
+        # Full-batch evaluations send the tail [.., loss_sum, weight_sum] as float64 beside the
+        # float32 gradient (_reduce_bcast_float32): the line search compares f values in the 10th digit.
         self.comm_dtype = getattr(cfg, "comm_dtype", "float64")
         self.buf32 = self._pack = None
         if self.comm_dtype == "float32":
-            self.buf32 = np.zeros(P + 2, dtype=np.float32)
-            self._pack = np.zeros(16 + 4 * P, dtype=np.uint8)  # [float64 loss, weight | float32 grad (P)]
-            self._pack_sums = self._pack[:16].view(np.float64)
-            self._pack_grad = self._pack[16:].view(np.float32)
+            self.buf32 = np.zeros(P + _N_TAIL, dtype=np.float32)
+            tail = 8 * _N_TAIL
+            self._pack = np.zeros(tail + 4 * P, dtype=np.uint8)  # [float64 tail | float32 grad (P)]
+            self._pack_sums = self._pack[:tail].view(np.float64)
+            self._pack_grad = self._pack[tail:].view(np.float32)
         self.pen = model.penalized
         self.all_rows = np.arange(shard.n_local, dtype=np.int64)
         self.local_weight_sum = float(shard.sw.sum()) if shard.sw.size else float(shard.n_local)
@@ -130,7 +134,7 @@ class AllreduceTrainer:
         """Full-batch sums in self.buf with the gradient as float32 on the wire (root's result everywhere).
 
         Two concurrent Reduces to the root: the float32 gradient sum (P values) and the
-        float64 [loss_sum, weight_sum]; then one Bcast of the packed bytes
+        float64 tail [correct, counted, loss_sum, weight_sum]; then one Bcast of the packed bytes
         [float64 sums | float32 gradient]. Every rank converts the same float32 values, so all
         ranks hold bitwise the same float64 sums (L-BFGS decisions agree).
         """
@@ -290,10 +294,10 @@ class AllreduceTrainer:
         timers = self.timers
         t_compute = t_comm = 0.0
         samples_since, t_log = 0, time.perf_counter()
-        # Classifiers log the batch accuracy too (weighted like the loss): [correct, weight] of the
-        # batch at the parameters its loss is computed at, one small Allreduce on logged steps only.
+        # Classifiers log the batch accuracy too (weighted like the loss): [correct, counted] of
+        # the batch at the parameters its loss is computed at, in the step's one reduced buffer.
         n_cls = getattr(model, "n_classes", 0) if model.is_classifier else 0
-        acc_buf = np.zeros(2) if n_cls else None
+        P = self.n_params
         for epoch in range(start // steps_per_epoch, cfg.epochs):
             t0 = time.perf_counter()
             plan.build(epoch)
@@ -308,13 +312,11 @@ class AllreduceTrainer:
                 buf[:] = 0.0
                 buf[-2] = model.loss_grad(shard, params, rows, grad_sum, log_now)
                 buf[-1] = float(sw[rows].sum()) if sw.size else float(m)
-                if log_now and acc_buf is not None:
+                if log_now and n_cls:
                     cm = model.stats(shard, params, rows)[:n_cls * n_cls]
-                    acc_buf[0], acc_buf[1] = np.trace(cm.reshape(n_cls, n_cls)), cm.sum()
+                    buf[P], buf[P + 1] = np.trace(cm.reshape(n_cls, n_cls)), cm.sum()
                 t1 = time.perf_counter()
                 allreduce_sums()
-                if log_now and acc_buf is not None:
-                    comm.Allreduce(MPI.IN_PLACE, acc_buf, op=MPI.SUM)
                 t2 = time.perf_counter()
                 mean_gradient(grad_sum, buf[-1], params, l2, pen, tmp, grad)  # the objective only when logged
                 gnorm2 = float(np.dot(grad, grad))
@@ -340,8 +342,8 @@ class AllreduceTrainer:
                     now = time.perf_counter()
                     rec = {"step": step + 1, "epoch": epoch + (s + 1) / steps_per_epoch, "loss": f, "lr": lr,
                            "samples_per_s": samples_since / max(now - t_log, 1e-12)}
-                    if acc_buf is not None and acc_buf[1] > 0:
-                        rec["accuracy"] = float(acc_buf[0] / acc_buf[1])
+                    if n_cls and buf[P + 1] > 0:
+                        rec["accuracy"] = float(buf[P] / buf[P + 1])
                     self.reporter.log(rec)
                     samples_since, t_log = 0, now
                 self._step_done(step + 1, epoch, params, state)
@@ -377,6 +379,9 @@ class AllreduceTrainer:
                 self.comm.Bcast(value, root=0)
         opt.load_state_dict(state)
         self.reporter.message(f"warning: replicas differed after epoch {self.epochs_done}; re-synchronised from rank 0")
+
+
+_N_TAIL = 4  # scalars after the gradient sum in the reduced buffer: correct, counted, loss_sum, weight_sum
 
 
 def mean_gradient(grad_sum, weight_sum, params, l2, pen, tmp, out) -> None:
