@@ -284,6 +284,25 @@ def test_training_end_to_end_reads_with_mpio(tmp_path):
     assert s["converged"] is True
 
 
+def test_predict_writes_collectively_and_equals_one_rank(tmp_path):
+    """mpidml predict on 2 ranks writes PRED.h5 through mpio (collective H5Dwrite), same as 1 rank."""
+    data = tmp_path / "sm.h5"
+    run(MPIDML + ["generate", "softmax", "--rows", "3001", "--features", "5", "--classes", "3", "--seed", "2",
+                  "-o", str(data)])
+    out = tmp_path / "run"
+    mpirun(2, MPIDML + ["train", str(data), "--model", "softmax", "--l2", "1e-2", "--max-iter", "20",
+                        "--out", str(out)])
+    one = last_json(run(MPIDML + ["predict", str(out / "model.h5"), str(data), "-o", str(tmp_path / "p1.h5")]))
+    two = last_json(mpirun(2, MPIDML + ["predict", str(out / "model.h5"), str(data), "-o", str(tmp_path / "p2.h5")]))
+    assert one["write"] == "serial" and two["write"] == "collective" and two["ranks"] == 2
+    with h5py.File(tmp_path / "p1.h5", "r") as a, h5py.File(tmp_path / "p2.h5", "r") as b:
+        assert sorted(a) == sorted(b) == ["labels", "proba"] and b["proba"].shape == (3001, 3)
+        for k in a:
+            np.testing.assert_array_equal(a[k][...], b[k][...], err_msg=k)
+        assert dict(a.attrs) == dict(b.attrs)
+    assert not list(tmp_path.glob("p2.h5.tmp*"))
+
+
 def test_cli_generate_is_identical_on_1_2_3_ranks(tmp_path):
     args = ["generate", "softmax", "--rows", "70001", "--features", "3", "--classes", "4", "--seed", "9"]
     ref = tmp_path / "n1.h5"
