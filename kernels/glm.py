@@ -1,7 +1,7 @@
 """Fused single-pass loss/gradient driver shared by the linear and logistic kernels."""
 from numba import njit
 
-from .util import FASTMATH, PREFETCH_BYTES, link_residual, next_run, prefetch_ahead
+from .util import FASTMATH, PREFETCH_BYTES, link_residual, next_run, prefetch_ahead, prefetch_scattered
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -29,8 +29,39 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model):
     loss = 0.0
     gb = 0.0
     i = 0
+    pr = 0
     while i < m:
         lo, cnt = next_run(rows, i)
+        pr = prefetch_scattered(X, rows, pr, i, cnt)
+        if cnt < 4 and i + 4 <= m:
+            # Scattered rows (a mini-batch): any four at a time, like a run of four below, so
+            # their link evaluations overlap too; the rows ROWS_AHEAD further are in flight.
+            a0, a1, a2, a3 = rows[i], rows[i + 1], rows[i + 2], rows[i + 3]
+            z0 = b
+            z1 = b
+            z2 = b
+            z3 = b
+            for j in range(D):
+                wj = params[j]
+                z0 += X[a0, j] * wj
+                z1 += X[a1, j] * wj
+                z2 += X[a2, j] * wj
+                z3 += X[a3, j] * wj
+            r0, l0 = link_residual(model, z0, y[a0], 1.0, with_loss)
+            r1, l1 = link_residual(model, z1, y[a1], 1.0, with_loss)
+            r2, l2 = link_residual(model, z2, y[a2], 1.0, with_loss)
+            r3, l3 = link_residual(model, z3, y[a3], 1.0, with_loss)
+            if not unweighted:
+                r0, l0 = r0 * sw[a0], l0 * sw[a0]
+                r1, l1 = r1 * sw[a1], l1 * sw[a1]
+                r2, l2 = r2 * sw[a2], l2 * sw[a2]
+                r3, l3 = r3 * sw[a3], l3 * sw[a3]
+            for j in range(D):
+                grad[j] += (r0 * X[a0, j] + r1 * X[a1, j]) + (r2 * X[a2, j] + r3 * X[a3, j])
+            gb += (r0 + r1) + (r2 + r3)
+            loss += (l0 + l1) + (l2 + l3)
+            i += 4
+            continue
         hi = lo + cnt
         r = lo
         pf = lo * D + lead

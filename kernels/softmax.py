@@ -7,7 +7,7 @@ loss_i = logsumexp(z_i) - z_i[y_i] with logits z_i = W x_i + c.
 import numpy as np
 from numba import njit
 
-from .util import FASTMATH, PREFETCH_BYTES, exp_nonpos, log_strict, next_run, prefetch_ahead
+from .util import FASTMATH, PREFETCH_BYTES, exp_nonpos, log_strict, next_run, prefetch_ahead, prefetch_scattered
 
 # Workspace (in units of K float64) that enables the four-rows-at-a-time path.
 WORK_ROWS = 4
@@ -70,8 +70,10 @@ def softmax_loss_grad_ws(X, y, sw, params, rows, grad, with_loss, work):
     lead = PREFETCH_BYTES // X.itemsize
     loss = 0.0
     i = 0
+    pr = 0
     while i < m:
         lo, cnt = next_run(rows, i)
+        pr = prefetch_scattered(X, rows, pr, i, cnt)
         hi = lo + cnt
         r = lo
         pf = lo * D + lead

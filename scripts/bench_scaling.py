@@ -181,6 +181,7 @@ def _loop_costs(args) -> dict:
 
     class Null:
         n_params, penalized = model.n_params, model.penalized
+        is_classifier = False
 
         def init_params(self):
             return model.init_params()

@@ -159,6 +159,7 @@ def worker(args) -> int:
     class NullModel:
         """The model's interface with a no-op loss_grad: the trainer loop's own cost."""
         n_params, penalized = model.n_params, model.penalized
+        is_classifier = False  # no batch-accuracy bookkeeping: the loop's own cost only
 
         def init_params(self):
             return model.init_params()
