@@ -16,6 +16,8 @@ Contenders, each timed from launch (``mpirun`` or ``python``) to the model on di
 times, in the same run:
 
 * ``mpidml-lbfgs-1``, ``mpidml-lbfgs-2``: ``mpirun -n P mpidml train --optimizer lbfgs --tol TOL``;
+  ``mpidml-lbfgs-2-ftol``: the same on 2 ranks with ``--ftol`` 64 eps, the SciPy script's and
+  scikit-learn's stopping rule (so ``scipy-baseline-2`` vs this is like for like);
 * ``mpidml-sgd-1``, ``mpidml-sgd-2``: ``--optimizer sgd --momentum 0.9 --batch-size 4096
   --epochs E`` (and ``mpidml-ps-sgd-2``, ``--strategy ps``, when mpidml has it);
 * ``scipy-baseline-2``: ``mpirun -n 2 python scripts/baseline_scipy_lbfgs.py`` (mpi4py + NumPy +
@@ -60,6 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FTOL_64EPS = 64 * 2.220446049250313e-16  # SciPy's L-BFGS-B ftol as scikit-learn sets it
 MPIDML = [sys.executable, "-m", "mpidml"]
 
 
@@ -201,12 +204,12 @@ def gap_times(trace, f_star, gaps):
     return out
 
 
-def run_mpidml(args, data, work, tag, P, opt, problem, strategy="allreduce"):
+def run_mpidml(args, data, work, tag, P, opt, problem, strategy="allreduce", extra=()):
     out = os.path.join(work, f"run_{tag}")
     cmd = benchlib.mpirun(P) + MPIDML + ["train", data, "--out", out, "--overwrite", "--progress", "none",
                                          "--l2", str(args.l2), "--strategy", strategy]
     if opt == "lbfgs":
-        cmd += ["--optimizer", "lbfgs", "--tol", str(args.tol), "--max-iter", "100000"]
+        cmd += ["--optimizer", "lbfgs", "--tol", str(args.tol), "--max-iter", "100000", *extra]
     else:
         lr = dict(kv.split("=") for kv in args.sgd_lr.split(","))[problem]
         cmd += ["--optimizer", "sgd", "--lr", lr, "--momentum", "0.9", "--batch-size", str(args.sgd_batch),
@@ -300,6 +303,8 @@ def main() -> int:
                                                                                  "lbfgs", p)),
                       ("mpidml-lbfgs-2", lambda r, p=problem, d=data: run_mpidml(args, d, work, f"{p}_lb2_{r}", 2,
                                                                                  "lbfgs", p)),
+                      ("mpidml-lbfgs-2-ftol", lambda r, p=problem, d=data: run_mpidml(
+                          args, d, work, f"{p}_lb2f_{r}", 2, "lbfgs", p, extra=("--ftol", repr(FTOL_64EPS)))),
                       ("mpidml-sgd-1", lambda r, p=problem, d=data: run_mpidml(args, d, work, f"{p}_sgd1_{r}", 1,
                                                                                "sgd", p)),
                       ("mpidml-sgd-2", lambda r, p=problem, d=data: run_mpidml(args, d, work, f"{p}_sgd2_{r}", 2,
@@ -351,6 +356,10 @@ def main() -> int:
                 "per_evaluation_mpidml2_over_baseline": _ratio(m2["diagnostics"]["seconds_per_evaluation"],
                                                                base["diagnostics"]["seconds_per_evaluation"]),
             }
+            m2f = table.get("mpidml-lbfgs-2-ftol")
+            if m2f:  # both stop on max|grad| <= tol or a relative reduction <= 64 eps
+                prob["ratios"]["mpidml2_ftol_over_baseline_whole"] = {
+                    k: m2f["whole_command"][k] / base["whole_command"][k] for k in ("min", "median")}
             same_rule = table.get("scipy-baseline-2-gtol-only")
             if same_rule:
                 prob["ratios"]["mpidml2_over_baseline_gtol_only_whole"] = {
@@ -364,6 +373,10 @@ def main() -> int:
                                        {k: v <= 0.5 for k, v in
                                         prob["ratios"]["mpidml2_over_baseline_gtol_only_whole"].items()}
                                        if same_rule else None),
+                                   "mpidml2_ftol_at_most_half_of_baseline_same_stopping_rule": (
+                                       {k: v <= 0.5 for k, v in
+                                        prob["ratios"]["mpidml2_ftol_over_baseline_whole"].items()}
+                                       if m2f else None),
                                    "mpidml2_faster_than_sklearn": {"min": rs_["min"] < 1, "median": rs_["median"] < 1}}
         result["problems"][problem] = prob
     result["machine"] = benchlib.machine()
