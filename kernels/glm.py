@@ -4,6 +4,38 @@ from numba import njit
 from .util import FASTMATH, PREFETCH_BYTES, link_residual, next_run, prefetch_ahead, prefetch_scattered
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _four_rows(X, y, sw, params, b, a0, a1, a2, a3, grad, with_loss, model):
+    """Rows a0..a3 of X: grad[:D] += their weighted residual x row; returns (residual sum, loss sum).
+
+    The four dot products share each load of w, the four (strict) link evaluations are
+    independent so their latencies overlap, and one sweep over grad adds all four rows.
+    """
+    D = X.shape[1]
+    z0 = b
+    z1 = b
+    z2 = b
+    z3 = b
+    for j in range(D):
+        wj = params[j]
+        z0 += X[a0, j] * wj
+        z1 += X[a1, j] * wj
+        z2 += X[a2, j] * wj
+        z3 += X[a3, j] * wj
+    r0, l0 = link_residual(model, z0, y[a0], 1.0, with_loss)
+    r1, l1 = link_residual(model, z1, y[a1], 1.0, with_loss)
+    r2, l2 = link_residual(model, z2, y[a2], 1.0, with_loss)
+    r3, l3 = link_residual(model, z3, y[a3], 1.0, with_loss)
+    if sw.size:
+        r0, l0 = r0 * sw[a0], l0 * sw[a0]
+        r1, l1 = r1 * sw[a1], l1 * sw[a1]
+        r2, l2 = r2 * sw[a2], l2 * sw[a2]
+        r3, l3 = r3 * sw[a3], l3 * sw[a3]
+    for j in range(D):
+        grad[j] += (r0 * X[a0, j] + r1 * X[a1, j]) + (r2 * X[a2, j] + r3 * X[a3, j])
+    return (r0 + r1) + (r2 + r3), (l0 + l1) + (l2 + l3)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model):
     """Weighted loss sum and gradient sum of a GLM with margin z = x.w + b.
@@ -36,30 +68,10 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model):
         if cnt < 4 and i + 4 <= m:
             # Scattered rows (a mini-batch): any four at a time, like a run of four below, so
             # their link evaluations overlap too; the rows ROWS_AHEAD further are in flight.
-            a0, a1, a2, a3 = rows[i], rows[i + 1], rows[i + 2], rows[i + 3]
-            z0 = b
-            z1 = b
-            z2 = b
-            z3 = b
-            for j in range(D):
-                wj = params[j]
-                z0 += X[a0, j] * wj
-                z1 += X[a1, j] * wj
-                z2 += X[a2, j] * wj
-                z3 += X[a3, j] * wj
-            r0, l0 = link_residual(model, z0, y[a0], 1.0, with_loss)
-            r1, l1 = link_residual(model, z1, y[a1], 1.0, with_loss)
-            r2, l2 = link_residual(model, z2, y[a2], 1.0, with_loss)
-            r3, l3 = link_residual(model, z3, y[a3], 1.0, with_loss)
-            if not unweighted:
-                r0, l0 = r0 * sw[a0], l0 * sw[a0]
-                r1, l1 = r1 * sw[a1], l1 * sw[a1]
-                r2, l2 = r2 * sw[a2], l2 * sw[a2]
-                r3, l3 = r3 * sw[a3], l3 * sw[a3]
-            for j in range(D):
-                grad[j] += (r0 * X[a0, j] + r1 * X[a1, j]) + (r2 * X[a2, j] + r3 * X[a3, j])
-            gb += (r0 + r1) + (r2 + r3)
-            loss += (l0 + l1) + (l2 + l3)
+            dg, dl = _four_rows(X, y, sw, params, b, rows[i], rows[i + 1], rows[i + 2], rows[i + 3], grad,
+                                with_loss, model)
+            gb += dg
+            loss += dl
             i += 4
             continue
         hi = lo + cnt
@@ -67,29 +79,9 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model):
         pf = lo * D + lead
         while r + 4 <= hi:
             pf = prefetch_ahead(X, pf, (r + 4) * D)
-            z0 = b
-            z1 = b
-            z2 = b
-            z3 = b
-            for j in range(D):
-                wj = params[j]
-                z0 += X[r, j] * wj
-                z1 += X[r + 1, j] * wj
-                z2 += X[r + 2, j] * wj
-                z3 += X[r + 3, j] * wj
-            r0, l0 = link_residual(model, z0, y[r], 1.0, with_loss)
-            r1, l1 = link_residual(model, z1, y[r + 1], 1.0, with_loss)
-            r2, l2 = link_residual(model, z2, y[r + 2], 1.0, with_loss)
-            r3, l3 = link_residual(model, z3, y[r + 3], 1.0, with_loss)
-            if not unweighted:
-                r0, l0 = r0 * sw[r], l0 * sw[r]
-                r1, l1 = r1 * sw[r + 1], l1 * sw[r + 1]
-                r2, l2 = r2 * sw[r + 2], l2 * sw[r + 2]
-                r3, l3 = r3 * sw[r + 3], l3 * sw[r + 3]
-            for j in range(D):
-                grad[j] += (r0 * X[r, j] + r1 * X[r + 1, j]) + (r2 * X[r + 2, j] + r3 * X[r + 3, j])
-            gb += (r0 + r1) + (r2 + r3)
-            loss += (l0 + l1) + (l2 + l3)
+            dg, dl = _four_rows(X, y, sw, params, b, r, r + 1, r + 2, r + 3, grad, with_loss, model)
+            gb += dg
+            loss += dl
             r += 4
         while r < hi:
             pf = prefetch_ahead(X, pf, (r + 1) * D)
