@@ -17,9 +17,7 @@ Conventions (all kernels):
 from .linear import linear_loss_grad, linear_predict
 from .logistic import logistic_decision, logistic_loss_grad
 from .softmax import softmax_decision, softmax_loss_grad, softmax_loss_grad_ws
-from .util import select_local_rows
 from .mlp import mlp_layout, mlp_loss_grad, mlp_predict_proba
-from .rowset import select_sorted_rows
 from .shuffle import domain_bits, epoch_batches, epoch_order, row_position, shuffle_keys
 from .preprocess import column_sq_dev, column_sums, impute_standardize
 from .hashing import fnv1a_32
@@ -34,11 +32,9 @@ __all__ = [
     "softmax_loss_grad",
     "softmax_loss_grad_ws",
     "softmax_decision",
-    "select_local_rows",
     "mlp_layout",
     "mlp_loss_grad",
     "mlp_predict_proba",
-    "select_sorted_rows",
     "domain_bits",
     "epoch_batches",
     "epoch_order",

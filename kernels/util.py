@@ -208,20 +208,3 @@ def log1p_unit(e):
 def log_strict(x):
     """math.log(x), strict (kept out of the fastmath drivers)."""
     return math.log(x)
-
-
-@njit(cache=True, nogil=True, fastmath=False)
-def select_local_rows(batch, lo, hi, out):
-    """Local row ids of a global mini-batch.
-
-    batch: int64 (b,) global row ids; lo, hi: this rank's global row range [lo, hi);
-    out: int64 (>= b,). Writes ``g - lo`` for every ``g`` in ``batch`` with
-    ``lo <= g < hi``, in batch order, into ``out[:count]``; returns count. No allocation.
-    """
-    c = 0
-    for k in range(batch.size):
-        g = batch[k]
-        if g >= lo and g < hi:
-            out[c] = g - lo
-            c += 1
-    return c

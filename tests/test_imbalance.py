@@ -52,15 +52,3 @@ def test_class_weighted_lbfgs_reaches_sklearn_optimum(spec, sk):
     # Balanced weights make the weight sum N (all classes present), as in scikit-learn.
     if spec == "balanced":
         assert sw.sum() == pytest.approx(len(y), rel=1e-12)
-
-
-def test_select_sorted_rows_matches_numpy(rng):
-    from mpidml import kernels
-
-    gids = np.sort(rng.choice(1000, 300, replace=False)).astype(np.int64)
-    batch = rng.permutation(1000)[:257].astype(np.int64)
-    out = np.empty(batch.size, dtype=np.int64)
-    m = kernels.select_sorted_rows(batch, gids, out)
-    keep = batch[np.isin(batch, gids)]
-    np.testing.assert_array_equal(out[:m], np.searchsorted(gids, keep))
-    assert kernels.select_sorted_rows(batch[:0], gids, out) == 0

@@ -7,7 +7,6 @@ from mpidml.kernels import (
     linear_predict,
     logistic_decision,
     logistic_loss_grad,
-    select_local_rows,
     softmax_decision,
     softmax_loss_grad,
     softmax_loss_grad_ws,
@@ -266,22 +265,6 @@ def test_predict_decision(dtype):
         softmax_decision(X, ps, rows, out)
         ref = Xr @ ps[: K * D].reshape(K, D).T + ps[K * D:]
         np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
-
-
-# ---------------------------------------------------------------- select_local_rows
-
-
-@pytest.mark.parametrize("lo,hi", [(0, 100), (250, 400), (900, 1000), (500, 500), (2000, 3000)])
-def test_select_local_rows(lo, hi):
-    rng = np.random.default_rng(lo)
-    batch = rng.choice(1000, 300, replace=False).astype(np.int64)
-    out = np.full(batch.size, -7, dtype=np.int64)
-    c = select_local_rows(batch, lo, hi, out)
-    ref = batch[(batch >= lo) & (batch < hi)] - lo
-    assert c == ref.size
-    np.testing.assert_array_equal(out[:c], ref)
-    assert np.all(out[c:] == -7)
-    assert select_local_rows(np.empty(0, np.int64), lo, hi, out) == 0
 
 
 # ---------------------------------------------------------------- scalar helpers

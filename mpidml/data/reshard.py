@@ -12,9 +12,9 @@ their ids in ``RowSetShard.gids``:
   contiguous pieces: rank r holds the rows at permutation positions [lo_r, hi_r). Needs
   one int64 per row on every rank while assigning (8 bytes x N).
 
-The trained model does not depend on the assignment: mini-batches come from a permutation
-of *global* row ids (each rank finds its rows of a batch with
-:func:`mpidml.kernels.select_sorted_rows`), and full-batch sums add the same rows. Like the
+The trained model does not depend on the assignment: mini-batches come from one order of
+*global* row ids (each rank places its own rows' global ids in it:
+:class:`mpidml.parallel.allreduce.EpochPlan`), and full-batch sums add the same rows. Like the
 rest of the data layer this never creates a communicator and never imports mpi4py: it uses
 the caller's ``comm`` with NumPy buffers (uppercase mpi4py API).
 """

@@ -287,7 +287,7 @@ class AllreduceTrainer:
             return {"optimizer": opt.state_dict(), "trainer": {"seed": cfg.seed, "steps_per_epoch": steps_per_epoch}}
 
         plan = EpochPlan(shard, N, B, cfg.seed, cfg.shuffle)
-        comm, buf, grad, grad_sum = self.comm, self.buf, self.grad, self.grad_sum
+        buf, grad, grad_sum = self.buf, self.grad, self.grad_sum
         allreduce_sums = self._allreduce_sums
         pen, l2, tmp = self.pen, self.l2, self._tmp
         sw = shard.sw
