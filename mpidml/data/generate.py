@@ -52,7 +52,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .partition import shard_bounds
-from .writer import collective_dxpl, create_rows_dataset, resolve_layout, resolve_write, \
+from .writer import atomic_output, collective_dxpl, create_rows_dataset, resolve_layout, resolve_write, \
     shared_tmp_name, write_rows
 
 __all__ = ["generate", "stream_block_rows", "KINDS"]
@@ -203,31 +203,20 @@ def generate(kind, path, *, rows, features, classes=2, noise=0.1, seed=0, dtype=
                              chunk_rows, block_rows, h5_chunk_rows, coef, intercept, x_name, y_name)
         meta["written"] = True
         return meta
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with h5py.File(tmp, "w") as f:
-            X_ds = create_rows_dataset(f, x_name, rows, features, dt, h5_chunk_rows)
-            y_ds = create_rows_dataset(f, y_name, rows, None, y_dt, h5_chunk_rows)
-            f.create_dataset("true_coef", data=coef)
-            f.create_dataset("true_intercept", data=intercept)
-            f.attrs.update({"kind": kind, "noise": noise, "seed": seed,
-                            "n_classes": n_classes, "rows": rows, "features": features})
-            for b, start in enumerate(range(0, rows, block_rows)):
-                n = min(block_rows, rows - start)
-                Xb, yb = _block(kind, seed, b, n, coef, intercept, noise, dt)
-                for a in range(0, n, chunk_rows):
-                    e = min(n, a + chunk_rows)
-                    X_ds[start + a:start + e] = Xb[a:e]
-                    y_ds[start + a:start + e] = yb[a:e]
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise DataError(f"cannot write synthetic data to {path}: {exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+    with atomic_output(path, "synthetic data") as tmp, h5py.File(tmp, "w") as f:
+        X_ds = create_rows_dataset(f, x_name, rows, features, dt, h5_chunk_rows)
+        y_ds = create_rows_dataset(f, y_name, rows, None, y_dt, h5_chunk_rows)
+        f.create_dataset("true_coef", data=coef)
+        f.create_dataset("true_intercept", data=intercept)
+        f.attrs.update({"kind": kind, "noise": noise, "seed": seed,
+                        "n_classes": n_classes, "rows": rows, "features": features})
+        for b, start in enumerate(range(0, rows, block_rows)):
+            n = min(block_rows, rows - start)
+            Xb, yb = _block(kind, seed, b, n, coef, intercept, noise, dt)
+            for a in range(0, n, chunk_rows):
+                e = min(n, a + chunk_rows)
+                X_ds[start + a:start + e] = Xb[a:e]
+                y_ds[start + a:start + e] = yb[a:e]
     meta["written"] = True
     return meta
 

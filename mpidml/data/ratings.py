@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, MpidmlError
 from .partition import shard_bounds
+from .writer import atomic_output
 
 __all__ = ["RatingsShard", "generate_ratings", "inspect_ratings", "read_ratings_shard", "RATING_NAMES"]
 
@@ -142,28 +143,17 @@ def generate_ratings(path, *, users, items, rank, ratings, noise=0.1, seed=0, te
 
 
 def _write(path, u, i, r, P, Q, b, c, mu, meta) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("user", data=u.astype(np.int64))
-            f.create_dataset("item", data=i.astype(np.int64))
-            f.create_dataset("rating", data=r.astype(np.float64))
-            f.create_dataset("true_user_factors", data=P)
-            f.create_dataset("true_item_factors", data=Q)
-            f.create_dataset("true_user_bias", data=b)
-            f.create_dataset("true_item_bias", data=c)
-            f.create_dataset("true_mean", data=np.float64(mu))
-            f.attrs.update({k: meta[k] for k in ("kind", "n_users", "n_items", "rank", "noise", "seed", "ratings")})
-            f.attrs["true_mean"] = mu
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise DataError(f"cannot write ratings to {path}: {exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+    with atomic_output(path, "ratings") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("user", data=u.astype(np.int64))
+        f.create_dataset("item", data=i.astype(np.int64))
+        f.create_dataset("rating", data=r.astype(np.float64))
+        f.create_dataset("true_user_factors", data=P)
+        f.create_dataset("true_item_factors", data=Q)
+        f.create_dataset("true_user_bias", data=b)
+        f.create_dataset("true_item_bias", data=c)
+        f.create_dataset("true_mean", data=np.float64(mu))
+        f.attrs.update({k: meta[k] for k in ("kind", "n_users", "n_items", "rank", "noise", "seed", "ratings")})
+        f.attrs["true_mean"] = mu
 
 
 def _positive_attr(f, path, name) -> int:

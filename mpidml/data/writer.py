@@ -22,16 +22,17 @@ Layouts:
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import h5py
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .hdf5 import h5py_has_mpi
 
 __all__ = ["LAYOUTS", "WRITE_MODES", "DEFAULT_CHUNK_BYTES", "resolve_write", "resolve_layout",
-           "create_rows_dataset", "write_rows", "collective_dxpl", "shared_tmp_name", "any_rank",
-           "layout_of"]
+           "create_rows_dataset", "write_rows", "collective_dxpl", "atomic_output", "shared_tmp_name",
+           "any_rank", "layout_of"]
 
 LAYOUTS = ("contiguous", "chunked")
 WRITE_MODES = ("auto", "collective", "root")
@@ -122,6 +123,28 @@ def write_rows(dset: h5py.Dataset, start: int, arr: np.ndarray | None, dxpl=None
         mspace = h5py.h5s.create_simple((1,) + tail)
         mspace.select_none()
     dset.id.write(mspace, fspace, buf, h5py.h5t.py_create(buf.dtype), dxpl=dxpl)
+
+
+@contextmanager
+def atomic_output(path: str, what: str):
+    """Yield a temporary name next to ``path`` to write one process's whole output into.
+
+    On normal exit the file is renamed onto ``path`` (readers never see a half-written
+    file); an OSError becomes ``DataError("cannot write {what} to {path}: ...")``; the
+    temporary file is removed whatever happens.
+    """
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise DataError(f"cannot write {what} to {path}: {exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
 
 
 def shared_tmp_name(path: str, comm) -> str:
