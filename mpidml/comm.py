@@ -136,6 +136,19 @@ class Context:
         self.comm.Bcast(arr, root=root)
         return arr
 
+    def agreed_sum(self, arr: np.ndarray) -> np.ndarray:
+        """In-place sum over ranks that is bitwise identical on every rank; returns ``arr``.
+
+        MPI does not promise an Allreduce rounds alike everywhere; when decisions or stored
+        statistics depend on the value, reduce to rank 0 and broadcast its bits instead.
+        """
+        if self.is_root:
+            self.comm.Reduce(MPI.IN_PLACE, arr, op=MPI.SUM, root=0)
+        else:
+            self.comm.Reduce(arr, None, op=MPI.SUM, root=0)
+        self.comm.Bcast(arr, root=0)
+        return arr
+
     def gather_floats(self, values, root: int = 0) -> np.ndarray | None:
         """Gather a fixed-length float64 vector from every rank to root: (size, len)."""
         send = np.ascontiguousarray(values, dtype=np.float64)

@@ -14,9 +14,10 @@ Training computes the statistics over ALL rows (every rank's shard), never per r
   ``var <= N eps var + (N |mean| eps)^2``) keeps scale 1, so it is only centred.
 
 The statistics take two passes over the shard (the classic two-pass variance, each sum
-compensated; see ``kernels/preprocess.py``) and two small Allreduces: ``[count, sum]``
+compensated; see ``kernels/preprocess.py``) and two small sums over ranks: ``[count, sum]``
 (2D values) and, for ``--standardize``, the squared deviations about the global mean (D).
-Each result is the root's, broadcast, so every rank applies bitwise the same transform.
+Each is reduced to the root and the root's result broadcast (``Context.agreed_sum``), so
+every rank applies bitwise the same transform.
 Then ``X = (fill_NaN(X) - mean) / scale`` in place on each rank's rows, or, for a shard
 streamed under ``--max-memory``, on every chunk as it is read.
 
@@ -139,8 +140,7 @@ def warm_up(ctx, x_dtype) -> None:
 def _agreed_sum(ctx, buf: np.ndarray) -> np.ndarray:
     """Sum over ranks, bitwise identical everywhere (MPI need not promise that: root's copy wins)."""
     t0 = time.perf_counter()
-    ctx.allreduce_array(buf)
-    ctx.bcast_array(buf)
+    ctx.agreed_sum(buf)
     ctx.timers.add("comm", time.perf_counter() - t0)
     return buf
 

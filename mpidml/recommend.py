@@ -104,10 +104,7 @@ def load_ratings(ctx, path: str, parts=None, n_users: int = 0, n_items: int = 0,
 
 def global_mean(ctx, shard) -> float:
     """Mean of all ratings: Reduce to rank 0 and Bcast, so every rank holds the same bits."""
-    local = np.array([float(np.sum(shard.rating)), float(shard.n_local)])
-    total = np.zeros(2)
-    ctx.comm.Reduce(local, total, root=0)
-    ctx.bcast_array(total)
+    total = ctx.agreed_sum(np.array([float(np.sum(shard.rating)), float(shard.n_local)]))
     return float(total[0] / total[1])
 
 
