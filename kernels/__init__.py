@@ -19,7 +19,7 @@ from .logistic import logistic_decision, logistic_loss_grad
 from .softmax import softmax_decision, softmax_loss_grad, softmax_loss_grad_ws
 from .mlp import mlp_layout, mlp_loss_grad, mlp_predict_proba
 from .shuffle import domain_bits, epoch_batches, epoch_order, row_position, shuffle_keys
-from .preprocess import column_sq_dev, column_sums, impute_standardize
+from .preprocess import column_sq_dev, column_sq_sums, column_sums, csr_column_sq_sums, impute_standardize
 from .hashing import fnv1a_32
 from .csr import (csr_glm_margin, csr_linear_loss_grad, csr_logistic_loss_grad, csr_softmax_decision,
                   csr_softmax_loss_grad_ws, csr_touched_coords)
@@ -42,6 +42,8 @@ __all__ = [
     "shuffle_keys",
     "column_sums",
     "column_sq_dev",
+    "column_sq_sums",
+    "csr_column_sq_sums",
     "impute_standardize",
     "csr_linear_loss_grad",
     "csr_logistic_loss_grad",

@@ -76,3 +76,28 @@ def impute_standardize(X, fill, center, scale):
             if do_scale:
                 v = (v - center[j]) / scale[j]
             X[i, j] = v
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def column_sq_sums(X, out):
+    """out[j] += sum_i X[i, j]**2 (float64 accumulation), for L-BFGS's diagonal scaling.
+
+    X: (n, D) float32/float64 C-contiguous, finite; out: float64 (D,), ADDED to. One pass,
+    rows in order (vectorised across columns, so strict IEEE costs nothing).
+    """
+    n, d = X.shape
+    for i in range(n):
+        for j in range(d):
+            v = float(X[i, j])
+            out[j] += v * v
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def csr_column_sq_sums(indices, data, out):
+    """out[indices[k]] += data[k]**2 for every stored entry: column sums of squares of a CSR block.
+
+    indices: int32/int64 (nnz,) in [0, D); data: float32/float64 (nnz,); out: float64 (D,), ADDED to.
+    """
+    for k in range(indices.size):
+        v = float(data[k])
+        out[indices[k]] += v * v

@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(t, "ftol", float, "lbfgs: also stop when (f_old - f) / max(|f_old|, |f|, 1) <= ftol, as SciPy's "
                             "and scikit-learn's L-BFGS (which use 64 * 2.2e-16); default 0: off")
     _flag(t, "memory", int, "lbfgs history size (default 10)")
+    _flag(t, "lbfgs-scaling", str, "lbfgs initial inverse Hessian: features (default: a diagonal from each "
+                                   "feature's mean square, so features in different units cost no extra "
+                                   "iterations) | none (s'y/y'y times the identity, as SciPy)")
     _flag(t, "shuffle", str, "global (one seeded permutation of all rows per epoch; default) | none")
     _flag(t, "seed", int, "seed of the epoch shuffles (default 0)")
     _flag(t, "ps-mode", str, "ps: sync (same updates as allreduce; default) | async | ssp (bounded staleness)")

@@ -35,6 +35,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 MODELS = ("linear", "logistic", "softmax", "mlp", "mf")
 OPTIMIZERS = ("sgd", "adam", "gd", "lbfgs", "als")
+LBFGS_SCALINGS = ("features", "none")
 STRATEGIES = ("allreduce", "ps")
 PS_MODES = ("sync", "async", "ssp")
 DRIVERS = ("auto", "mpio", "independent")
@@ -82,6 +83,7 @@ class TrainConfig:
     tol: float = 1e-8  # L-BFGS and GD: stop when max |gradient| <= tol
     ftol: float = 0.0  # L-BFGS: also stop when the relative reduction of f is <= ftol (0: off)
     memory: int = 10  # L-BFGS history
+    lbfgs_scaling: str = "features"  # L-BFGS initial Hessian: features (diagonal from column scales) | none (scalar)
     shuffle: str = "global"
     seed: int = 0
     # parameter server (--strategy ps)
@@ -120,6 +122,7 @@ class TrainConfig:
         choice("progress", ("auto", "bar", "log", "none"))
         choice("comm_dtype", COMM_DTYPES)
         choice("impute", IMPUTE)
+        choice("lbfgs_scaling", LBFGS_SCALINGS)
         if self.model == "mf" or self.optimizer == "als" or self.rank or self.holdout:
             from .recommend import check_mf_config
 

@@ -18,6 +18,9 @@ times, in the same run:
 * ``mpidml-lbfgs-1``, ``mpidml-lbfgs-2``: ``mpirun -n P mpidml train --optimizer lbfgs --tol TOL``;
   ``mpidml-lbfgs-2-ftol``: the same on 2 ranks with ``--ftol`` 64 eps, the SciPy script's and
   scikit-learn's stopping rule (so ``scipy-baseline-2`` vs this is like for like);
+  ``mpidml-lbfgs-2-scalar``, ``mpidml-lbfgs-2-ftol-scalar``: the same two with
+  ``--lbfgs-scaling none``, i.e. the script's own algorithm (H0 = s'y/y'y I): what mpidml's
+  one fused pass per evaluation gains alone, apart from the feature-scaled H0 of the default;
 * ``mpidml-sgd-1``, ``mpidml-sgd-2``: ``--optimizer sgd --momentum 0.9 --batch-size 4096
   --epochs E`` (and ``mpidml-ps-sgd-2``, ``--strategy ps``, when mpidml has it);
 * ``scipy-baseline-2``: ``mpirun -n 2 python scripts/baseline_scipy_lbfgs.py`` (mpi4py + NumPy +
@@ -305,6 +308,11 @@ def main() -> int:
                                                                                  "lbfgs", p)),
                       ("mpidml-lbfgs-2-ftol", lambda r, p=problem, d=data: run_mpidml(
                           args, d, work, f"{p}_lb2f_{r}", 2, "lbfgs", p, extra=("--ftol", repr(FTOL_64EPS)))),
+                      ("mpidml-lbfgs-2-scalar", lambda r, p=problem, d=data: run_mpidml(
+                          args, d, work, f"{p}_lb2s_{r}", 2, "lbfgs", p, extra=("--lbfgs-scaling", "none"))),
+                      ("mpidml-lbfgs-2-ftol-scalar", lambda r, p=problem, d=data: run_mpidml(
+                          args, d, work, f"{p}_lb2fs_{r}", 2, "lbfgs", p,
+                          extra=("--ftol", repr(FTOL_64EPS), "--lbfgs-scaling", "none"))),
                       ("mpidml-sgd-1", lambda r, p=problem, d=data: run_mpidml(args, d, work, f"{p}_sgd1_{r}", 1,
                                                                                "sgd", p)),
                       ("mpidml-sgd-2", lambda r, p=problem, d=data: run_mpidml(args, d, work, f"{p}_sgd2_{r}", 2,
@@ -360,6 +368,15 @@ def main() -> int:
             if m2f:  # both stop on max|grad| <= tol or a relative reduction <= 64 eps
                 prob["ratios"]["mpidml2_ftol_over_baseline_whole"] = {
                     k: m2f["whole_command"][k] / base["whole_command"][k] for k in ("min", "median")}
+            # The same L-BFGS as the script (scalar H0 = s'y/y'y I): what one fused pass per
+            # evaluation buys alone, without the feature-scaled H0.
+            for name, key, ref_name in (("mpidml-lbfgs-2-scalar", "mpidml2_scalar_over_baseline_gtol_only_whole",
+                                         "scipy-baseline-2-gtol-only"),
+                                        ("mpidml-lbfgs-2-ftol-scalar", "mpidml2_ftol_scalar_over_baseline_whole",
+                                         "scipy-baseline-2")):
+                if table.get(name) and table.get(ref_name):
+                    prob["ratios"][key] = {k: table[name]["whole_command"][k] / table[ref_name]["whole_command"][k]
+                                           for k in ("min", "median")}
             same_rule = table.get("scipy-baseline-2-gtol-only")
             if same_rule:
                 prob["ratios"]["mpidml2_over_baseline_gtol_only_whole"] = {

@@ -185,3 +185,26 @@ def test_raw_unit_coefficients_give_the_same_margins():
     coef, intercept = model.coef_intercept(params)
     raw = np.where(np.isnan(X), prep.impute_mean, X) @ arrays["coef_raw"].T + arrays["intercept_raw"]
     np.testing.assert_allclose(raw, Xt @ coef.T + intercept, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_column_sq_sums_matches_numpy(dtype):
+    X = np.random.default_rng(7).standard_normal((1001, 13)).astype(dtype) * np.logspace(-3, 3, 13)
+    out = np.full(13, 0.5)  # added to
+    kernels.column_sq_sums(X, out)
+    np.testing.assert_allclose(out, 0.5 + (X.astype(np.float64) ** 2).sum(axis=0), rtol=1e-13)
+    half = np.zeros(13)  # chunk by chunk gives the same bits as one pass (streamed shards)
+    kernels.column_sq_sums(X[:400], half)
+    kernels.column_sq_sums(X[400:], half)
+    whole = np.zeros(13)
+    kernels.column_sq_sums(X, whole)
+    assert np.array_equal(half, whole)
+
+
+def test_csr_column_sq_sums_matches_dense():
+    import scipy.sparse
+
+    A = scipy.sparse.random(300, 40, density=0.1, format="csr", random_state=3, dtype=np.float64)
+    out = np.zeros(40)
+    kernels.csr_column_sq_sums(A.indices.astype(np.int64), A.data, out)
+    np.testing.assert_allclose(out, (A.toarray() ** 2).sum(axis=0), rtol=1e-14)

@@ -83,3 +83,5 @@ def test_training_streamed_equals_in_memory_on_two_ranks(data, tmp_path, options
     assert s["io"]["driver"] == "independent-streamed" and s["io"]["streamed"]["buffer_bytes"] < 16 * 1024 + 2 * 8 * 1501
     assert s["objective"] == pytest.approx(s_mem["objective"], rel=1e-12)
     assert s["accuracy"] == s_mem["accuracy"]
+    # the same path, not just the same optimum (L-BFGS: its diagonal from the streamed column sums)
+    assert (s["steps"], s["evaluations"]) == (s_mem["steps"], s_mem["evaluations"])

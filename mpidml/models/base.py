@@ -67,6 +67,24 @@ class Model:
         """
         raise NotImplementedError
 
+    def lbfgs_h0(self, mean_sq: np.ndarray, l2: float) -> np.ndarray | None:
+        """L-BFGS's diagonal ``D`` (``H0 = gamma D``) from the features' global mean squares.
+
+        mean_sq: float64 (D,), (1/N) sum_i x_ij^2 over all rows. Returns float64 (n_params,):
+        1 / (mean_sq[j] + l2) for every coefficient of feature j (an estimate, up to the common
+        factor gamma, of 1 / Hessian diagonal: the loss curvature times x_j^2, plus the
+        penalty), 1 for the intercepts (a column of ones); None for models whose parameters
+        are not per-feature coefficients. Entries are clipped to 1e12 times the smallest,
+        so a constant zero column cannot produce an infinite step.
+        """
+        K, D = self.n_outputs, self.n_features
+        curv = np.asarray(mean_sq, dtype=np.float64) + float(l2)
+        top = float(curv.max()) if curv.size else 0.0
+        if not (np.isfinite(top) and top > 0.0):
+            return None
+        curv = np.maximum(curv, 1e-12 * max(top, 1.0))
+        return np.concatenate([np.tile(1.0 / curv, K), np.ones(K)])
+
     def check_labels(self, y: np.ndarray, lo: int) -> None:
         """Raise DataError if this rank's labels are invalid for the model (local check)."""
 

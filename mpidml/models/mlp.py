@@ -57,6 +57,9 @@ class MLPClassifier(Model):
         # Kernel scratch (activations + deltas of one row), allocated once.
         self._work = np.zeros(2 * n_act)
 
+    def lbfgs_h0(self, mean_sq, l2):
+        return None  # hidden-layer weights are not per-feature coefficients: L-BFGS keeps H0 = gamma I
+
     @property
     def n_layers(self) -> int:
         return len(self.sizes) - 1

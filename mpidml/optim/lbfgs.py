@@ -18,9 +18,15 @@ every rank plus one MPI Allreduce, so:
 All vectors (iterate, gradient, curvature pairs, line-search points) live in
 buffers allocated in the constructor; an iteration allocates no arrays.
 
-Algorithm: two-loop recursion with ``H0 = (s'y / y'y) I`` (Nocedal & Wright,
-Alg. 7.4); steepest descent when the memory is empty (first step of length 1,
-``a = 1/||g||_2``; after a restart ``a = s'y/y'y`` of the last pair); line search
+Algorithm: two-loop recursion with ``H0 = gamma D``, ``gamma = s'y / y'Dy`` of the newest
+pair (Nocedal & Wright, Alg. 7.4, where ``D = I``); ``D`` is a fixed positive diagonal,
+``h0``, the identity unless given. A diagonal ``D`` is L-BFGS in the variables
+``u = D^(-1/2) x``: with ``D_jj`` ~ 1 / (curvature along x_j) it removes the part of the
+ill-conditioning that comes from the scales of the variables (features measured in
+different units), which otherwise costs L-BFGS hundreds of iterations; the minimiser, the
+stopping tests (on ``g`` itself) and every other rule are unchanged. Steepest descent
+``d = -D g`` when the memory is empty (first step of length 1 in ``u``,
+``a = 1/sqrt(g'Dg)``; after a restart ``a = gamma`` of the last pair); line search
 of Nocedal & Wright Alg. 3.5/3.6 (bracketing, then zoom with safeguarded
 cubic/quadratic interpolation and More-Thuente's bisection fallback). Pairs with
 ``s'y <= eps y'y`` are skipped; a non-descent direction restarts from steepest
@@ -155,6 +161,10 @@ class LBFGS:
         Maximum objective evaluations per line search (>= 1).
     c1, c2 : float
         Strong Wolfe constants, ``0 < c1 < c2 < 1``.
+    h0 : array of shape ``(n_params,)`` or None
+        Positive finite diagonal ``D`` of the initial inverse-Hessian shape ``H0 = gamma D``
+        (copied); None: the identity. A good ``D_jj`` is 1 / (diagonal of the Hessian),
+        e.g. 1 / (mean of x_j^2 + l2) for a linear model's coefficient j.
 
     Use :meth:`minimize`, or :meth:`reset` then :meth:`step` repeatedly.
     Attributes after :meth:`reset`: ``x`` and ``g`` (the current iterate and its
@@ -164,7 +174,7 @@ class LBFGS:
     """
 
     def __init__(self, n_params: int, memory: int = 10, tol: float = 1e-8, max_iter: int = 500,
-                 ftol: float = 0.0, max_ls: int = 25, c1: float = 1e-4, c2: float = 0.9):
+                 ftol: float = 0.0, max_ls: int = 25, c1: float = 1e-4, c2: float = 0.9, h0=None):
         self.n_params = n = _int_arg("n_params", n_params, 1)
         self.memory = m = _int_arg("memory", memory, 1)
         self.tol = _float_arg("tol", tol, lambda v: v >= 0.0, ">= 0")
@@ -174,6 +184,13 @@ class LBFGS:
         self.c1 = _float_arg("c1", c1, lambda v: 0.0 < v < 1.0, "in (0, 1)")
         self.c2 = _float_arg("c2", c2, lambda v: self.c1 < v < 1.0, f"in (c1, 1) = ({self.c1}, 1)")
         self.name = "lbfgs"
+        if h0 is None:
+            self._h0 = None
+        else:
+            h0 = np.array(h0, dtype=np.float64)
+            if h0.shape != (n,) or not (np.all(np.isfinite(h0)) and np.all(h0 > 0.0)):
+                raise ValueError(f"h0 must be a positive finite vector of shape ({n},)")
+            self._h0 = h0
         # current iterate
         self.x = np.zeros(n)
         self.g = np.zeros(n)
@@ -220,6 +237,13 @@ class LBFGS:
     def _dot(self, a: np.ndarray, b: np.ndarray) -> float:
         tmp = self._tmp
         np.multiply(a, b, out=tmp)
+        return float(np.add.reduce(tmp))
+
+    def _dot3(self, a: np.ndarray, w: np.ndarray, b: np.ndarray) -> float:
+        """sum_j a_j w_j b_j, as _dot (elementwise products, then NumPy's pairwise sum)."""
+        tmp = self._tmp
+        np.multiply(a, w, out=tmp)
+        np.multiply(tmp, b, out=tmp)
         return float(np.add.reduce(tmp))
 
     def _max_abs(self, a: np.ndarray) -> float:
@@ -280,7 +304,7 @@ class LBFGS:
             elif self._gamma > 0.0:
                 a0 = self._gamma              # scaled steepest descent after a restart
             elif gtd < 0.0:
-                a0 = 1.0 / math.sqrt(-gtd)    # d = -g: first step has length 1
+                a0 = 1.0 / math.sqrt(-gtd)    # d = -D g: first step has length 1 (in u = D^(-1/2) x)
             else:
                 a0 = 1.0                      # g'g underflowed to 0
             outcome, f_new = self._line_search(fun_grad, gtd, a0)
@@ -308,7 +332,7 @@ class LBFGS:
         self.n_iter += 1
         # curvature pair, guarded: skip unless s'y > eps * y'y
         sy = self._dot(s, y)
-        yy = self._dot(y, y)
+        yy = self._dot(y, y) if self._h0 is None else self._dot3(y, self._h0, y)
         if sy > _EPS * yy and math.isfinite(sy) and math.isfinite(yy):
             h = self._head
             self._S[h], self._s_new = s, self._S[h]
@@ -405,6 +429,8 @@ class LBFGS:
                 np.multiply(Y[i], a, out=tmp)
                 np.subtract(d, tmp, out=d)
             np.multiply(d, self._gamma, out=d)
+            if self._h0 is not None:
+                np.multiply(d, self._h0, out=d)
             for k in range(count - 1, -1, -1):        # oldest to newest
                 i = (head - 1 - k) % m
                 b = rho[i] * self._dot(Y[i], d)
@@ -416,6 +442,8 @@ class LBFGS:
                 return gtd
             self._clear_memory()
         np.negative(g, out=d)
+        if self._h0 is not None:
+            np.multiply(d, self._h0, out=d)
         return self._dot(g, d)
 
     def _trial(self, fun_grad, a: float):

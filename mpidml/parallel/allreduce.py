@@ -130,6 +130,39 @@ class AllreduceTrainer:
         self.n_evals += 1
         return f
 
+    def lbfgs_h0(self) -> np.ndarray | None:
+        """L-BFGS's diagonal D (--lbfgs-scaling features), bitwise the same on every rank; else None.
+
+        Collective: one pass over the local rows for the column sums of squares (dense, CSR
+        or streamed chunk by chunk: the same additions in the same order, so streaming gives
+        the in-memory bits), one reduce + broadcast of [sums (D), row count], then
+        ``model.lbfgs_h0(mean_sq, l2)``. Every rank takes the same branch (config, model
+        and shard type agree), so the collective is entered by all or by none.
+        """
+        if getattr(self.cfg, "lbfgs_scaling", "none") != "features" or not hasattr(self.model, "lbfgs_h0"):
+            return None
+        shard, D = self.shard, int(self.model.n_features)
+        t0 = time.perf_counter()
+        sums = np.zeros(D + 1, dtype=np.float64)
+        sq = sums[:D]
+        if hasattr(shard, "indices"):  # CSR
+            kernels.csr_column_sq_sums(shard.indices, shard.data, sq)
+        elif hasattr(shard, "chunks"):  # streamed from the file (--max-memory)
+            for _start, _stop, X in shard.chunks():
+                kernels.column_sq_sums(X, sq)
+        elif hasattr(shard, "X"):
+            kernels.column_sq_sums(shard.X, sq)
+        else:
+            return None
+        sums[D] = shard.n_local
+        t1 = time.perf_counter()
+        self.ctx.agreed_sum(sums)
+        self.timers.add("compute", t1 - t0)
+        self.timers.add("comm", time.perf_counter() - t1)
+        if not sums[D] > 0:
+            return None
+        return self.model.lbfgs_h0(sq / sums[D], self.l2)
+
     def _reduce_bcast_float32(self) -> None:
         """Full-batch sums in self.buf with the gradient as float32 on the wire (root's result everywhere).
 
@@ -197,7 +230,7 @@ class AllreduceTrainer:
     def _fit_lbfgs(self, params, resume):
         cfg = self.cfg
         lb = LBFGS(self.n_params, memory=cfg.memory, tol=cfg.tol, max_iter=cfg.max_iter,
-                   ftol=getattr(cfg, "ftol", 0.0))
+                   ftol=getattr(cfg, "ftol", 0.0), h0=self.lbfgs_h0())
         if resume is None:
             lb.reset(params, self.objective)
         else:
