@@ -168,6 +168,15 @@ def warm_up_kernels(ctx: Context, model, shard) -> None:
         kernels.epoch_batches(one[:0], 0, 1, 1, 1, 1, kernels.shuffle_keys(0, 0), False, one, one.copy(),
                               np.zeros(2, dtype=np.int64))
         model.stats(shard, model.init_params(), rows)
+        g = np.zeros(model.n_params)  # the mini-batch loop's fused gradient finish
+        kernels.mean_gradient_norm2(g, 1.0, g, 0.0, 0, g.copy())
+        sq = np.zeros(getattr(model, "n_features", 0) or 1)  # L-BFGS's feature-scaled H0 (allreduce.lbfgs_h0)
+        if hasattr(shard, "indices"):
+            kernels.csr_column_sq_sums(shard.indices[:0], shard.data[:0], sq)
+        elif getattr(shard, "X", None) is not None:
+            kernels.column_sq_sums(shard.X[:0], sq)
+        elif hasattr(shard, "x_dtype"):  # streamed (X is None)
+            kernels.column_sq_sums(np.zeros((0, sq.size), dtype=shard.x_dtype), sq)
         if getattr(shard, "is_sparse", False):  # what the sparse parameter server calls per step
             D = shard.n_features
             kernels.csr_touched_coords(shard.indptr, shard.indices, rows, model.n_outputs, D,

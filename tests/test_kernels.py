@@ -298,3 +298,20 @@ def test_log1p_unit_accuracy():
         ref = math.log1p(e)
         got = log1p_unit(e)
         assert abs(got - ref) <= 2.3e-16 * ref, (e, got, ref)
+
+
+def test_mean_gradient_norm2_is_bitwise_the_numpy_sequence():
+    from mpidml.kernels import mean_gradient_norm2
+    from mpidml.parallel.allreduce import mean_gradient
+
+    rng = np.random.default_rng(11)
+    P, n_pen = 67, 60
+    grad_sum, params = rng.standard_normal(P) * 1e3, rng.standard_normal(P)
+    ref, tmp = np.empty(P), np.empty(P)
+    mean_gradient(grad_sum, 4096.0, params, 1e-4, slice(0, n_pen), tmp, ref)
+    out = np.empty(P)
+    g2 = mean_gradient_norm2(grad_sum, 1.0 / 4096.0, params, 1e-4, n_pen, out)
+    assert np.array_equal(out, ref)
+    assert g2 == pytest.approx(float(ref @ ref), rel=1e-13)
+    grad_sum[5] = np.inf
+    assert not np.isfinite(mean_gradient_norm2(grad_sum, 1.0, params, 1e-4, n_pen, out))

@@ -150,7 +150,7 @@ class AllreduceTrainer:
         elif hasattr(shard, "chunks"):  # streamed from the file (--max-memory)
             for _start, _stop, X in shard.chunks():
                 kernels.column_sq_sums(X, sq)
-        elif hasattr(shard, "X"):
+        elif getattr(shard, "X", None) is not None:
             kernels.column_sq_sums(shard.X, sq)
         else:
             return None
@@ -331,6 +331,9 @@ class AllreduceTrainer:
         # the batch at the parameters its loss is computed at, in the step's one reduced buffer.
         n_cls = getattr(model, "n_classes", 0) if model.is_classifier else 0
         P = self.n_params
+        # penalised entries as a leading count (every model's: coefficients first), else -1
+        n_pen = pen.stop if (isinstance(pen, slice) and pen.start in (None, 0) and pen.step in (None, 1)
+                             and pen.stop is not None and 0 <= pen.stop <= P) else -1
         for epoch in range(start // steps_per_epoch, cfg.epochs):
             t0 = time.perf_counter()
             plan.build(epoch)
@@ -351,8 +354,11 @@ class AllreduceTrainer:
                 t1 = time.perf_counter()
                 allreduce_sums()
                 t2 = time.perf_counter()
-                mean_gradient(grad_sum, buf[-1], params, l2, pen, tmp, grad)  # the objective only when logged
-                gnorm2 = float(np.dot(grad, grad))
+                if n_pen >= 0:  # one fused call: bitwise mean_gradient, plus ||grad||^2
+                    gnorm2 = kernels.mean_gradient_norm2(grad_sum, 1.0 / buf[-1], params, l2, n_pen, grad)
+                else:
+                    mean_gradient(grad_sum, buf[-1], params, l2, pen, tmp, grad)  # the objective only when logged
+                    gnorm2 = float(np.dot(grad, grad))
                 if not math.isfinite(gnorm2):
                     # Every rank sees the same reduced gradient, so all get here together:
                     # one more collective to report the batch's loss in the error.
