@@ -75,31 +75,24 @@ def row_position(row, n_rows, bits, keys):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _round(x, key, mask, s1, s2):
+    """One round of :func:`row_position` (key already masked): invertible on [0, 2^bits)."""
+    x ^= key
+    x = (x * _MUL_A) & mask
+    x ^= x >> s1
+    x = (x * _MUL_B) & mask
+    return x ^ (x >> s2)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _rounds(x, k0, k1, k2, k3, mask, s1, s2):
     """The N_ROUNDS (= 4) rounds of :func:`row_position` on one value, without the walking:
     straight-line uint64 arithmetic, so a loop over rows vectorises (AVX-512 multiplies
     eight 64-bit lanes at once). k0..k3: the round keys already masked."""
-    x ^= k0
-    x = (x * _MUL_A) & mask
-    x ^= x >> s1
-    x = (x * _MUL_B) & mask
-    x ^= x >> s2
-    x ^= k1
-    x = (x * _MUL_A) & mask
-    x ^= x >> s1
-    x = (x * _MUL_B) & mask
-    x ^= x >> s2
-    x ^= k2
-    x = (x * _MUL_A) & mask
-    x ^= x >> s1
-    x = (x * _MUL_B) & mask
-    x ^= x >> s2
-    x ^= k3
-    x = (x * _MUL_A) & mask
-    x ^= x >> s1
-    x = (x * _MUL_B) & mask
-    x ^= x >> s2
-    return x
+    x = _round(x, k0, mask, s1, s2)
+    x = _round(x, k1, mask, s1, s2)
+    x = _round(x, k2, mask, s1, s2)
+    return _round(x, k3, mask, s1, s2)
 
 
 @njit(cache=True, nogil=True)
