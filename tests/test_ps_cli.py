@@ -138,3 +138,14 @@ def test_bad_delay_hook_is_a_clear_error(data, tmp_path):
     line = fail(data, tmp_path / "r", 2, "--strategy", "ps", "--optimizer", "sgd",
                 env={"MPIDML_PS_DELAY": "0:1"})
     assert "MPIDML_PS_DELAY" in line and "worker rank" in line
+
+
+def test_async_loss_lines_come_from_every_worker(data, tmp_path):
+    # 2 workers and an even --log-every: the lines must not all come from one worker.
+    _, s, _ = train(data, tmp_path / "r", 3, "--strategy", "ps", "--ps-mode", "async", "--optimizer", "sgd",
+                    "--lr", "0.1", "--batch-size", "50", "--epochs", "2", "--log-every", "4")
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    workers = [x["worker"] for x in lines if "loss" in x and "worker" in x]
+    # 2 x 21 steps of 25 rows per epoch = 84 updates in 2 epochs: a line about every 4 updates
+    assert set(workers) == {1, 2}, workers
+    assert 15 <= len(workers) <= 25, len(workers)

@@ -654,8 +654,12 @@ class ParameterServerTrainer:
                         perm = _worker_permutation(n_local, cfg.seed, epoch, me, cfg.shuffle)
                         perm_epoch = epoch
                     rows = perm[cuts[s]:cuts[s + 1]]
-                    u = t * W + me  # this gradient's nominal place among all updates
-                    log_now = (u + 1) % log_every == 0 or u + 1 == T * W
+                    # A loss line about every log_every updates, the workers taking turns: worker
+                    # me logs its step t when (t+1) is a multiple of log_every // W and it is me's
+                    # turn (with "(t*W + me + 1) % log_every", a log_every that shares a factor
+                    # with W left some workers' losses never shown). And the very last update.
+                    lw = max(1, log_every // W)
+                    log_now = ((t + 1) % lw == 0 and ((t + 1) // lw) % W == me) or t * W + me + 1 == T * W
                 gsum[:] = 0.0
                 scal[LOSS] = model.loss_grad(shard, params, rows, gsum, log_now)
                 scal[WSUM] = float(sw[rows].sum()) if sw.size else float(rows.size)
