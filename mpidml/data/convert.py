@@ -42,7 +42,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, MpidmlError
 from .partition import shard_bounds
-from .writer import any_rank, collective_dxpl, create_rows_dataset, resolve_layout, \
+from .writer import any_rank, collective_dxpl, create_rows_dataset, float_dtype, resolve_layout, \
     resolve_write, shared_tmp_name, write_rows
 
 __all__ = ["convert", "FORMATS"]
@@ -594,49 +594,72 @@ def _svm_blocks(src: str, step: int):
         yield _parse_svm_block(block, src)
 
 
-def _convert_svmlight(src, out: _Output, *, n_features, zero_based, chunk_rows) -> dict:
-    # Pass 1: validate everything, count rows, find the index range and the label set.
-    line_step = _step(chunk_rows, 1)
-    n_rows = 0
-    min_idx = max_idx = None
-    min_line = max_line = 0
-    labels_pm1 = True
-    has_neg = has_pos = False
-    for blk in _svm_blocks(src, line_step):
+def svm_scan(src: str, step: int, on_block=None):
+    """Pass 1 over an svmlight file: (rows, min index, max index, line of each).
+
+    Parses (and so validates) every line, ``step`` lines at a time; ``on_block(blk,
+    row_line)`` sees each parsed block (row_line: the line number of each stored value)
+    for the caller's own checks and label bookkeeping. Indices are None for a file
+    without features. Shared by the dense and the CSR converters.
+    """
+    n_rows, min_idx, max_idx, min_line, max_line = 0, None, None, 0, 0
+    for blk in _svm_blocks(src, step):
         n_rows += blk.labels.shape[0]
+        row_line = np.repeat(blk.linenos, blk.counts) if blk.idx.size else None
+        if on_block is not None:
+            on_block(blk, row_line)
         if blk.idx.size:
-            row_line = np.repeat(blk.linenos, blk.counts)
             kmin, kmax = int(np.argmin(blk.idx)), int(np.argmax(blk.idx))
             if min_idx is None or blk.idx[kmin] < min_idx:
                 min_idx, min_line = int(blk.idx[kmin]), int(row_line[kmin])
             if max_idx is None or blk.idx[kmax] > max_idx:
                 max_idx, max_line = int(blk.idx[kmax]), int(row_line[kmax])
-        if labels_pm1 and blk.labels.size:
-            labels_pm1 = bool(np.all((blk.labels == 1) | (blk.labels == -1)))
-            has_neg = has_neg or bool(np.any(blk.labels == -1))
-            has_pos = has_pos or bool(np.any(blk.labels == 1))
+    return n_rows, min_idx, max_idx, min_line, max_line
+
+
+def svm_layout(src: str, scan, zero_based, n_features, *, zero_based_fix: str, features_option: str):
+    """(zero_based, index offset, number of features) from :func:`svm_scan`'s result.
+
+    zero_based: True, False or "auto" (zero-based iff some index is 0); n_features: None
+    (max index + 1 - offset) or the number to use. DataError, naming the line, for an empty
+    file, index 0 in a one-based file, no features to count, an index out of range.
+    ``zero_based_fix`` / ``features_option``: how the caller's users set those (API or CLI).
+    """
+    n_rows, min_idx, max_idx, min_line, max_line = scan
     if n_rows == 0:
         raise DataError(f"{src} is empty (no data lines)")
-    if zero_based == "auto":
-        zb = min_idx == 0
-    else:
-        zb = bool(zero_based)
+    zb = (min_idx == 0) if zero_based == "auto" else bool(zero_based)
     offset = 0 if zb else 1
     if not zb and min_idx == 0:
-        raise DataError(f"{src} line {min_line}: feature index 0 in a one-based file; "
-                        "use zero_based=True (or 'auto')")
+        raise DataError(f"{src} line {min_line}: feature index 0 in a one-based file; {zero_based_fix}")
     if n_features is None:
         if max_idx is None:
-            raise DataError(f"{src} has no features at all; give n_features")
-        d = max_idx - offset + 1
-        if d > _MAX_FEATURES:
-            raise DataError(f"{src} line {max_line}: feature index {max_idx} implies {d} "
-                            f"features, more than the {_MAX_FEATURES} supported for dense data")
-    else:
-        d = n_features
-        if max_idx is not None and max_idx - offset >= d:
-            raise DataError(f"{src} line {max_line}: feature index {max_idx} is out of range for "
-                            f"n_features={d} ({'zero' if zb else 'one'}-based indices)")
+            raise DataError(f"{src} has no features at all; give {features_option.rstrip('= ')}")
+        return zb, offset, max_idx - offset + 1
+    d = int(n_features)
+    if max_idx is not None and max_idx - offset >= d:
+        raise DataError(f"{src} line {max_line}: feature index {max_idx} is out of range for "
+                        f"{features_option}{d} ({'zero' if zb else 'one'}-based indices)")
+    return zb, offset, d
+
+
+def _convert_svmlight(src, out: _Output, *, n_features, zero_based, chunk_rows) -> dict:
+    # Pass 1: validate everything, count rows, find the index range and the label set.
+    seen = {"pm1": True, "neg": False, "pos": False}
+
+    def track_labels(blk, _row_line):
+        if seen["pm1"] and blk.labels.size:
+            seen["pm1"] = bool(np.all((blk.labels == 1) | (blk.labels == -1)))
+            seen["neg"] = seen["neg"] or bool(np.any(blk.labels == -1))
+            seen["pos"] = seen["pos"] or bool(np.any(blk.labels == 1))
+
+    n_rows, min_idx, max_idx, min_line, max_line = svm_scan(src, _step(chunk_rows, 1), track_labels)
+    labels_pm1, has_neg, has_pos = seen["pm1"], seen["neg"], seen["pos"]
+    zb, offset, d = svm_layout(src, (n_rows, min_idx, max_idx, min_line, max_line), zero_based, n_features,
+                               zero_based_fix="use zero_based=True (or 'auto')", features_option="n_features=")
+    if n_features is None and d > _MAX_FEATURES:
+        raise DataError(f"{src} line {max_line}: feature index {max_idx} implies {d} "
+                        f"features, more than the {_MAX_FEATURES} supported for dense data")
     label_map = {-1: 0, 1: 1} if (labels_pm1 and has_neg and has_pos) else None
 
     # Pass 2: fill dense blocks.
@@ -731,12 +754,7 @@ def convert(src, dst, *, fmt="auto", y_src=None, label_col=0, delimiter=None, ha
             or chunk_rows < 1:
         raise ConfigError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
     chunk_rows = int(chunk_rows)
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
+    dt = float_dtype(dtype)
     for value, what in ((x_key, "x_key"), (y_key, "y_key"), (x_name, "x_name"),
                         (y_name, "y_name")):
         _name(value, what)

@@ -52,8 +52,8 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .partition import shard_bounds
-from .writer import atomic_output, collective_dxpl, create_rows_dataset, resolve_layout, resolve_write, \
-    shared_tmp_name, write_rows
+from .writer import atomic_output, collective_dxpl, create_rows_dataset, float_dtype, resolve_layout, \
+    resolve_write, shared_tmp_name, write_rows
 
 __all__ = ["generate", "stream_block_rows", "KINDS"]
 
@@ -157,12 +157,7 @@ def generate(kind, path, *, rows, features, classes=2, noise=0.1, seed=0, dtype=
     if kind != "linear" and noise > 1:
         raise ConfigError(f"noise is a label-flip probability for {kind} data and must be in "
                           f"[0, 1], got {noise}")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
+    dt = float_dtype(dtype)
     for name, what in ((x_name, "x_name"), (y_name, "y_name")):
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{what} must be a non-empty dataset name, got {name!r}")

@@ -37,8 +37,9 @@ import re
 import numpy as np
 
 from ..errors import ConfigError, DataError, MpidmlError
-from .convert import _INPUT_ERRORS, _lines, _svm_blocks
+from .convert import _INPUT_ERRORS, _lines, _svm_blocks, svm_layout, svm_scan
 from .csr import CSRWriter
+from .writer import float_dtype
 
 __all__ = ["convert_sparse", "parse_hash_features", "hash_tokens", "tokenize", "MAX_HASH_BITS"]
 
@@ -193,44 +194,23 @@ class _Labels:
 
 
 def _svm_pass1(src: str, step: int, labels: _Labels):
-    n_rows, min_idx, max_idx, min_line, max_line = 0, None, None, 0, 0
-    for blk in _svm_blocks(src, step):
-        n_rows += blk.labels.shape[0]
+    def check_block(blk, row_line):
         labels.add(blk.labels, src, blk.linenos)
-        if blk.idx.size:
-            row_line = np.repeat(blk.linenos, blk.counts)
-            bad = np.flatnonzero(~np.isfinite(blk.val))
-            if bad.size:
-                k = int(bad[0])
-                raise DataError(f"{src} line {row_line[k]}: value {blk.val[k]} of feature {blk.idx[k]} is not "
-                                "finite; sparse files must hold finite values")
-            kmin, kmax = int(np.argmin(blk.idx)), int(np.argmax(blk.idx))
-            if min_idx is None or blk.idx[kmin] < min_idx:
-                min_idx, min_line = int(blk.idx[kmin]), int(row_line[kmin])
-            if max_idx is None or blk.idx[kmax] > max_idx:
-                max_idx, max_line = int(blk.idx[kmax]), int(row_line[kmax])
-    return n_rows, min_idx, max_idx, min_line, max_line
+        bad = np.flatnonzero(~np.isfinite(blk.val))
+        if bad.size:
+            k = int(bad[0])
+            raise DataError(f"{src} line {row_line[k]}: value {blk.val[k]} of feature {blk.idx[k]} is not "
+                            "finite; sparse files must hold finite values")
+
+    return svm_scan(src, step, check_block)
 
 
 def _convert_svmlight_csr(src, tmp, *, n_features, zero_based, chunk_rows, dtype, x_name, y_name) -> dict:
     labels = _Labels()
-    n_rows, min_idx, max_idx, min_line, max_line = _svm_pass1(src, chunk_rows, labels)
-    if n_rows == 0:
-        raise DataError(f"{src} is empty (no data lines)")
-    zb = (min_idx == 0) if zero_based == "auto" else bool(zero_based)
-    offset = 0 if zb else 1
-    if not zb and min_idx == 0:
-        raise DataError(f"{src} line {min_line}: feature index 0 in a one-based file; "
-                        "use --zero-based true (or auto)")
-    if n_features is None:
-        if max_idx is None:
-            raise DataError(f"{src} has no features at all; give --features")
-        d = max_idx - offset + 1
-    else:
-        d = int(n_features)
-        if max_idx is not None and max_idx - offset >= d:
-            raise DataError(f"{src} line {max_line}: feature index {max_idx} is out of range for "
-                            f"--features {d} ({'zero' if zb else 'one'}-based indices)")
+    scan = _svm_pass1(src, chunk_rows, labels)
+    n_rows = scan[0]
+    zb, offset, d = svm_layout(src, scan, zero_based, n_features,
+                               zero_based_fix="use --zero-based true (or auto)", features_option="--features ")
     y_dt, label_map = labels.finish(src)
     writer = CSRWriter(tmp, dtype, np.int32 if d <= np.iinfo(np.int32).max else np.int64, x_name, y_name, y_dt)
     writer.open()
@@ -325,12 +305,7 @@ def convert_sparse(src, dst, *, fmt="auto", hash_features=None, n_features=None,
         raise ConfigError(f"--features must be a positive integer, got {n_features!r}")
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
         raise ConfigError(f"--chunk-rows must be a positive integer, got {chunk_rows!r}")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
+    dt = float_dtype(dtype)
     if not os.path.exists(src):
         raise DataError(f"input file {src} does not exist; check the path")
     if os.path.isdir(src):

@@ -30,6 +30,17 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from .hdf5 import h5py_has_mpi
 
+
+def float_dtype(dtype) -> np.dtype:
+    """``np.dtype(dtype)`` if it is float32 or float64, else ConfigError naming what was given."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
+    return dt
+
 __all__ = ["LAYOUTS", "WRITE_MODES", "DEFAULT_CHUNK_BYTES", "resolve_write", "resolve_layout",
            "create_rows_dataset", "write_rows", "collective_dxpl", "atomic_output", "shared_tmp_name",
            "any_rank", "layout_of"]
