@@ -142,6 +142,8 @@ class AllreduceTrainer:
         if getattr(self.cfg, "lbfgs_scaling", "none") != "features" or not hasattr(self.model, "lbfgs_h0"):
             return None
         shard, D = self.shard, int(self.model.n_features)
+        if self.model.lbfgs_h0(np.ones(D), self.l2) is None:  # e.g. the MLP: no pass, no collective
+            return None
         t0 = time.perf_counter()
         sums = np.zeros(D + 1, dtype=np.float64)
         sq = sums[:D]
