@@ -99,6 +99,7 @@ BAD_OPTIONS = [
     ("unknown model", ["--model", "lasso"], "unknown model 'lasso'"),
     ("unknown optimizer", ["--optimizer", "lbgfs"], "did you mean 'lbfgs'"),
     ("unknown strategy", ["--strategy", "ring"], "unknown strategy 'ring'"),
+    ("unknown L-BFGS scaling", ["--lbfgs-scaling", "diag"], "unknown lbfgs_scaling 'diag'"),
     ("zero learning rate", ["--lr", "0"], "--lr must be > 0"),
     ("negative learning rate", ["--lr", "-0.1"], "--lr must be > 0"),
     ("negative l2", ["--l2", "-1"], "--l2 must be >= 0"),
