@@ -149,3 +149,14 @@ def test_async_loss_lines_come_from_every_worker(data, tmp_path):
     # 2 x 21 steps of 25 rows per epoch = 84 updates in 2 epochs: a line about every 4 updates
     assert set(workers) == {1, 2}, workers
     assert 15 <= len(workers) <= 25, len(workers)
+
+
+@pytest.mark.parametrize("W,L,T", [(2, 4, 42), (2, 10, 50), (3, 6, 17), (4, 3, 20), (1, 5, 23)])
+def test_async_log_schedule_takes_turns(W, L, T):
+    from mpidml.parallel.parameter_server import async_log_now
+
+    logged = [(t, me) for t in range(T) for me in range(W) if async_log_now(t, me, W, T, L)]
+    assert {me for _, me in logged} == set(range(W))  # every worker's losses are shown
+    assert (T - 1, W - 1) in logged  # the last update always
+    lw = max(1, L // W)
+    assert abs(len(logged) - T // lw) <= 1  # about one line every L updates (T * W / (lw * W))

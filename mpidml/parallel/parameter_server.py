@@ -101,6 +101,18 @@ from .allreduce import EpochPlan, _diverged, l2_penalty, mean_gradient
 TAG_GRAD, TAG_PARAMS, TAG_STOP, TAG_DONE = 101, 102, 103, 104
 # Scalars after the gradient slice in every TAG_GRAD message.
 LOSS, WSUM, PEN, HAS_LOSS, ROWS = range(5)
+
+
+def async_log_now(t: int, me: int, W: int, T: int, log_every: int) -> bool:
+    """async/ssp: does worker ``me`` (of W) send the loss of its step ``t`` (of T) to be logged?
+
+    About one line every ``log_every`` updates, the workers taking turns: worker me logs step t
+    when t+1 is a multiple of log_every // W and it is me's turn; and the very last update.
+    (With "(t*W + me + 1) % log_every", a log_every sharing a factor with W never showed some
+    workers' losses.)
+    """
+    lw = max(1, log_every // W)
+    return ((t + 1) % lw == 0 and ((t + 1) // lw) % W == me) or t * W + me + 1 == T * W
 N_SCALARS = 5
 MODES = ("sync", "async", "ssp")
 DELAY_ENV = "MPIDML_PS_DELAY"
@@ -654,12 +666,7 @@ class ParameterServerTrainer:
                         perm = _worker_permutation(n_local, cfg.seed, epoch, me, cfg.shuffle)
                         perm_epoch = epoch
                     rows = perm[cuts[s]:cuts[s + 1]]
-                    # A loss line about every log_every updates, the workers taking turns: worker
-                    # me logs its step t when (t+1) is a multiple of log_every // W and it is me's
-                    # turn (with "(t*W + me + 1) % log_every", a log_every that shares a factor
-                    # with W left some workers' losses never shown). And the very last update.
-                    lw = max(1, log_every // W)
-                    log_now = ((t + 1) % lw == 0 and ((t + 1) // lw) % W == me) or t * W + me + 1 == T * W
+                    log_now = async_log_now(t, me, W, T, log_every)
                 gsum[:] = 0.0
                 scal[LOSS] = model.loss_grad(shard, params, rows, gsum, log_now)
                 scal[WSUM] = float(sw[rows].sum()) if sw.size else float(rows.size)

@@ -42,7 +42,7 @@ from mpi4py import MPI
 from .. import faults, kernels
 from .allreduce import EpochPlan, l2_penalty
 from .parameter_server import (DELAY_ENV, HAS_LOSS, LOSS, N_SCALARS, PEN, ROWS, TAG_DONE, TAG_GRAD, TAG_PARAMS,
-                               TAG_STOP, WSUM, Server, _worker_permutation, parse_delays)
+                               TAG_STOP, WSUM, Server, _worker_permutation, async_log_now, parse_delays)
 
 M_AT, P_AT, HEAD = N_SCALARS, N_SCALARS + 1, N_SCALARS + 2  # counts after the scalars; then the arrays
 
@@ -166,8 +166,7 @@ def work_sparse(tr, params, layout, plan) -> None:
             if sync:
                 log_now = (t + 1) % log_every == 0 or t + 1 == T
             else:
-                u = t * W + me
-                log_now = (u + 1) % log_every == 0 or u + 1 == T * W
+                log_now = async_log_now(t, me, W, T, log_every)
             gsum[coords] = 0.0
             scal[LOSS] = model.loss_grad(shard, params, rows, gsum, log_now)
             scal[WSUM] = float(sw[rows].sum()) if sw.size else float(rows.size)
