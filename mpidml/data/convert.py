@@ -42,7 +42,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, MpidmlError
 from .partition import shard_bounds
-from .writer import any_rank, collective_dxpl, create_rows_dataset, float_dtype, resolve_layout, \
+from .writer import any_rank, check_output_path, collective_dxpl, create_rows_dataset, float_dtype, resolve_layout, \
     resolve_write, shared_tmp_name, write_rows
 
 __all__ = ["convert", "FORMATS"]
@@ -781,17 +781,11 @@ def convert(src, dst, *, fmt="auto", y_src=None, label_col=0, delimiter=None, ha
         raise DataError(f"input file {src} does not exist; check the path")
     if os.path.isdir(src):
         raise DataError(f"input path {src} is a directory, not a file")
-    if os.path.isdir(dst):
-        raise ConfigError(f"output path {dst} is a directory; give a file name")
     for other in (src, y_src):
         if other is not None and os.path.exists(dst) and os.path.exists(other) \
                 and os.path.samefile(other, dst):
             raise ConfigError(f"output {dst} is the same file as the input {other}")
-    if os.path.exists(dst) and not overwrite:
-        raise ConfigError(f"output file {dst} exists; remove it or pass overwrite")
-    parent = os.path.dirname(os.path.abspath(dst))
-    if not os.path.isdir(parent):
-        raise ConfigError(f"output directory {parent} does not exist; create it first")
+    check_output_path(dst, overwrite, "remove it or pass overwrite")
 
     if parallel:
         info = _convert_collective(fmt, src, dst, y_src, x_key, y_key, x_name, y_name, dt,

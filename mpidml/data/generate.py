@@ -52,7 +52,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .partition import shard_bounds
-from .writer import atomic_output, collective_dxpl, create_rows_dataset, float_dtype, resolve_layout, \
+from .writer import atomic_output, check_output_path, collective_dxpl, create_rows_dataset, float_dtype, resolve_layout, \
     resolve_write, shared_tmp_name, write_rows
 
 __all__ = ["generate", "stream_block_rows", "KINDS"]
@@ -183,13 +183,7 @@ def generate(kind, path, *, rows, features, classes=2, noise=0.1, seed=0, dtype=
     if comm is not None and comm.Get_rank() != 0 and not collective:
         return meta
 
-    if os.path.isdir(path):
-        raise ConfigError(f"output path {path} is a directory; give a file name")
-    if os.path.exists(path) and not overwrite:
-        raise ConfigError(f"output file {path} exists; remove it or allow overwriting")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise ConfigError(f"output directory {parent} does not exist; create it first")
+    check_output_path(path, overwrite, "remove it or allow overwriting")
 
     y_dt = np.float64 if kind == "linear" else np.int64
     block_rows = stream_block_rows(features)

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, MpidmlError
 from .partition import shard_bounds
-from .writer import atomic_output
+from .writer import atomic_output, check_output_path
 
 __all__ = ["RatingsShard", "generate_ratings", "inspect_ratings", "read_ratings_shard", "RATING_NAMES"]
 
@@ -118,13 +118,7 @@ def generate_ratings(path, *, users, items, rank, ratings, noise=0.1, seed=0, te
     if len(outputs) == 2 and os.path.abspath(outputs[0]) == os.path.abspath(outputs[1]):
         raise ConfigError("--test-output must differ from the training output file")
     for out in outputs:
-        if os.path.isdir(out):
-            raise ConfigError(f"output path {out} is a directory; give a file name")
-        if os.path.exists(out) and not overwrite:
-            raise ConfigError(f"output file {out} exists; use --overwrite to replace it")
-        parent = os.path.dirname(os.path.abspath(out))
-        if not os.path.isdir(parent):
-            raise ConfigError(f"output directory {parent} does not exist; create it first")
+        check_output_path(out, overwrite, "use --overwrite to replace it")
 
     P, Q, b, c, mu = true_factors(seed, users, items, rank)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))

@@ -39,7 +39,7 @@ import numpy as np
 from ..errors import ConfigError, DataError, MpidmlError
 from .convert import _INPUT_ERRORS, _lines, _svm_blocks, svm_layout, svm_scan
 from .csr import CSRWriter
-from .writer import float_dtype
+from .writer import check_output_path, float_dtype
 
 __all__ = ["convert_sparse", "parse_hash_features", "hash_tokens", "tokenize", "MAX_HASH_BITS"]
 
@@ -310,15 +310,9 @@ def convert_sparse(src, dst, *, fmt="auto", hash_features=None, n_features=None,
         raise DataError(f"input file {src} does not exist; check the path")
     if os.path.isdir(src):
         raise DataError(f"input path {src} is a directory, not a file")
-    if os.path.isdir(dst):
-        raise ConfigError(f"output path {dst} is a directory; give a file name")
     if os.path.exists(dst) and os.path.samefile(src, dst):
         raise ConfigError(f"output {dst} is the same file as the input {src}")
-    if os.path.exists(dst) and not overwrite:
-        raise ConfigError(f"output file {dst} exists; remove it or pass --overwrite")
-    parent = os.path.dirname(os.path.abspath(dst))
-    if not os.path.isdir(parent):
-        raise ConfigError(f"output directory {parent} does not exist; create it first")
+    check_output_path(dst, overwrite, "remove it or pass --overwrite")
 
     tmp = f"{dst}.tmp{os.getpid()}"
     try:

@@ -136,6 +136,19 @@ def write_rows(dset: h5py.Dataset, start: int, arr: np.ndarray | None, dxpl=None
     dset.id.write(mspace, fspace, buf, h5py.h5t.py_create(buf.dtype), dxpl=dxpl)
 
 
+def check_output_path(path: str, overwrite: bool, how_to_overwrite: str) -> None:
+    """ConfigError unless a writer may create ``path``: not a directory, not an existing file
+    (unless ``overwrite``; ``how_to_overwrite`` is the caller's hint, API or CLI wording), and
+    its directory exists."""
+    if os.path.isdir(path):
+        raise ConfigError(f"output path {path} is a directory; give a file name")
+    if os.path.exists(path) and not overwrite:
+        raise ConfigError(f"output file {path} exists; {how_to_overwrite}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ConfigError(f"output directory {parent} does not exist; create it first")
+
+
 @contextmanager
 def atomic_output(path: str, what: str):
     """Yield a temporary name next to ``path`` to write one process's whole output into.
