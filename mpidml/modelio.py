@@ -32,14 +32,18 @@ def save_model(path: str, model, params: np.ndarray, extra_arrays: dict | None =
         coef, intercept = model.coef_intercept(params)
         arrays = {"coef": coef, "intercept": intercept}
     arrays = dict(arrays, **(extra_arrays or {}))
+    write_h5_atomically(path, arrays, {"model": model.name, "n_features": model.n_features,
+                                       "n_classes": getattr(model, "n_classes", 0),
+                                       "mpidml_version": __version__, **attrs})
+
+
+def write_h5_atomically(path: str, arrays: dict, attrs: dict) -> None:
+    """Datasets ``arrays`` and file attributes ``attrs`` into ``path``: written to a temporary
+    file, flushed, fsynced and renamed, so a reader never sees a half-written model."""
     tmp = f"{path}.tmp.{os.getpid()}"
     with h5py.File(tmp, "w") as f:
         for name, value in arrays.items():
             f.create_dataset(name, data=value)
-        f.attrs["model"] = model.name
-        f.attrs["n_features"] = model.n_features
-        f.attrs["n_classes"] = getattr(model, "n_classes", 0)
-        f.attrs["mpidml_version"] = __version__
         for key, value in attrs.items():
             f.attrs[key] = value
         f.flush()

@@ -28,6 +28,7 @@ import numpy as np
 from . import __version__
 from .data.ratings import generate_ratings, read_ratings_shard
 from .errors import ConfigError, DataError, DivergedError, MpidmlError
+from .modelio import write_h5_atomically
 from .models.mf import MFModel
 
 MF_GENERATE_OPTIONS = ("users", "items", "rank", "ratings", "test_ratings", "test_output")
@@ -129,16 +130,9 @@ def is_mf_model(path: str) -> bool:
 
 
 def save_mf_model(path: str, model: MFModel, params: np.ndarray, mu: float, **attrs) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with h5py.File(tmp, "w") as f:
-        for name, value in model.factors(params).items():
-            f.create_dataset(name, data=value)
-        f.attrs.update({"model": "mf", "rank": model.rank, "n_users": model.n_users, "n_items": model.n_items,
-                        "global_mean": mu, "mpidml_version": __version__, **attrs})
-        f.flush()
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_h5_atomically(path, model.factors(params),
+                        {"model": "mf", "rank": model.rank, "n_users": model.n_users, "n_items": model.n_items,
+                         "global_mean": mu, "mpidml_version": __version__, **attrs})
 
 
 def load_mf_model(path: str):
