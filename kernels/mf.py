@@ -40,17 +40,23 @@ def mf_predict(user, item, mu, ublock, iblock, out):
         out[j] = z
 
 
+@njit(cache=True, nogil=True, fastmath=False, inline="always")
+def _residual(r, mu, U, a, V, c, k):
+    """e = r - r_hat for user row U[a] and item row V[c] ([factors (k), bias]), subtracting
+    mu, the biases, then each factor product in turn (the rounding every caller shares)."""
+    e = r - mu - U[a, k] - V[c, k]
+    for f in range(k):
+        e -= U[a, f] * V[c, f]
+    return e
+
+
 @njit(cache=True, nogil=True, fastmath=False)
 def mf_loss(user, item, rating, mu, ublock, iblock):
     """Returns sum_j 0.5 * (r_j - r_hat_j)**2 over all n ratings (no regularisation)."""
     k = ublock.shape[1] - 1
     total = 0.0
     for j in range(user.shape[0]):
-        u = user[j]
-        i = item[j]
-        e = rating[j] - mu - ublock[u, k] - iblock[i, k]
-        for f in range(k):
-            e -= ublock[u, f] * iblock[i, f]
+        e = _residual(rating[j], mu, ublock, user[j], iblock, item[j], k)
         total += 0.5 * e * e
     return total
 
@@ -151,9 +157,7 @@ def mf_sgd_gradients(upos, ipos, rating, mu, urows, irows, ucoef, icoef, ugrad, 
     for j in range(upos.shape[0]):
         a = upos[j]
         c = ipos[j]
-        e = rating[j] - mu - urows[a, k] - irows[c, k]
-        for f in range(k):
-            e -= urows[a, f] * irows[c, f]
+        e = _residual(rating[j], mu, urows, a, irows, c, k)
         total += 0.5 * e * e
         for f in range(k):
             ugrad[a, f] += ucoef[a] * urows[a, f] - e * irows[c, f]
