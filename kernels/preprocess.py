@@ -8,6 +8,17 @@ of losing ~log10(n) of them as a plain running sum does.
 from numba import njit
 
 
+@njit(cache=True, nogil=True, fastmath=False, inline="always")
+def _neumaier_add(total, comp, j, v):
+    """total[j] += v, with the rounding error of that addition accumulated in comp[j]."""
+    t = total[j] + v
+    if abs(total[j]) >= abs(v):
+        comp[j] += (total[j] - t) + v
+    else:
+        comp[j] += (v - t) + total[j]
+    total[j] = t
+
+
 @njit(cache=True, nogil=True, fastmath=False)
 def column_sums(X, count, total, comp):
     """Add the per-column count and compensated sum of the non-NaN values of ``X``.
@@ -24,12 +35,7 @@ def column_sums(X, count, total, comp):
             if v != v:  # NaN
                 continue
             count[j] += 1.0
-            t = total[j] + v
-            if abs(total[j]) >= abs(v):
-                comp[j] += (total[j] - t) + v
-            else:
-                comp[j] += (v - t) + total[j]
-            total[j] = t
+            _neumaier_add(total, comp, j, v)
 
 
 @njit(cache=True, nogil=True, fastmath=False)
@@ -47,13 +53,7 @@ def column_sq_dev(X, center, total, comp):
             if v != v:
                 continue
             r = v - center[j]
-            s = r * r
-            t = total[j] + s
-            if total[j] >= s:  # both are >= 0
-                comp[j] += (total[j] - t) + s
-            else:
-                comp[j] += (s - t) + total[j]
-            total[j] = t
+            _neumaier_add(total, comp, j, r * r)
 
 
 @njit(cache=True, nogil=True, fastmath=False)
