@@ -48,8 +48,8 @@ import numpy as np
 from mpi4py import MPI
 
 from ..data.partition import all_shard_bounds
-from ..errors import ConfigError
 from ..kernels import mf as mfk
+from .parameter_server import check_servers
 
 TAG_PULL, TAG_ROWS, TAG_PUSH, TAG_DONE = 201, 202, 203, 204
 
@@ -57,12 +57,7 @@ __all__ = ["check_mf_ps_layout", "reshard_by_user", "MFParameterServer"]
 
 
 def check_mf_ps_layout(size: int, servers: int) -> None:
-    if size < 2:
-        raise ConfigError(f"--strategy ps needs at least 2 ranks (a server and a worker), got {size}; "
-                          "launch with mpirun -n 2 or more, or use --strategy allreduce --optimizer als")
-    if not 1 <= servers < size:
-        raise ConfigError(f"--servers {servers} must be >= 1 and leave at least one worker: "
-                          f"with {size} ranks use --servers 1..{size - 1}")
+    check_servers(size, servers, "--strategy allreduce --optimizer als")
 
 
 def reshard_by_user(comm, shard, owners: np.ndarray, n_workers: int, first_worker: int):

@@ -124,15 +124,21 @@ _WHAT = ("gradient norm^2", "loss")  # divergence kinds, by code
 
 # -- set-up checks shared by data_parts, fit and the benchmark ------------------------
 
-def check_layout(size: int, cfg) -> None:
-    """ConfigError unless ``size`` ranks can run this PS configuration."""
-    servers = int(cfg.servers)
+def check_servers(size: int, servers: int, alternative: str) -> None:
+    """ConfigError unless ``size`` ranks leave at least one worker beside ``servers`` servers.
+
+    ``alternative``: what to use instead with one rank (e.g. "--strategy allreduce")."""
     if size < 2:
         raise ConfigError(f"--strategy ps needs at least 2 ranks (a server and a worker), got {size}; "
-                          "launch with mpirun -n 2 or more, or use --strategy allreduce")
+                          f"launch with mpirun -n 2 or more, or use {alternative}")
     if not 1 <= servers < size:
         raise ConfigError(f"--servers {servers} must be >= 1 and leave at least one worker: "
                           f"with {size} ranks use --servers 1..{size - 1}")
+
+
+def check_layout(size: int, cfg) -> None:
+    """ConfigError unless ``size`` ranks can run this PS configuration."""
+    check_servers(size, int(cfg.servers), "--strategy allreduce")
     if cfg.optimizer not in ("sgd", "adam"):
         raise ConfigError(f"--strategy ps trains with the mini-batch optimizers sgd and adam, "
                           f"not {cfg.optimizer}; use --optimizer sgd|adam or --strategy allreduce")
