@@ -339,8 +339,6 @@ def cmd_evaluate(args) -> int:
 
     if is_mf_model(args.model):  # ratings (user, item, rating): mpidml.recommend
         return evaluate_mf_command(args)
-    import numpy as np
-
     from .comm import Context
     from .errors import DataError
     from .modelio import load_model

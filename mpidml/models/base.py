@@ -77,7 +77,7 @@ class Model:
         are not per-feature coefficients. Entries are clipped to 1e12 times the smallest,
         so a constant zero column cannot produce an infinite step.
         """
-        K, D = self.n_outputs, self.n_features
+        K = self.n_outputs
         curv = np.asarray(mean_sq, dtype=np.float64) + float(l2)
         top = float(curv.max()) if curv.size else 0.0
         if not (np.isfinite(top) and top > 0.0):

@@ -92,7 +92,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from .. import faults, kernels
+from .. import faults
 from ..data import all_shard_bounds
 from ..errors import ConfigError
 from ..optim import SGD, Adam, make_schedule
@@ -138,7 +138,8 @@ def check_servers(size: int, servers: int, alternative: str) -> None:
 
 def check_layout(size: int, cfg) -> None:
     """ConfigError unless ``size`` ranks can run this PS configuration."""
-    check_servers(size, int(cfg.servers), "--strategy allreduce")
+    servers = int(cfg.servers)
+    check_servers(size, servers, "--strategy allreduce")
     if cfg.optimizer not in ("sgd", "adam"):
         raise ConfigError(f"--strategy ps trains with the mini-batch optimizers sgd and adam, "
                           f"not {cfg.optimizer}; use --optimizer sgd|adam or --strategy allreduce")
@@ -389,7 +390,7 @@ class Server:
 
     # -- the loop ---------------------------------------------------------
     def run(self) -> None:
-        comm, K, W, nk = self.comm, self.layout.K, self.layout.W, self.nk
+        comm, K, W = self.comm, self.layout.K, self.layout.W
         self._empty = np.zeros(0)
         self.recv, self.send = self._requests(comm, W)
         self._active_sends: list = []
