@@ -7,10 +7,26 @@ loss_i = logsumexp(z_i) - z_i[y_i] with logits z_i = W x_i + c.
 import numpy as np
 from numba import njit
 
+from .simd import align_offset, ld, vadd, vbload, vdiv, vexp_nonpos, vfma, vlane, vload, vmax, vmul, vsplat, vstore, \
+    vstore_t8, vsub
 from .util import FASTMATH, PREFETCH_BYTES, exp_nonpos, log_strict, next_run, prefetch_ahead, prefetch_scattered
 
-# Workspace (in units of K float64) that enables the four-rows-at-a-time path.
+# Workspace (in units of K float64) that enables the four-rows-at-a-time scalar path.
 WORK_ROWS = 4
+# Classes per register tile of the vector path (K is padded up to a multiple of it).
+CLASS_TILE = 10
+
+
+@njit(cache=True, nogil=True)
+def work_size(n_classes, n_features):
+    """float64 workspace that enables the vector path of softmax_loss_grad_ws (D % 8 == 0).
+
+    Holds the coefficients transposed and padded to a multiple of CLASS_TILE classes, a
+    padded gradient, the logits of 8 rows and 8 rows of X transposed, plus up to 7
+    elements to start on a 64-byte boundary. Enough for the scalar paths too.
+    """
+    kq = -(-n_classes // CLASS_TILE) * CLASS_TILE
+    return max(2 * kq * n_features + 17 * kq + 8 * n_features + 15, WORK_ROWS * n_classes)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -51,6 +67,22 @@ def _residuals(work, R, K, y, sw, r, unweighted, with_loss):
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def softmax_loss_grad_ws(X, y, sw, params, rows, grad, with_loss, work):
     """Same as :func:`softmax_loss_grad` with a caller-provided workspace (no allocation).
+
+    work: float64 scratch, >= 2*K elements. With D % 8 == 0 and work.size >=
+    work_size(K, D) rows are taken 8 at a time in explicit vectors (_vector_path, ~1.5x
+    faster than the scalar path at D=64, K=10); otherwise the scalar path below. The
+    two give the same sums up to rounding (they add in different orders).
+    """
+    D = X.shape[1]
+    K = params.size // (D + 1)
+    if D % 8 == 0 and rows.size >= 8 and work.size >= work_size(K, D):
+        return _vector_path(X, y, sw, params, rows, grad, with_loss, work)
+    return _scalar_path(X, y, sw, params, rows, grad, with_loss, work)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _scalar_path(X, y, sw, params, rows, grad, with_loss, work):
+    """softmax_loss_grad_ws one row group at a time in scalar code (any D).
 
     work: float64 (>= 2*K,) scratch for the logits/residuals of the rows in flight. With
     work.size >= WORK_ROWS*K (4*K) rows are taken four at a time, else in pairs (~2x
@@ -147,6 +179,218 @@ def softmax_loss_grad_ws(X, y, sw, params, rows, grad, with_loss, work):
     return loss if with_loss else 0.0
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _row_id(rows, i, r, t, run):
+    """Row of X for lane t of the block: r + t within a run of consecutive rows, else rows[i + t]."""
+    return r + t if run else ld(rows, i + t)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _block8(X, y, sw, rows, i, r, run, K, kq, work, oW, oG, oGB, oZ, oT, oS, oB, with_loss):
+    """Loss and gradient terms of 8 rows (ids from _row_id), added to the padded sums in work.
+
+    1. X rows transposed into work[oT:] (8 at a time), so that lane t holds row t;
+    2. logits, CLASS_TILE classes per register tile: z_k += x_j * coef[k, j] (coef read
+       transposed, one broadcast per class and feature), stored to work[oZ + 8k:];
+    3. softmax across the lanes: max, exp (vexp_nonpos), sum, the weighted residual
+       s (p_k - [k == y]) and the loss s (log(sum) + max - z_y);
+    4. gradient G[k, j:j+8] += sum_t R[k, t] X[row t, j:j+8] in 2-class x 32-feature
+       register tiles (features in the lanes); the intercepts' residual sums per lane.
+    """
+    D = X.shape[1]
+    a0 = _row_id(rows, i, r, 0, run) * D
+    a1 = _row_id(rows, i, r, 1, run) * D
+    a2 = _row_id(rows, i, r, 2, run) * D
+    a3 = _row_id(rows, i, r, 3, run) * D
+    a4 = _row_id(rows, i, r, 4, run) * D
+    a5 = _row_id(rows, i, r, 5, run) * D
+    a6 = _row_id(rows, i, r, 6, run) * D
+    a7 = _row_id(rows, i, r, 7, run) * D
+    for j in range(0, D, 8):
+        vstore_t8(work, oT + 8 * j, vload(X, a0 + j), vload(X, a1 + j), vload(X, a2 + j), vload(X, a3 + j),
+                  vload(X, a4 + j), vload(X, a5 + j), vload(X, a6 + j), vload(X, a7 + j))
+    for k in range(0, kq, CLASS_TILE):
+        z0 = vbload(work, oB + k)
+        z1 = vbload(work, oB + k + 1)
+        z2 = vbload(work, oB + k + 2)
+        z3 = vbload(work, oB + k + 3)
+        z4 = vbload(work, oB + k + 4)
+        z5 = vbload(work, oB + k + 5)
+        z6 = vbload(work, oB + k + 6)
+        z7 = vbload(work, oB + k + 7)
+        z8 = vbload(work, oB + k + 8)
+        z9 = vbload(work, oB + k + 9)
+        for j in range(D):
+            x = vload(work, oT + 8 * j)
+            q = oW + j * kq + k
+            z0 = vfma(x, vbload(work, q), z0)
+            z1 = vfma(x, vbload(work, q + 1), z1)
+            z2 = vfma(x, vbload(work, q + 2), z2)
+            z3 = vfma(x, vbload(work, q + 3), z3)
+            z4 = vfma(x, vbload(work, q + 4), z4)
+            z5 = vfma(x, vbload(work, q + 5), z5)
+            z6 = vfma(x, vbload(work, q + 6), z6)
+            z7 = vfma(x, vbload(work, q + 7), z7)
+            z8 = vfma(x, vbload(work, q + 8), z8)
+            z9 = vfma(x, vbload(work, q + 9), z9)
+        oz = oZ + 8 * k
+        vstore(work, oz, z0)
+        vstore(work, oz + 8, z1)
+        vstore(work, oz + 16, z2)
+        vstore(work, oz + 24, z3)
+        vstore(work, oz + 32, z4)
+        vstore(work, oz + 40, z5)
+        vstore(work, oz + 48, z6)
+        vstore(work, oz + 56, z7)
+        vstore(work, oz + 64, z8)
+        vstore(work, oz + 72, z9)
+    m = vload(work, oZ)
+    for k in range(1, K):
+        m = vmax(m, vload(work, oZ + 8 * k))
+    if sw.size == 0:
+        s = vsplat(1.0)
+        for t in range(8):
+            work[oS + t] = 1.0
+    else:
+        for t in range(8):
+            work[oS + t] = sw[_row_id(rows, i, r, t, run)]
+        s = vload(work, oS)
+    loss = 0.0
+    if with_loss:  # - s (z_y - max), before the logits are overwritten
+        for t in range(8):
+            yt = y[_row_id(rows, i, r, t, run)]
+            loss -= work[oS + t] * (work[oZ + 8 * yt + t] - vlane(m, t))
+    ssum = vsplat(0.0)
+    for k in range(K):
+        e = vexp_nonpos(vsub(vload(work, oZ + 8 * k), m))
+        vstore(work, oZ + 8 * k, e)
+        ssum = vadd(ssum, e)
+    if with_loss:
+        for t in range(8):
+            loss += work[oS + t] * log_strict(vlane(ssum, t))
+    c = vdiv(s, ssum)
+    for k in range(K):
+        vstore(work, oZ + 8 * k, vmul(vload(work, oZ + 8 * k), c))
+    for t in range(8):
+        yt = y[_row_id(rows, i, r, t, run)]
+        work[oZ + 8 * yt + t] -= work[oS + t]
+    for k in range(K):
+        vstore(work, oGB + 8 * k, vadd(vload(work, oGB + 8 * k), vload(work, oZ + 8 * k)))
+    # Padding classes (k >= K) keep their logits as residuals; their rows of G are never read.
+    D32 = D - D % 32
+    for k in range(0, kq, 2):
+        z0 = oZ + 8 * k
+        z1 = z0 + 8
+        for j in range(0, D32, 32):
+            p0 = oG + k * D + j
+            p1 = p0 + D
+            g00 = vload(work, p0)
+            g01 = vload(work, p0 + 8)
+            g02 = vload(work, p0 + 16)
+            g03 = vload(work, p0 + 24)
+            g10 = vload(work, p1)
+            g11 = vload(work, p1 + 8)
+            g12 = vload(work, p1 + 16)
+            g13 = vload(work, p1 + 24)
+            for t in range(8):
+                a = _row_id(rows, i, r, t, run) * D + j
+                r0 = vbload(work, z0 + t)
+                r1 = vbload(work, z1 + t)
+                x = vload(X, a)
+                g00 = vfma(x, r0, g00)
+                g10 = vfma(x, r1, g10)
+                x = vload(X, a + 8)
+                g01 = vfma(x, r0, g01)
+                g11 = vfma(x, r1, g11)
+                x = vload(X, a + 16)
+                g02 = vfma(x, r0, g02)
+                g12 = vfma(x, r1, g12)
+                x = vload(X, a + 24)
+                g03 = vfma(x, r0, g03)
+                g13 = vfma(x, r1, g13)
+            vstore(work, p0, g00)
+            vstore(work, p0 + 8, g01)
+            vstore(work, p0 + 16, g02)
+            vstore(work, p0 + 24, g03)
+            vstore(work, p1, g10)
+            vstore(work, p1 + 8, g11)
+            vstore(work, p1 + 16, g12)
+            vstore(work, p1 + 24, g13)
+        for j in range(D32, D, 8):
+            p0 = oG + k * D + j
+            p1 = p0 + D
+            g00 = vload(work, p0)
+            g10 = vload(work, p1)
+            for t in range(8):
+                x = vload(X, _row_id(rows, i, r, t, run) * D + j)
+                g00 = vfma(x, vbload(work, z0 + t), g00)
+                g10 = vfma(x, vbload(work, z1 + t), g10)
+            vstore(work, p0, g00)
+            vstore(work, p1, g10)
+    return loss
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _vector_path(X, y, sw, params, rows, grad, with_loss, work):
+    """softmax_loss_grad_ws 8 rows at a time in explicit vectors (D % 8 == 0, work >= work_size).
+
+    Blocks are 8 consecutive rows inside a run of ``rows`` (prefetched PREFETCH_BYTES
+    ahead) or else the next 8 entries of ``rows`` (a mini-batch; prefetched ROWS_AHEAD
+    rows ahead); the last rows.size % 8 rows go through the scalar path. work holds, from
+    its first 64-byte boundary on: coef transposed (D, kq) with zero padding classes, the
+    padded gradient sums (kq, D), per-lane intercept sums (kq, 8), logits (kq, 8), X
+    transposed (D, 8), weights (8,), intercepts (kq,).
+    """
+    D = X.shape[1]
+    K = params.size // (D + 1)
+    KD = K * D
+    kq = -(-K // CLASS_TILE) * CLASS_TILE
+    oW = align_offset(work)
+    oG = oW + kq * D
+    oGB = oG + kq * D
+    oZ = oGB + 8 * kq
+    oT = oZ + 8 * kq
+    oS = oT + 8 * D
+    oB = oS + 8
+    for q in range(oW, oZ):
+        work[q] = 0.0
+    for k in range(K):
+        work[oB + k] = params[KD + k]
+        for j in range(D):
+            work[oW + j * kq + k] = params[k * D + j]
+    for k in range(K, kq):
+        work[oB + k] = 0.0
+    m = rows.size
+    lead = PREFETCH_BYTES // X.itemsize
+    loss = 0.0
+    i = 0
+    pr = 0
+    while i + 8 <= m:
+        lo, cnt = next_run(rows, i)
+        if cnt >= 8:
+            pf = lo * D + lead
+            r = lo
+            for _ in range(cnt // 8):
+                pf = prefetch_ahead(X, pf, (r + 8) * D)
+                loss += _block8(X, y, sw, rows, i, r, True, K, kq, work, oW, oG, oGB, oZ, oT, oS, oB, with_loss)
+                r += 8
+                i += 8
+        else:
+            pr = prefetch_scattered(X, rows, pr, i, 8)
+            loss += _block8(X, y, sw, rows, i, 0, False, K, kq, work, oW, oG, oGB, oZ, oT, oS, oB, with_loss)
+            i += 8
+    for k in range(K):
+        for j in range(D):
+            grad[k * D + j] += work[oG + k * D + j]
+        gb = 0.0
+        for t in range(8):
+            gb += work[oGB + 8 * k + t]
+        grad[KD + k] += gb
+    if i < m:  # the last < 8 rows (work is free again: the scalar path may overwrite it)
+        loss += _scalar_path(X, y, sw, params, rows[i:], grad, with_loss, work)
+    return loss if with_loss else 0.0
+
+
 @njit(cache=True, nogil=True, fastmath=False)
 def softmax_loss_grad(X, y, sw, params, rows, grad, with_loss):
     """Weighted softmax cross-entropy loss sum and gradient sum over ``rows``.
@@ -156,11 +400,11 @@ def softmax_loss_grad(X, y, sw, params, rows, grad, with_loss):
     intercepts (K,)]; rows: int64 (m,); grad: float64 like params, ADDED to:
     grad += sum_i sw_i d loss_i / d params. Returns sum_i sw_i loss_i if with_loss
     (stable log-sum-exp: logits may differ by 1e4 or more), else 0.0.
-    Allocates one WORK_ROWS*K scratch vector per call; softmax_loss_grad_ws avoids it.
+    Allocates one work_size(K, D) scratch vector per call; softmax_loss_grad_ws avoids it.
     """
     D = X.shape[1]
     K = params.size // (D + 1)
-    work = np.empty(WORK_ROWS * K, dtype=np.float64)
+    work = np.empty(work_size(K, D), dtype=np.float64)
     return softmax_loss_grad_ws(X, y, sw, params, rows, grad, with_loss, work)
 
 

@@ -16,7 +16,7 @@ result (and softmax float64 D=64): gradient alone >= 0.8x and loss+gradient >= 0
 bandwidth, both >= 1.5x faster than NumPy, softmax within 2x of the read bound (>= 0.5x), each with
 the measured ratio from the min and the median times. BLAS threads are forced to 1 before NumPy is
 imported; "blas" records what threadpoolctl reports (library, version, core type, threads) and the
-OPENBLAS_CORETYPE in effect. softmax gets a workspace of WORK_ROWS*K (the four-rows path).
+OPENBLAS_CORETYPE in effect. softmax gets a workspace of work_size(K, D) (the vector path when D % 8 == 0).
 
 Sizes: each X has min(--rows, --max-bytes // (D * itemsize)) rows, i.e. --rows rows unless X would
 exceed --max-bytes (default 512 MiB); the actual row count is in each result.
@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover
         return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 from mpidml.kernels import linear_loss_grad, logistic_loss_grad, softmax_loss_grad_ws  # noqa: E402
-from mpidml.kernels.softmax import WORK_ROWS  # noqa: E402
+from mpidml.kernels.softmax import work_size  # noqa: E402
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -205,7 +205,7 @@ def main(argv=None):
                     k = a.classes
                     y = rng.integers(0, k, n).astype(np.int64)
                     params = rng.standard_normal(k * (d + 1)) / np.sqrt(d)
-                    work = np.empty(WORK_ROWS * k)
+                    work = np.empty(work_size(k, d))
 
                     def run(with_loss, g=np.zeros(params.size)):
                         return softmax_loss_grad_ws(X, y, sw, params, rows, g, with_loss, work)

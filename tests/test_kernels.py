@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from mpidml.kernels import softmax as kernels_softmax
 from mpidml.kernels import (
     linear_loss_grad,
     linear_predict,
@@ -122,7 +123,7 @@ def check_close(got, ref, scale, rtol):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("rows_kind", ["full", "subset", "runs", "empty"])
-@pytest.mark.parametrize("d", [D, 70])  # 70 float64 features: one-row-at-a-time path
+@pytest.mark.parametrize("d", [D, 64, 70])  # 70 float64 features: one-row-at-a-time path; 64: softmax vector path
 def test_loss_grad_matches_numpy(model, dtype, weighted, rows_kind, d):
     kern, ref = MODELS[model]
     X, y, sw, params = make_problem(model, dtype, d=d)
@@ -159,6 +160,78 @@ def test_softmax_ws_matches_allocating_version():
     l3 = softmax_loss_grad_ws(X, y, sw, params, rows, g3, True, np.empty(2 * K))
     np.testing.assert_allclose(l3, l1, rtol=1e-13)
     np.testing.assert_allclose(g3, g1, rtol=1e-13, atol=1e-13 * np.abs(g1).max())
+
+
+@pytest.mark.parametrize("d,k", [(8, 2), (16, 10), (40, 3), (64, 10), (72, 11), (96, 21)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("rows_kind", ["full", "scattered", "mixed"])
+def test_softmax_vector_path_matches_numpy_and_scalar_path(d, k, dtype, rows_kind):
+    """The 8-rows-at-a-time vector path (D % 8 == 0, work >= work_size) against NumPy and the scalar path.
+
+    Class counts below, at and above the 10-class register tile; row counts not divisible by
+    8; blocks of consecutive rows, of scattered rows (a mini-batch) and both mixed.
+    """
+    rng = np.random.default_rng(d * 100 + k)
+    n = 203
+    X = rng.standard_normal((n, d)).astype(dtype)
+    y = rng.integers(0, k, n).astype(np.int64)
+    sw = rng.uniform(0.1, 3.0, n)
+    params = rng.standard_normal(k * (d + 1)) / np.sqrt(d)
+    if rows_kind == "full":
+        rows = np.arange(n, dtype=np.int64)
+    elif rows_kind == "scattered":
+        rows = rng.choice(n, 77, replace=True).astype(np.int64)
+    else:
+        rows = np.concatenate([np.arange(3, 30), rng.choice(n, 13), np.arange(100, 117), [5, 5]]).astype(np.int64)
+    work_size = kernels_softmax.work_size(k, d)
+    for weighted in (False, True):
+        s = sw[rows] if weighted else np.ones(rows.size)
+        rloss, rgrad, lscale, gscale = ref_softmax(X[rows].astype(np.float64), y[rows], s, params)
+        for offset in (0, 1):  # the path aligns its scratch itself: any start works
+            work = np.full(work_size + offset, np.nan)[offset:]
+            g0 = np.linspace(-1.0, 1.0, params.size)
+            grad = g0.copy()
+            loss = softmax_loss_grad_ws(X, y, sw if weighted else EMPTY, params, rows, grad, True, work)
+            check_close(loss, rloss, lscale, 1e-12)
+            check_close(grad - g0, rgrad, gscale, 1e-12)
+            grad2 = np.zeros_like(params)
+            assert softmax_loss_grad_ws(X, y, sw if weighted else EMPTY, params, rows, grad2, False, work) == 0.0
+            np.testing.assert_allclose(grad2, grad - g0, rtol=0, atol=1e-14 * np.max(gscale))
+        grad3 = np.zeros_like(params)  # scalar path: a workspace too small for the vector path
+        loss3 = softmax_loss_grad_ws(X, y, sw if weighted else EMPTY, params, rows, grad3, True, np.empty(4 * k))
+        np.testing.assert_allclose(loss3, loss, rtol=1e-13)
+        np.testing.assert_allclose(grad3, grad - g0, rtol=0, atol=1e-13 * np.max(gscale))
+
+
+def test_softmax_vector_path_extreme_and_nonfinite():
+    # 8 features, logits of row i are scale_i * [1, 0, -1]: spread up to 2e4, no overflow
+    scales = np.array([1e4, -1e4, 800.0, 5e3, -750.0, 0.0, 1.0, -3e3, 700.0])
+    X = np.zeros((scales.size, 8))
+    X[:, 0] = scales
+    k = 3
+    params = np.zeros(k * 9)
+    params[[0, 16]] = 1.0, -1.0  # coef[0, 0] = 1, coef[2, 0] = -1
+    y = np.array([0, 0, 1, 2, 1, 2, 0, 1, 2], dtype=np.int64)
+    rows = np.arange(scales.size, dtype=np.int64)
+    g = np.zeros(params.size)
+    work = np.empty(kernels_softmax.work_size(k, 8))
+    with np.errstate(all="raise"):
+        loss = softmax_loss_grad_ws(X, y, EMPTY, params, rows, g, True, work)
+    rloss, rgrad, lscale, gscale = ref_softmax(X, y, np.ones(scales.size), params)
+    assert np.isfinite(loss) and np.all(np.isfinite(g))
+    check_close(loss, rloss, lscale, 1e-13)
+    check_close(g, rgrad, gscale, 1e-13)
+    # a NaN in one row of X (or an infinite coefficient) must not vanish from the sums
+    Xn = X.copy()
+    Xn[2, 5] = np.nan
+    g = np.zeros(params.size)
+    loss = softmax_loss_grad_ws(Xn, y, EMPTY, params, rows, g, True, work)
+    assert np.isnan(loss) and not np.all(np.isfinite(g))
+    p_inf = params.copy()
+    p_inf[1] = np.inf
+    g = np.zeros(params.size)
+    loss = softmax_loss_grad_ws(np.abs(X) + 1.0, y, EMPTY, p_inf, rows[:8], g, True, work)
+    assert not (np.isfinite(loss) and np.all(np.isfinite(g)))  # (the scalar path raises ZeroDivisionError here)
 
 
 def test_unit_weights_equal_empty_weights():

@@ -23,8 +23,8 @@ class SoftmaxRegression(Model):
     def __init__(self, n_features: int, n_classes: int):
         super().__init__(n_features, n_classes)
         self.n_classes = int(n_classes)
-        # Kernel scratch, allocated once: WORK_ROWS rows of K logits lets the kernel take rows four at a time.
-        self._work = np.empty(kernels.softmax.WORK_ROWS * self.n_classes)
+        # Kernel scratch, allocated once, large enough for the dense kernel's vector path (and the CSR kernel).
+        self._work = np.empty(kernels.softmax.work_size(self.n_classes, int(n_features)))
 
     def check_labels(self, y, lo):
         check_integer_labels(y, lo, self.n_classes, f"softmax with {self.n_classes} classes (labels must be integers 0..{self.n_classes - 1})")

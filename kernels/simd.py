@@ -1,0 +1,269 @@
+"""Explicit 8-lane float64 vectors for the Numba kernels (LLVM ``<8 x double>`` values).
+
+Numba's auto-vectoriser handles simple loops, but not kernels that need a value per row
+in the vector lanes (a softmax over classes for 8 rows at once) or register tiles that
+must survive a loop. These intrinsics give the kernels such values directly: ``F64x8`` is
+a Numba type whose LLVM representation is ``<8 x double>``, so local variables of this
+type live in vector registers (one zmm register with AVX-512, two ymm with AVX2, four xmm
+otherwise: LLVM legalises the width for the CPU it compiles for).
+
+Rules: loads and stores take a C-contiguous array and a flat element index and do no
+bounds or negative-index checks (callers guarantee ``0 <= idx`` and ``idx + 8 <= size``);
+float32 arrays are widened to float64 on load; arithmetic is IEEE (no fast-math flags);
+``vfma`` rounds once.
+"""
+import math
+
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+LANES = 8
+_F64 = ir.DoubleType()
+_VT = ir.VectorType(_F64, LANES)
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_VI32 = ir.VectorType(_I32, LANES)
+
+
+class F64x8Type(types.Type):
+    def __init__(self):
+        super().__init__(name="F64x8")
+
+
+f64x8 = F64x8Type()
+
+
+@register_model(F64x8Type)
+class _F64x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VT)
+
+
+def _elem_ptr(context, builder, arrty, arr, idx):
+    ary = context.make_array(arrty)(context, builder, arr)
+    return builder.gep(ary.data, [idx])
+
+
+def _vec_ptr(context, builder, arrty, arr, idx):
+    elt = context.get_data_type(arrty.dtype)
+    return builder.bitcast(_elem_ptr(context, builder, arrty, arr, idx), ir.VectorType(elt, LANES).as_pointer())
+
+
+def _splat(builder, x):
+    v = builder.insert_element(ir.Constant(_VT, ir.Undefined), x, _I32(0))
+    return builder.shuffle_vector(v, ir.Constant(_VT, ir.Undefined), ir.Constant(_VI32, [0] * LANES))
+
+
+def _shuffle(builder, a, b, idx):
+    return builder.shuffle_vector(a, b, ir.Constant(_VI32, idx))
+
+
+def _declare(builder, name, nargs):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VT, [_VT] * nargs), name)
+
+
+@intrinsic
+def vload(typingctx, arr, idx):
+    """Lanes t = arr.flat[idx + t] for t < 8, as float64 (float32 arrays are widened)."""
+    sig = f64x8(arr, types.intp)
+
+    def codegen(context, builder, signature, args):
+        arrty = signature.args[0]
+        v = builder.load(_vec_ptr(context, builder, arrty, args[0], args[1]), align=arrty.dtype.bitwidth // 8)
+        return builder.fpext(v, _VT) if arrty.dtype == types.float32 else v
+    return sig, codegen
+
+
+@intrinsic
+def vbload(typingctx, arr, idx):
+    """All 8 lanes = float64(arr.flat[idx]) (a broadcast load)."""
+    sig = f64x8(arr, types.intp)
+
+    def codegen(context, builder, signature, args):
+        arrty = signature.args[0]
+        x = builder.load(_elem_ptr(context, builder, arrty, args[0], args[1]))
+        return _splat(builder, builder.fpext(x, _F64) if arrty.dtype == types.float32 else x)
+    return sig, codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, idx, v):
+    """arr.flat[idx + t] = lane t of v for t < 8 (arr float64)."""
+    sig = types.void(arr, types.intp, f64x8)
+
+    def codegen(context, builder, signature, args):
+        builder.store(args[2], _vec_ptr(context, builder, signature.args[0], args[0], args[1]), align=8)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def vstore_t8(typingctx, arr, idx, a0, a1, a2, a3, a4, a5, a6, a7):
+    """Store the transpose of the 8x8 block with rows a0..a7: arr.flat[idx + 8 c + t] = a_t[c] (arr float64)."""
+    sig = types.void(arr, types.intp, *([f64x8] * 8))
+
+    def codegen(context, builder, signature, args):
+        a = args[2:]
+        t = []  # t[2p] / t[2p+1]: even / odd lanes of rows 2p and 2p+1, interleaved
+        for p in range(4):
+            t.append(_shuffle(builder, a[2 * p], a[2 * p + 1], [0, 8, 2, 10, 4, 12, 6, 14]))
+            t.append(_shuffle(builder, a[2 * p], a[2 * p + 1], [1, 9, 3, 11, 5, 13, 7, 15]))
+        q0, q1 = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+        u = {}  # u[h, c]: columns c and c + 4 of rows 4h..4h+3
+        for h in range(2):
+            ev0, od0, ev1, od1 = t[4 * h:4 * h + 4]
+            u[h, 0], u[h, 2] = _shuffle(builder, ev0, ev1, q0), _shuffle(builder, ev0, ev1, q1)
+            u[h, 1], u[h, 3] = _shuffle(builder, od0, od1, q0), _shuffle(builder, od0, od1, q1)
+        base = _vec_ptr(context, builder, signature.args[0], args[0], args[1])
+        for c in range(4):
+            builder.store(_shuffle(builder, u[0, c], u[1, c], [0, 1, 2, 3, 8, 9, 10, 11]),
+                          builder.gep(base, [_I64(c)]), align=8)
+            builder.store(_shuffle(builder, u[0, c], u[1, c], [4, 5, 6, 7, 12, 13, 14, 15]),
+                          builder.gep(base, [_I64(c + 4)]), align=8)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def vsplat(typingctx, x):
+    """All 8 lanes = x (float64)."""
+    sig = f64x8(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return _splat(builder, args[0])
+    return sig, codegen
+
+
+def _binary(op):
+    @intrinsic
+    def fn(typingctx, a, b):
+        sig = f64x8(f64x8, f64x8)
+
+        def codegen(context, builder, signature, args):
+            return getattr(builder, op)(args[0], args[1])
+        return sig, codegen
+    return fn
+
+
+vadd = _binary("fadd")
+vsub = _binary("fsub")
+vmul = _binary("fmul")
+vdiv = _binary("fdiv")
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """a * b + c with one rounding (llvm.fma)."""
+    sig = f64x8(f64x8, f64x8, f64x8)
+
+    def codegen(context, builder, signature, args):
+        return builder.call(_declare(builder, "llvm.fma.v8f64", 3), list(args))
+    return sig, codegen
+
+
+@intrinsic
+def vmax(typingctx, a, b):
+    """Lane-wise a if a > b else b (so b where either is NaN)."""
+    sig = f64x8(f64x8, f64x8)
+
+    def codegen(context, builder, signature, args):
+        return builder.select(builder.fcmp_ordered(">", args[0], args[1]), args[0], args[1])
+    return sig, codegen
+
+
+@intrinsic
+def vfloor(typingctx, a):
+    sig = f64x8(f64x8)
+
+    def codegen(context, builder, signature, args):
+        return builder.call(_declare(builder, "llvm.floor.v8f64", 1), [args[0]])
+    return sig, codegen
+
+
+@intrinsic
+def _vexp2i(typingctx, n):
+    """2.0**n for lanes holding integers in [-1022, 1023] (built from the exponent bits)."""
+    sig = f64x8(f64x8)
+
+    def codegen(context, builder, signature, args):
+        vi = ir.VectorType(_I64, LANES)
+        k = builder.add(builder.fptosi(args[0], vi), ir.Constant(vi, [1023] * LANES))
+        return builder.bitcast(builder.shl(k, ir.Constant(vi, [52] * LANES)), _VT)
+    return sig, codegen
+
+
+@intrinsic
+def _vexp_fixup(typingctx, x, e, lo):
+    """Lane-wise: NaN if x is NaN, 0.0 if x < lo, else e."""
+    sig = f64x8(f64x8, f64x8, f64x8)
+
+    def codegen(context, builder, signature, args):
+        x, e, lo = args
+        r = builder.select(builder.fcmp_ordered("<", x, lo), ir.Constant(_VT, [0.0] * LANES), e)
+        return builder.select(builder.fcmp_unordered("uno", x, x), x, r)
+    return sig, codegen
+
+
+@intrinsic
+def vlane(typingctx, v, t):
+    """Lane t of v (float64)."""
+    sig = types.float64(f64x8, types.intp)
+
+    def codegen(context, builder, signature, args):
+        return builder.extract_element(args[0], args[1])
+    return sig, codegen
+
+
+@intrinsic
+def ld(typingctx, arr, idx):
+    """arr.flat[idx] without the negative-index fix-up of ``arr[idx]`` (idx >= 0)."""
+    sig = arr.dtype(arr, types.intp)
+
+    def codegen(context, builder, signature, args):
+        return builder.load(_elem_ptr(context, builder, signature.args[0], args[0], args[1]))
+    return sig, codegen
+
+
+@intrinsic
+def align_offset(typingctx, arr):
+    """Number of elements to skip from arr's start to reach a 64-byte boundary (arr float64)."""
+    sig = types.intp(arr)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        addr = builder.ptrtoint(ary.data, _I64)
+        return builder.lshr(builder.and_(builder.sub(_I64(0), addr), _I64(63)), _I64(3))
+    return sig, codegen
+
+
+# exp(x) for x <= 0: the lane-wise twin of util.exp_nonpos (same range reduction and
+# Taylor polynomial to r**13/13!, Horner steps fused): within ~1 ulp, 0.0 below -708.
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_C = tuple(1.0 / math.factorial(k) for k in range(14))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def vexp_nonpos(x):
+    """Lane-wise exp(x) for x <= 0 (x > 0 is not reduced correctly); NaN stays NaN, x < -708 gives 0.0."""
+    lo = vsplat(-708.0)
+    xc = vmax(x, lo)
+    n = vfloor(vfma(xc, vsplat(_LOG2E), vsplat(0.5)))
+    r = vfma(n, vsplat(-_LN2_LO), vfma(n, vsplat(-_LN2_HI), xc))
+    p = vfma(r, vsplat(_C[13]), vsplat(_C[12]))
+    p = vfma(r, p, vsplat(_C[11]))
+    p = vfma(r, p, vsplat(_C[10]))
+    p = vfma(r, p, vsplat(_C[9]))
+    p = vfma(r, p, vsplat(_C[8]))
+    p = vfma(r, p, vsplat(_C[7]))
+    p = vfma(r, p, vsplat(_C[6]))
+    p = vfma(r, p, vsplat(_C[5]))
+    p = vfma(r, p, vsplat(_C[4]))
+    p = vfma(r, p, vsplat(_C[3]))
+    p = vfma(r, p, vsplat(_C[2]))
+    p = vfma(r, p, vsplat(1.0))
+    p = vfma(r, p, vsplat(1.0))
+    return _vexp_fixup(x, vmul(p, _vexp2i(n)), lo)

@@ -1,0 +1,67 @@
+"""The explicit-vector intrinsics (kernels/simd.py) against NumPy."""
+import numpy as np
+from numba import njit
+
+from mpidml.kernels.simd import align_offset, vbload, vexp_nonpos, vfma, vload, vmax, vstore, vstore_t8
+
+
+@njit
+def _exp_all(x, out):
+    for i in range(0, x.size, 8):
+        vstore(out, i, vexp_nonpos(vload(x, i)))
+
+
+@njit
+def _transpose(a, out, idx):
+    vstore_t8(out, idx, vload(a, 0), vload(a, 8), vload(a, 16), vload(a, 24), vload(a, 32), vload(a, 40),
+              vload(a, 48), vload(a, 56))
+
+
+@njit
+def _fma_max(a, b, c, out):
+    vstore(out, 0, vfma(vload(a, 0), vbload(b, 3), vload(c, 0)))
+    vstore(out, 8, vmax(vload(a, 0), vload(c, 0)))
+
+
+@njit
+def _offset(a):
+    return align_offset(a)
+
+
+def test_vexp_nonpos_accuracy_and_edges():
+    rng = np.random.default_rng(0)
+    x = -np.concatenate([rng.exponential(1.0, 4000), rng.exponential(100.0, 4000), rng.uniform(0, 708, 4000)])
+    edges = np.array([0.0, -0.0, -1e-300, -5e-324, -0.5 * np.log(2), -708.0, -707.9999, -708.0001, -745.2,
+                      -1e300, -np.inf, np.nan, -1.0, -2.0, -0.3465735902799727, -0.34657359027997264])
+    x = np.concatenate([x, edges, np.zeros((-(x.size + edges.size)) % 8)])
+    out = np.empty_like(x)
+    _exp_all(x, out)
+    ref = np.exp(x)
+    normal = x >= -708.0
+    assert np.all(np.abs(out[normal] - ref[normal]) <= 2.3e-16 * ref[normal])  # within ~1 ulp
+    assert np.all(out[x < -708.0] == 0.0)  # below -708 (exp < 3.4e-308): 0, like util.exp_nonpos
+    assert np.isnan(out[np.isnan(x)]).all()  # NaN stays NaN (a NaN logit must not vanish)
+
+
+def test_vstore_t8_is_a_transpose_and_float32_widens():
+    a = np.arange(64.0) * 1.5 - 7.0
+    out = np.full(72, -1.0)
+    _transpose(a, out, 3)
+    np.testing.assert_array_equal(out[3:67].reshape(8, 8), a.reshape(8, 8).T)
+    assert np.all(out[:3] == -1.0) and np.all(out[67:] == -1.0)
+    a32 = (np.arange(64) / 3.0).astype(np.float32)
+    _transpose(a32, out, 0)
+    np.testing.assert_array_equal(out[:64].reshape(8, 8), a32.astype(np.float64).reshape(8, 8).T)
+
+
+def test_fma_broadcast_max_and_alignment():
+    rng = np.random.default_rng(1)
+    a, b, c = rng.standard_normal(8), rng.standard_normal(8), rng.standard_normal(8)
+    out = np.empty(16)
+    _fma_max(a, b, c, out)
+    np.testing.assert_allclose(out[:8], a * b[3] + c, rtol=1e-15, atol=1e-15)
+    np.testing.assert_array_equal(out[8:], np.maximum(a, c))
+    buf = np.empty(64)
+    for start in range(9):
+        off = _offset(buf[start:])
+        assert 0 <= off < 8 and (buf[start:].ctypes.data + 8 * off) % 64 == 0
