@@ -162,13 +162,13 @@ def test_softmax_ws_matches_allocating_version():
     np.testing.assert_allclose(g3, g1, rtol=1e-13, atol=1e-13 * np.abs(g1).max())
 
 
-@pytest.mark.parametrize("d,k", [(8, 2), (16, 10), (40, 3), (64, 10), (72, 11), (96, 21)])
+@pytest.mark.parametrize("d,k", [(8, 6), (16, 10), (40, 7), (64, 10), (72, 11), (96, 21)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("rows_kind", ["full", "scattered", "mixed"])
 def test_softmax_vector_path_matches_numpy_and_scalar_path(d, k, dtype, rows_kind):
     """The 8-rows-at-a-time vector path (D % 8 == 0, work >= work_size) against NumPy and the scalar path.
 
-    Class counts below, at and above the 10-class register tile; row counts not divisible by
+    Class counts (>= VECTOR_MIN_CLASSES) below, at and above the 10-class register tile; row counts not divisible by
     8; blocks of consecutive rows, of scattered rows (a mini-batch) and both mixed.
     """
     rng = np.random.default_rng(d * 100 + k)
@@ -197,6 +197,9 @@ def test_softmax_vector_path_matches_numpy_and_scalar_path(d, k, dtype, rows_kin
             grad2 = np.zeros_like(params)
             assert softmax_loss_grad_ws(X, y, sw if weighted else EMPTY, params, rows, grad2, False, work) == 0.0
             np.testing.assert_allclose(grad2, grad - g0, rtol=0, atol=1e-14 * np.max(gscale))
+            grad_v = np.zeros_like(params)  # the dispatch took the vector path: same bits
+            kernels_softmax._vector_path(X, y, sw if weighted else EMPTY, params, rows, grad_v, False, work)
+            np.testing.assert_array_equal(grad_v, grad2)
         grad3 = np.zeros_like(params)  # scalar path: a workspace too small for the vector path
         loss3 = softmax_loss_grad_ws(X, y, sw if weighted else EMPTY, params, rows, grad3, True, np.empty(4 * k))
         np.testing.assert_allclose(loss3, loss, rtol=1e-13)
@@ -208,7 +211,7 @@ def test_softmax_vector_path_extreme_and_nonfinite():
     scales = np.array([1e4, -1e4, 800.0, 5e3, -750.0, 0.0, 1.0, -3e3, 700.0])
     X = np.zeros((scales.size, 8))
     X[:, 0] = scales
-    k = 3
+    k = 6
     params = np.zeros(k * 9)
     params[[0, 16]] = 1.0, -1.0  # coef[0, 0] = 1, coef[2, 0] = -1
     y = np.array([0, 0, 1, 2, 1, 2, 0, 1, 2], dtype=np.int64)
