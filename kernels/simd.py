@@ -154,6 +154,29 @@ vdiv = _binary("fdiv")
 
 
 @intrinsic
+def vset8(typingctx, x0, x1, x2, x3, x4, x5, x6, x7):
+    """The vector with lanes x0..x7 (each converted to float64), built in registers."""
+    sig = f64x8(*([types.float64] * 8))
+
+    def codegen(context, builder, signature, args):
+        v = ir.Constant(_VT, ir.Undefined)
+        for t, x in enumerate(args):
+            v = builder.insert_element(v, x, _I32(t))
+        return v
+    return sig, codegen
+
+
+@intrinsic
+def vselect_eq(typingctx, a, b, x, y):
+    """Lane-wise x if a == b else y."""
+    sig = f64x8(f64x8, f64x8, f64x8, f64x8)
+
+    def codegen(context, builder, signature, args):
+        return builder.select(builder.fcmp_ordered("==", args[0], args[1]), args[2], args[3])
+    return sig, codegen
+
+
+@intrinsic
 def vfma(typingctx, a, b, c):
     """a * b + c with one rounding (llvm.fma)."""
     sig = f64x8(f64x8, f64x8, f64x8)
