@@ -12,12 +12,12 @@ bounds or negative-index checks (callers guarantee ``0 <= idx`` and ``idx + 8 <=
 float32 arrays are widened to float64 on load; arithmetic is IEEE (no fast-math flags);
 ``vfma`` rounds once.
 """
-import math
-
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
+
+from .util import _INV_FACT, _LN2_HI, _LN2_LO, _LOG2E
 
 LANES = 8
 _F64 = ir.DoubleType()
@@ -263,10 +263,7 @@ def align_offset(typingctx, arr):
 
 # exp(x) for x <= 0: the lane-wise twin of util.exp_nonpos (same range reduction and
 # Taylor polynomial to r**13/13!, Horner steps fused): within ~1 ulp, 0.0 below -708.
-_LOG2E = 1.4426950408889634
-_LN2_HI = 6.93147180369123816490e-01
-_LN2_LO = 1.90821492927058770002e-10
-_C = tuple(1.0 / math.factorial(k) for k in range(14))
+_C = _INV_FACT
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -290,3 +287,4 @@ def vexp_nonpos(x):
     p = vfma(r, p, vsplat(1.0))
     p = vfma(r, p, vsplat(1.0))
     return _vexp_fixup(x, vmul(p, _vexp2i(n)), lo)
+

@@ -2,7 +2,7 @@
 import numpy as np
 from numba import njit
 
-from mpidml.kernels.simd import align_offset, vbload, vexp_nonpos, vfma, vload, vmax, vstore, vstore_t8
+from mpidml.kernels.simd import align_offset, vbload, vexp_nonpos, vfma, vload, vmax, vset8, vstore, vstore_t8
 
 
 @njit
@@ -21,6 +21,11 @@ def _transpose(a, out, idx):
 def _fma_max(a, b, c, out):
     vstore(out, 0, vfma(vload(a, 0), vbload(b, 3), vload(c, 0)))
     vstore(out, 8, vmax(vload(a, 0), vload(c, 0)))
+
+
+@njit
+def _set8(a, out):
+    vstore(out, 8, vset8(a[7], a[6], a[5], a[4], a[3], a[2], a[1], a[0]))
 
 
 @njit
@@ -65,3 +70,10 @@ def test_fma_broadcast_max_and_alignment():
     for start in range(9):
         off = _offset(buf[start:])
         assert 0 <= off < 8 and (buf[start:].ctypes.data + 8 * off) % 64 == 0
+
+
+def test_vset8_orders_lanes():
+    a = np.random.default_rng(2).standard_normal(64)
+    out = np.zeros(16)
+    _set8(a, out)
+    np.testing.assert_array_equal(out[8:], a[7::-1])
