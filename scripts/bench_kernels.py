@@ -16,7 +16,8 @@ result (and softmax float64 D=64): gradient alone >= 0.8x and loss+gradient >= 0
 bandwidth, both >= 1.5x faster than NumPy, softmax within 2x of the read bound (>= 0.5x), each with
 the measured ratio from the min and the median times. BLAS threads are forced to 1 before NumPy is
 imported; "blas" records what threadpoolctl reports (library, version, core type, threads) and the
-OPENBLAS_CORETYPE in effect. softmax gets a workspace of work_size(K, D) (the vector path when D % 8 == 0).
+OPENBLAS_CORETYPE in effect. softmax gets a workspace of work_size(K, D) (the vector path when D % 8 == 0
+and K >= 6); "grad_scalar_path" times the scalar path on the same X beside it (a WORK_ROWS*K workspace).
 
 Sizes: each X has min(--rows, --max-bytes // (D * itemsize)) rows, i.e. --rows rows unless X would
 exceed --max-bytes (default 512 MiB); the actual row count is in each result.
@@ -43,7 +44,7 @@ except ImportError:  # pragma: no cover
         return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 from mpidml.kernels import linear_loss_grad, logistic_loss_grad, softmax_loss_grad_ws  # noqa: E402
-from mpidml.kernels.softmax import work_size  # noqa: E402
+from mpidml.kernels.softmax import WORK_ROWS, work_size  # noqa: E402
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -225,6 +226,11 @@ def main(argv=None):
                     "numpy": timeit(lambda: ref(X, y, params), a.repeats),
                     "stream": t_stream,
                 }
+                if kern == "softmax":  # the scalar path beside it (a workspace too small for the vector path)
+                    small = np.empty(WORK_ROWS * k)
+                    g_s = np.zeros(params.size)
+                    times["grad_scalar_path"] = timeit(
+                        lambda: softmax_loss_grad_ws(X, y, sw, params, rows, g_s, False, small), a.repeats)
                 g_k = np.zeros(params.size)
                 if kern == "softmax":
                     l_k = softmax_loss_grad_ws(X, y, sw, params, rows, g_k, True, work)
@@ -243,6 +249,8 @@ def main(argv=None):
                         "numpy_over_grad": times["numpy"][s] / times["grad"][s],
                         "numpy_over_loss_grad": times["numpy"][s] / times["loss_grad"][s],
                     }
+                    if "grad_scalar_path" in times:
+                        ratios[s]["scalar_path_over_grad"] = times["grad_scalar_path"][s] / times["grad"][s]
                 results.append({
                     "kernel": kern, "dtype": dtype.name, "rows": n, "features": d, "classes": k,
                     "x_bytes": nbytes, "x_align64": X.ctypes.data % 64 == 0,
