@@ -250,6 +250,24 @@ def ld(typingctx, arr, idx):
 
 
 @intrinsic
+def prefetch_l2(typingctx, arr, idx):
+    """Hint the CPU to bring the cache line of arr.flat[idx] into L2 (llvm.prefetch, read, locality 2).
+
+    Never faults, no effect on results.
+    """
+    sig = types.void(arr, types.intp)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        ptr = builder.bitcast(_elem_ptr(context, builder, signature.args[0], args[0], args[1]), i8p)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [ptr, _I32(0), _I32(2), _I32(1)])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
 def align_offset(typingctx, arr):
     """Number of elements to skip from arr's start to reach a 64-byte boundary (arr float64)."""
     sig = types.intp(arr)
