@@ -73,7 +73,7 @@ _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13 = _INV_FACT[2:]
 
 @njit(cache=True, nogil=True, fastmath=False)
 def exp_nonpos(x):
-    """exp(x) for x <= 0 within ~2 ulp; 0.0 for x < -708 (exp(x) < 3.4e-308). No libm call.
+    """exp(x) for x <= 0 within ~2 ulp; 0.0 for x < -708 (exp(x) < 3.4e-308); NaN for NaN. No libm call.
 
     Straight-line arithmetic only, so LLVM vectorises loops over arrays of x once this
     is inlined (math.exp is a scalar libm call). Strict IEEE (no fastmath).
@@ -84,7 +84,7 @@ def exp_nonpos(x):
     p = 1.0 + r * (1.0 + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * (
         _C7 + r * (_C8 + r * (_C9 + r * (_C10 + r * (_C11 + r * (_C12 + r * _C13))))))))))))
     e = p * _i64_as_f64((np.int64(n) + 1023) << 52)
-    return e if x >= -708.0 else 0.0
+    return e if x >= -708.0 else (0.0 if x < -708.0 else x)  # a NaN logit must not vanish
 
 
 @njit(cache=True, nogil=True, fastmath=False, inline="always")

@@ -234,7 +234,13 @@ def test_softmax_vector_path_extreme_and_nonfinite():
     p_inf[1] = np.inf
     g = np.zeros(params.size)
     loss = softmax_loss_grad_ws(np.abs(X) + 1.0, y, EMPTY, p_inf, rows[:8], g, True, work)
-    assert not (np.isfinite(loss) and np.all(np.isfinite(g)))  # (the scalar path raises ZeroDivisionError here)
+    assert not (np.isfinite(loss) and np.all(np.isfinite(g)))
+    # the scalar path (a small workspace) too: non-finite sums, no exception
+    for Xs, ps in ((Xn, params), (np.abs(X) + 1.0, p_inf)):
+        g = np.zeros(params.size)
+        with np.errstate(all="ignore"):
+            loss = softmax_loss_grad_ws(Xs, y, EMPTY, ps, rows, g, True, np.empty(4 * k))
+        assert not (np.isfinite(loss) and np.all(np.isfinite(g)))
 
 
 def test_unit_weights_equal_empty_weights():
@@ -344,6 +350,11 @@ def test_predict_decision(dtype):
 
 
 # ---------------------------------------------------------------- scalar helpers
+
+
+def test_exp_nonpos_keeps_nan():
+    from mpidml.kernels.util import exp_nonpos
+    assert np.isnan(exp_nonpos(np.nan)) and exp_nonpos(-np.inf) == 0.0 and exp_nonpos(-800.0) == 0.0
 
 
 def test_exp_nonpos_accuracy():
