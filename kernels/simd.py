@@ -77,6 +77,30 @@ def vload(typingctx, arr, idx):
 
 
 @intrinsic
+def vload_n(typingctx, arr, idx, n):
+    """Lanes t = arr.flat[idx + t] for t < n, 0.0 for t >= n (0 <= n <= 8; masked lanes are not read)."""
+    sig = f64x8(arr, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        arrty = signature.args[0]
+        elt = context.get_data_type(arrty.dtype)
+        vty = ir.VectorType(elt, LANES)
+        vi = ir.VectorType(_I64, LANES)
+        lanes = ir.Constant(vi, list(range(LANES)))
+        nv = builder.shuffle_vector(builder.insert_element(ir.Constant(vi, ir.Undefined), args[2], _I32(0)),
+                                    ir.Constant(vi, ir.Undefined), ir.Constant(_VI32, [0] * LANES))
+        mask = builder.icmp_signed("<", lanes, nv)
+        name = "llvm.masked.load.v8f64.p0" if arrty.dtype == types.float64 else "llvm.masked.load.v8f32.p0"
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty.as_pointer(), _I32, ir.VectorType(ir.IntType(1), LANES), vty]),
+            name)
+        v = builder.call(fn, [_vec_ptr(context, builder, arrty, args[0], args[1]), _I32(arrty.dtype.bitwidth // 8),
+                              mask, ir.Constant(vty, [0.0] * LANES)])
+        return builder.fpext(v, _VT) if arrty.dtype == types.float32 else v
+    return sig, codegen
+
+
+@intrinsic
 def vbload(typingctx, arr, idx):
     """All 8 lanes = float64(arr.flat[idx]) (a broadcast load)."""
     sig = f64x8(arr, types.intp)

@@ -7,7 +7,7 @@ loss_i = logsumexp(z_i) - z_i[y_i] with logits z_i = W x_i + c.
 import numpy as np
 from numba import njit
 
-from .simd import align_offset, ld, prefetch_l2, vadd, vbload, vdiv, vexp_nonpos, vfma, vlane, vload, vmax, vmul, vselect_eq, vset8, \
+from .simd import align_offset, ld, prefetch_l2, vload_n, vadd, vbload, vdiv, vexp_nonpos, vfma, vlane, vload, vmax, vmul, vselect_eq, vset8, \
     vsplat, vstore, vstore_t8, vsub
 from .util import CACHE_LINE, FASTMATH, PREFETCH_BYTES, exp_nonpos, log_strict, next_run, prefetch_ahead, prefetch_scattered
 
@@ -23,14 +23,15 @@ VECTOR_MIN_CLASSES = 6
 
 @njit(cache=True, nogil=True)
 def work_size(n_classes, n_features):
-    """float64 workspace that enables the vector path of softmax_loss_grad_ws (D % 8 == 0).
+    """float64 workspace that enables the vector path of softmax_loss_grad_ws.
 
     Holds the coefficients transposed and padded to a multiple of CLASS_TILE classes, a
     padded gradient, the logits of 8 rows and 8 rows of X transposed, plus up to 7
     elements to start on a 64-byte boundary. Enough for the scalar paths too.
     """
     kq = -(-n_classes // CLASS_TILE) * CLASS_TILE
-    return max(2 * kq * n_features + 17 * kq + 8 * n_features + 15, WORK_ROWS * n_classes)
+    dp = n_features + (-n_features) % 8
+    return max(2 * kq * dp + 17 * kq + 8 * dp + 15, WORK_ROWS * n_classes)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -72,14 +73,14 @@ def _residuals(work, R, K, y, sw, r, unweighted, with_loss):
 def softmax_loss_grad_ws(X, y, sw, params, rows, grad, with_loss, work):
     """Same as :func:`softmax_loss_grad` with a caller-provided workspace (no allocation).
 
-    work: float64 scratch, >= 2*K elements. With D % 8 == 0, K >= VECTOR_MIN_CLASSES and
+    work: float64 scratch, >= 2*K elements. With K >= VECTOR_MIN_CLASSES and
     work.size >= work_size(K, D), rows are taken 8 at a time in explicit vectors
     (_vector_path, ~1.5x faster than the scalar path at D=64, K=10); otherwise the scalar
     path below. The two give the same sums up to rounding (they add in different orders).
     """
     D = X.shape[1]
     K = params.size // (D + 1)
-    if D % 8 == 0 and K >= VECTOR_MIN_CLASSES and rows.size >= 8 and work.size >= work_size(K, D):
+    if K >= VECTOR_MIN_CLASSES and rows.size >= 8 and work.size >= work_size(K, D):
         return _vector_path(X, y, sw, params, rows, grad, with_loss, work)
     return _scalar_path(X, y, sw, params, rows, grad, with_loss, work)
 
@@ -210,9 +211,15 @@ def _block8(X, y, sw, rows, i, r, run, K, kq, work, oW, oG, oGB, oZ, oT, oS, oB,
     a5 = _row_id(rows, i, r, 5, run) * D
     a6 = _row_id(rows, i, r, 6, run) * D
     a7 = _row_id(rows, i, r, 7, run) * D
-    for j in range(0, D, 8):
+    D8 = D - D % 8
+    for j in range(0, D8, 8):
         vstore_t8(work, oT + 8 * j, vload(X, a0 + j), vload(X, a1 + j), vload(X, a2 + j), vload(X, a3 + j),
                   vload(X, a4 + j), vload(X, a5 + j), vload(X, a6 + j), vload(X, a7 + j))
+    if D8 < D:  # the last features of each row, masked: nothing past a row's end is read
+        n = D - D8
+        vstore_t8(work, oT + 8 * D8, vload_n(X, a0 + D8, n), vload_n(X, a1 + D8, n), vload_n(X, a2 + D8, n),
+                  vload_n(X, a3 + D8, n), vload_n(X, a4 + D8, n), vload_n(X, a5 + D8, n), vload_n(X, a6 + D8, n),
+                  vload_n(X, a7 + D8, n))
     step = CACHE_LINE // X.itemsize
     nlines = 8 * D // step if nb >= 0 else 0
     for k in range(0, kq, CLASS_TILE):
@@ -291,21 +298,22 @@ def _block8(X, y, sw, rows, i, r, run, K, kq, work, oW, oG, oGB, oZ, oT, oS, oB,
         vstore(work, oGB + 8 * k, vadd(vload(work, oGB + 8 * k), q))
     # Padding classes (k >= K) keep their logits as residuals; their rows of G are never read.
     # Gradient tiles: 5 classes x 16 features (10 accumulators), so each load of X feeds 5 FMAs.
-    D16 = D - D % 16
+    Dp = D8 if D8 == D else D8 + 8  # G's rows are padded to whole vectors
+    D16 = D8 - D8 % 16
     for k in range(0, kq, 5):
         z0 = oZ + 8 * k
         for j in range(0, D16, 16):
-            p = oG + k * D + j
+            p = oG + k * Dp + j
             g00 = vload(work, p)
             g01 = vload(work, p + 8)
-            g10 = vload(work, p + D)
-            g11 = vload(work, p + D + 8)
-            g20 = vload(work, p + 2 * D)
-            g21 = vload(work, p + 2 * D + 8)
-            g30 = vload(work, p + 3 * D)
-            g31 = vload(work, p + 3 * D + 8)
-            g40 = vload(work, p + 4 * D)
-            g41 = vload(work, p + 4 * D + 8)
+            g10 = vload(work, p + Dp)
+            g11 = vload(work, p + Dp + 8)
+            g20 = vload(work, p + 2 * Dp)
+            g21 = vload(work, p + 2 * Dp + 8)
+            g30 = vload(work, p + 3 * Dp)
+            g31 = vload(work, p + 3 * Dp + 8)
+            g40 = vload(work, p + 4 * Dp)
+            g41 = vload(work, p + 4 * Dp + 8)
             for t in range(8):
                 a = _row_id(rows, i, r, t, run) * D + j
                 x0 = vload(X, a)
@@ -328,23 +336,24 @@ def _block8(X, y, sw, rows, i, r, run, K, kq, work, oW, oG, oGB, oZ, oT, oS, oB,
                 g41 = vfma(x1, r4, g41)
             vstore(work, p, g00)
             vstore(work, p + 8, g01)
-            vstore(work, p + D, g10)
-            vstore(work, p + D + 8, g11)
-            vstore(work, p + 2 * D, g20)
-            vstore(work, p + 2 * D + 8, g21)
-            vstore(work, p + 3 * D, g30)
-            vstore(work, p + 3 * D + 8, g31)
-            vstore(work, p + 4 * D, g40)
-            vstore(work, p + 4 * D + 8, g41)
-        if D16 < D:  # one last chunk of 8 features
-            p = oG + k * D + D16
+            vstore(work, p + Dp, g10)
+            vstore(work, p + Dp + 8, g11)
+            vstore(work, p + 2 * Dp, g20)
+            vstore(work, p + 2 * Dp + 8, g21)
+            vstore(work, p + 3 * Dp, g30)
+            vstore(work, p + 3 * Dp + 8, g31)
+            vstore(work, p + 4 * Dp, g40)
+            vstore(work, p + 4 * Dp + 8, g41)
+        for j in range(D16, Dp, 8):  # the last one or two chunks of 8 features (masked past D)
+            n = min(8, D - j)
+            p = oG + k * Dp + j
             g00 = vload(work, p)
-            g10 = vload(work, p + D)
-            g20 = vload(work, p + 2 * D)
-            g30 = vload(work, p + 3 * D)
-            g40 = vload(work, p + 4 * D)
+            g10 = vload(work, p + Dp)
+            g20 = vload(work, p + 2 * Dp)
+            g30 = vload(work, p + 3 * Dp)
+            g40 = vload(work, p + 4 * Dp)
             for t in range(8):
-                x0 = vload(X, _row_id(rows, i, r, t, run) * D + D16)
+                x0 = vload_n(X, _row_id(rows, i, r, t, run) * D + j, n)
                 q = z0 + t
                 g00 = vfma(x0, vbload(work, q), g00)
                 g10 = vfma(x0, vbload(work, q + 8), g10)
@@ -352,34 +361,36 @@ def _block8(X, y, sw, rows, i, r, run, K, kq, work, oW, oG, oGB, oZ, oT, oS, oB,
                 g30 = vfma(x0, vbload(work, q + 24), g30)
                 g40 = vfma(x0, vbload(work, q + 32), g40)
             vstore(work, p, g00)
-            vstore(work, p + D, g10)
-            vstore(work, p + 2 * D, g20)
-            vstore(work, p + 3 * D, g30)
-            vstore(work, p + 4 * D, g40)
+            vstore(work, p + Dp, g10)
+            vstore(work, p + 2 * Dp, g20)
+            vstore(work, p + 3 * Dp, g30)
+            vstore(work, p + 4 * Dp, g40)
     return loss
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _vector_path(X, y, sw, params, rows, grad, with_loss, work):
-    """softmax_loss_grad_ws 8 rows at a time in explicit vectors (D % 8 == 0, work >= work_size).
+    """softmax_loss_grad_ws 8 rows at a time in explicit vectors (work >= work_size).
 
     Blocks are 8 consecutive rows inside a run of ``rows`` (the next block prefetched
     during this one's logits) or else the next 8 entries of ``rows`` (a mini-batch; prefetched
     ROWS_AHEAD rows ahead); the last rows.size % 8 rows go through the scalar path. work holds, from
-    its first 64-byte boundary on: coef transposed (D, kq) with zero padding classes, the
-    padded gradient sums (kq, D), per-lane intercept sums (kq, 8), logits (kq, 8), X
-    transposed (D, 8), weights (8,), intercepts (kq,).
+    its first 64-byte boundary on: coef transposed (D, kq) with zero padding classes (room
+    for (Dp, kq)), the padded gradient sums (kq, Dp), per-lane intercept sums (kq, 8),
+    logits (kq, 8), X transposed (Dp, 8), weights (8,), intercepts (kq,); Dp is D rounded
+    up to a multiple of 8 (the last features are read with masked loads).
     """
     D = X.shape[1]
     K = params.size // (D + 1)
     KD = K * D
     kq = -(-K // CLASS_TILE) * CLASS_TILE
+    Dp = D + (-D) % 8  # rows of G and of X transposed padded to whole vectors
     oW = align_offset(work)
-    oG = oW + kq * D
-    oGB = oG + kq * D
+    oG = oW + kq * Dp
+    oGB = oG + kq * Dp
     oZ = oGB + 8 * kq
     oT = oZ + 8 * kq
-    oS = oT + 8 * D
+    oS = oT + 8 * Dp
     oB = oS + 8
     for q in range(oW, oZ):
         work[q] = 0.0
@@ -414,7 +425,7 @@ def _vector_path(X, y, sw, params, rows, grad, with_loss, work):
             i += 8
     for k in range(K):
         for j in range(D):
-            grad[k * D + j] += work[oG + k * D + j]
+            grad[k * D + j] += work[oG + k * Dp + j]
         gb = 0.0
         for t in range(8):
             gb += work[oGB + 8 * k + t]

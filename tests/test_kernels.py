@@ -162,13 +162,15 @@ def test_softmax_ws_matches_allocating_version():
     np.testing.assert_allclose(g3, g1, rtol=1e-13, atol=1e-13 * np.abs(g1).max())
 
 
-@pytest.mark.parametrize("d,k", [(8, 6), (16, 10), (40, 7), (64, 10), (72, 11), (96, 21)])
+@pytest.mark.parametrize("d,k", [(8, 6), (16, 10), (40, 7), (64, 10), (72, 11), (96, 21), (3, 10), (13, 6), (70, 10),
+                                 (100, 12)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("rows_kind", ["full", "scattered", "mixed"])
 def test_softmax_vector_path_matches_numpy_and_scalar_path(d, k, dtype, rows_kind):
     """The 8-rows-at-a-time vector path (D % 8 == 0, work >= work_size) against NumPy and the scalar path.
 
-    Class counts (>= VECTOR_MIN_CLASSES) below, at and above the 10-class register tile; row counts not divisible by
+    Class counts (>= VECTOR_MIN_CLASSES) below, at and above the 10-class register tile; feature
+    counts that are and are not multiples of 8 (masked last chunk); row counts not divisible by
     8; blocks of consecutive rows, of scattered rows (a mini-batch) and both mixed.
     """
     rng = np.random.default_rng(d * 100 + k)

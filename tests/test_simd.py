@@ -2,7 +2,7 @@
 import numpy as np
 from numba import njit
 
-from mpidml.kernels.simd import align_offset, vbload, vexp_nonpos, vfma, vload, vmax, vset8, vstore, vstore_t8
+from mpidml.kernels.simd import align_offset, vbload, vexp_nonpos, vfma, vload, vload_n, vmax, vset8, vstore, vstore_t8
 
 
 @njit
@@ -26,6 +26,11 @@ def _fma_max(a, b, c, out):
 @njit
 def _set8(a, out):
     vstore(out, 8, vset8(a[7], a[6], a[5], a[4], a[3], a[2], a[1], a[0]))
+
+
+@njit
+def _load_n(a, idx, n, out):
+    vstore(out, 0, vload_n(a, idx, n))
 
 
 @njit
@@ -77,3 +82,14 @@ def test_vset8_orders_lanes():
     out = np.zeros(16)
     _set8(a, out)
     np.testing.assert_array_equal(out[8:], a[7::-1])
+
+
+def test_vload_n_reads_only_n_lanes():
+    for dtype in (np.float64, np.float32):
+        a = (np.arange(20) + 0.5).astype(dtype)
+        out = np.empty(8)
+        for n in range(9):
+            _load_n(a, 20 - n, n, out)  # ends exactly at the array's end: lanes >= n are not read
+            expected = np.zeros(8)
+            expected[:n] = a[20 - n:].astype(np.float64)
+            np.testing.assert_array_equal(out, expected)
