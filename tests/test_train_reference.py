@@ -89,8 +89,8 @@ def test_weighted_logistic_matches_sklearn_sample_weight():
     assert rel_gap(f, f_ref) <= 1e-8
 
 
-def test_softmax_lbfgs_reaches_sklearn_multinomial_optimum():
-    k, d = 4, 8
+@pytest.mark.parametrize("k,d", [(4, 8), (10, 20)])  # 10 classes: the kernel's vector path, masked last features
+def test_softmax_lbfgs_reaches_sklearn_multinomial_optimum(k, d):
     X, y = make_problem("softmax", n=2000, d=d, k=k, seed=3)
     params, _ = train(Context(MPI.COMM_SELF), X, y, model="softmax", optimizer="lbfgs", tol=1e-10, l2=L2)
     clf = LogisticRegression(C=1.0 / (L2 * len(y)), tol=1e-14, max_iter=100_000).fit(X, y)
