@@ -21,17 +21,21 @@ CLASS_TILE = 10
 VECTOR_MIN_CLASSES = 6
 
 
-@njit(cache=True, nogil=True)
 def work_size(n_classes, n_features):
     """float64 workspace that enables the vector path of softmax_loss_grad_ws.
 
     Holds the coefficients transposed and padded to a multiple of CLASS_TILE classes, a
     padded gradient, the logits of 8 rows and 8 rows of X transposed, plus up to 7
     elements to start on a 64-byte boundary. Enough for the scalar paths too.
+    Plain Python (models call it on every rank before the kernels are warmed up, which
+    must not compile anything); the kernels use its compiled twin _work_size.
     """
     kq = -(-n_classes // CLASS_TILE) * CLASS_TILE
     dp = n_features + (-n_features) % 8
     return max(2 * kq * dp + 17 * kq + 8 * dp + 15, WORK_ROWS * n_classes)
+
+
+_work_size = njit(cache=True, nogil=True)(work_size)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -80,7 +84,7 @@ def softmax_loss_grad_ws(X, y, sw, params, rows, grad, with_loss, work):
     """
     D = X.shape[1]
     K = params.size // (D + 1)
-    if K >= VECTOR_MIN_CLASSES and rows.size >= 8 and work.size >= work_size(K, D):
+    if K >= VECTOR_MIN_CLASSES and rows.size >= 8 and work.size >= _work_size(K, D):
         return _vector_path(X, y, sw, params, rows, grad, with_loss, work)
     return _scalar_path(X, y, sw, params, rows, grad, with_loss, work)
 
@@ -448,7 +452,7 @@ def softmax_loss_grad(X, y, sw, params, rows, grad, with_loss):
     """
     D = X.shape[1]
     K = params.size // (D + 1)
-    work = np.empty(work_size(K, D), dtype=np.float64)
+    work = np.empty(_work_size(K, D), dtype=np.float64)
     return softmax_loss_grad_ws(X, y, sw, params, rows, grad, with_loss, work)
 
 

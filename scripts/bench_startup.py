@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/bench_startup.py                 # 2 ranks, 200k x 64 logistic, 5 repeats
     .venv/bin/python scripts/bench_startup.py --quick
+    .venv/bin/python scripts/bench_startup.py --model softmax  # 10 classes: the kernel with the most code
 
 For each repeat, in the same run: a COLD start (an empty NUMBA_CACHE_DIR, so every kernel is
 compiled) and a WARM start (the same directory again, so every kernel is loaded from the cache).
@@ -42,7 +43,7 @@ MPIDML = [sys.executable, "-m", "mpidml"]
 
 def train_cmd(args, data, out, extra=()):
     return benchlib.mpirun(args.ranks) + MPIDML + [
-        "train", data, "--optimizer", "lbfgs", "--max-iter", str(args.iters), "--tol", "0",
+        "train", data, "--model", args.model, "--optimizer", "lbfgs", "--max-iter", str(args.iters), "--tol", "0",
         "--out", out, "--overwrite", "--progress", "none", *extra]
 
 
@@ -150,6 +151,8 @@ def main():
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--features", type=int, default=64)
+    ap.add_argument("--model", default="logistic", choices=("logistic", "softmax"))
+    ap.add_argument("--classes", type=int, default=10, help="softmax classes")
     ap.add_argument("--iters", type=int, default=2, help="L-BFGS iterations per run (start-up is the point)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
@@ -161,10 +164,11 @@ def main():
         args.rows, args.repeats = min(args.rows, 20_000), min(args.repeats, 2)
     work = args.workdir or tempfile.mkdtemp(prefix="mpidml-startup-")
     os.makedirs(work, exist_ok=True)
-    data = os.path.join(work, f"lr_{args.rows}x{args.features}.h5")
+    extra = ["--classes", str(args.classes)] if args.model == "softmax" else []
+    data = os.path.join(work, f"{args.model}_{args.rows}x{args.features}{'k%d' % args.classes if extra else ''}.h5")
     if not os.path.exists(data):
-        subprocess.run(MPIDML + ["generate", "logistic", "--rows", str(args.rows), "--features", str(args.features),
-                                 "-o", data], check=True, stdout=subprocess.DEVNULL, env=benchlib.mpi_env())
+        subprocess.run(MPIDML + ["generate", args.model, "--rows", str(args.rows), "--features", str(args.features),
+                                 *extra, "-o", data], check=True, stdout=subprocess.DEVNULL, env=benchlib.mpi_env())
     cold, warm = [], []
     for r in range(args.repeats):
         cache = tempfile.mkdtemp(prefix="numba-cold-", dir=work)
@@ -176,6 +180,7 @@ def main():
         "benchmark": "bench_startup",
         "command": " ".join([os.path.relpath(sys.executable), "scripts/bench_startup.py"] + sys.argv[1:]),
         "ranks": args.ranks, "rows": args.rows, "features": args.features, "repeats": args.repeats,
+        "model": args.model, "classes": args.classes if args.model == "softmax" else None,
         "unit": "seconds (min, median over repeats)",
         "cold_cache": {k: benchlib.stats([c[k] for c in cold]) for k in keys},
         "warm_cache": {k: benchlib.stats([w[k] for w in warm]) for k in keys},

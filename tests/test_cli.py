@@ -6,6 +6,7 @@ instead of stalling the suite.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -199,3 +200,28 @@ def test_ftol_stops_lbfgs_on_a_small_relative_reduction(logistic_h5, tmp_path):
     assert red[-1] <= 1e-6 and all(r > 1e-6 for r in red[:-1]), red
     # ... which here is already close to the optimum the gradient rule reaches.
     assert 0 <= (s_f["objective"] - s_g["objective"]) / s_g["objective"] < 1e-5
+
+
+@pytest.mark.parametrize("model", ["logistic", "softmax"])
+def test_cold_cache_only_rank_0_compiles(tmp_path, model):
+    """With an empty Numba cache, rank 0 compiles and saves every kernel, the other ranks only load.
+
+    softmax with 10 classes compiles the kernel's vector path; every rank calling a compiled
+    function before the warm-up (softmax.work_size once was one) shows up as a file rank 1 saved.
+    """
+    data = tmp_path / f"{model}.h5"
+    extra = ["--classes", "10"] if model == "softmax" else []
+    run(MPIDML + ["generate", model, "--rows", "2003", "--features", "16", *extra, "-o", str(data)])
+    cache = tmp_path / "numba-cache"
+    cache.mkdir()
+    proc = run([mpirun_exe(), "-n", "2", "--oversubscribe", "--tag-output", "-x", "NUMBA_CACHE_DIR", "-x",
+                "NUMBA_DEBUG_CACHE"] + MPIDML + ["train", str(data), "--model", model, "--optimizer", "lbfgs",
+                                                 "--max-iter", "2", "--out", str(tmp_path / "run"), "--progress", "none"],
+               env={"NUMBA_CACHE_DIR": str(cache), "NUMBA_DEBUG_CACHE": "1"}, timeout=300)
+    saved = {}
+    for line in (proc.stdout + proc.stderr).splitlines():
+        m = re.match(r"\[\d+,(\d+)\]<std...>:\s*\[cache\] data saved to '([^']+)'", line)
+        if m:
+            saved.setdefault(int(m.group(1)), []).append(os.path.basename(m.group(2)))
+    assert saved.get(0), "rank 0 saved nothing: the cache was not cold or the debug output changed"
+    assert not saved.get(1), f"rank 1 compiled (and raced to save): {saved.get(1)}"
