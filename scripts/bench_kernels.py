@@ -31,8 +31,9 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
@@ -88,16 +89,6 @@ def numpy_softmax(X, y, params):
     G = E / s
     G[np.arange(len(y)), y] -= 1
     return loss, np.concatenate([(G.T @ X).ravel(), G.sum(axis=0)])
-
-
-def timeit(fn, repeats):
-    fn()  # warm-up (and JIT compile)
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return {"min": min(ts), "median": float(np.median(ts))}
 
 
 def make_x(n, d, dtype, align, rng):
@@ -199,7 +190,7 @@ def main(argv=None):
             rows = np.arange(n, dtype=np.int64)
             sw = np.empty(0)
             nbytes = X.nbytes
-            t_stream = timeit(lambda: stream_sum(X), a.repeats)
+            t_stream = benchlib.time_calls(lambda: stream_sum(X), a.repeats)
             for kern in kernels:
                 print(f"[bench] {kern} {dtype.name} n={n} D={d}", file=sys.stderr, flush=True)
                 if kern == "softmax":
@@ -221,15 +212,15 @@ def main(argv=None):
                         return fn(X, y, sw, params, rows, g, with_loss)
                     ref = numpy_linear if kern == "linear" else numpy_logistic
                 times = {
-                    "grad": timeit(lambda: run(False), a.repeats),
-                    "loss_grad": timeit(lambda: run(True), a.repeats),
-                    "numpy": timeit(lambda: ref(X, y, params), a.repeats),
+                    "grad": benchlib.time_calls(lambda: run(False), a.repeats),
+                    "loss_grad": benchlib.time_calls(lambda: run(True), a.repeats),
+                    "numpy": benchlib.time_calls(lambda: ref(X, y, params), a.repeats),
                     "stream": t_stream,
                 }
                 if kern == "softmax":  # the scalar path beside it (a workspace too small for the vector path)
                     small = np.empty(WORK_ROWS * k)
                     g_s = np.zeros(params.size)
-                    times["grad_scalar_path"] = timeit(
+                    times["grad_scalar_path"] = benchlib.time_calls(
                         lambda: softmax_loss_grad_ws(X, y, sw, params, rows, g_s, False, small), a.repeats)
                 g_k = np.zeros(params.size)
                 if kern == "softmax":

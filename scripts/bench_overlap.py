@@ -25,8 +25,9 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_
 import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 
@@ -82,16 +83,6 @@ def synthetic_pass(X, nblk, cycle_rows, rounds, scheme, out):
     vstore(out, 0, acc)
 
 
-def timeit(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return {"min": min(ts), "median": float(np.median(ts))}
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows of X (64 float64 features)")
@@ -105,12 +96,12 @@ def main():
     nblk = rows // 8 - 1
     out = np.zeros(8)
     results = []
-    stream = timeit(lambda: synthetic_pass(X, nblk, rows, 0, 0, out), a.repeats)
+    stream = benchlib.time_calls(lambda: synthetic_pass(X, nblk, rows, 0, 0, out), a.repeats)
     for rounds in [int(v) for v in a.rounds.split(",")]:
         for name, scheme in SCHEMES.items():
             print(f"[bench_overlap] rounds={rounds} prefetch={name}", file=sys.stderr, flush=True)
-            in_cache = timeit(lambda: synthetic_pass(X, nblk, 64, rounds, scheme, out), a.repeats)
-            streamed = timeit(lambda: synthetic_pass(X, nblk, rows, rounds, scheme, out), a.repeats)
+            in_cache = benchlib.time_calls(lambda: synthetic_pass(X, nblk, 64, rounds, scheme, out), a.repeats)
+            streamed = benchlib.time_calls(lambda: synthetic_pass(X, nblk, rows, rounds, scheme, out), a.repeats)
             results.append({
                 "fma_per_block": 10 * rounds, "prefetch": name, "in_cache_s": in_cache, "streamed_s": streamed,
                 # 1.0: the read is fully hidden behind the arithmetic; 0.0: the two add up

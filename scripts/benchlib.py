@@ -1,4 +1,5 @@
-"""Shared plumbing of the benchmark scripts (bench_step, bench_e2e, bench_startup, bench_scaling).
+"""Shared plumbing of the benchmark scripts (bench_step, bench_e2e, bench_startup, bench_scaling,
+bench_kernels, bench_overlap).
 
 Not a benchmark itself. Keeps in one place: the environment every mpirun gets (root
 allowances, no libfabric probing, one thread per rank unless told otherwise), how mpirun is
@@ -76,6 +77,17 @@ def stats(values) -> dict:
     if not vals:
         return {"min": None, "median": None, "n": 0}
     return {"min": min(vals), "median": statistics.median(vals), "n": len(vals)}
+
+
+def time_calls(fn, repeats: int) -> dict:
+    """stats() of the wall seconds of ``repeats`` calls of fn(), after one untimed call (warm-up, JIT)."""
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return stats(ts)
 
 
 def machine() -> dict:
