@@ -274,24 +274,6 @@ def ld(typingctx, arr, idx):
 
 
 @intrinsic
-def prefetch_l2(typingctx, arr, idx):
-    """Hint the CPU to bring the cache line of arr.flat[idx] into L2 (llvm.prefetch, read, locality 2).
-
-    Never faults, no effect on results.
-    """
-    sig = types.void(arr, types.intp)
-
-    def codegen(context, builder, signature, args):
-        i8p = ir.IntType(8).as_pointer()
-        ptr = builder.bitcast(_elem_ptr(context, builder, signature.args[0], args[0], args[1]), i8p)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
-                                            "llvm.prefetch.p0")
-        builder.call(fn, [ptr, _I32(0), _I32(2), _I32(1)])
-        return context.get_dummy_value()
-    return sig, codegen
-
-
-@intrinsic
 def align_offset(typingctx, arr):
     """Number of elements to skip from arr's start to reach a 64-byte boundary (arr float64)."""
     sig = types.intp(arr)
@@ -305,9 +287,6 @@ def align_offset(typingctx, arr):
 
 # exp(x) for x <= 0: the lane-wise twin of util.exp_nonpos (same range reduction and
 # Taylor polynomial to r**13/13!, Horner steps fused): within ~1 ulp, 0.0 below -708.
-_C = _INV_FACT
-
-
 @njit(cache=True, nogil=True, inline="always")
 def vexp_nonpos(x):
     """Lane-wise exp(x) for x <= 0 (x > 0 is not reduced correctly); NaN stays NaN, x < -708 gives 0.0."""
@@ -315,17 +294,17 @@ def vexp_nonpos(x):
     xc = vmax(x, lo)
     n = vfloor(vfma(xc, vsplat(_LOG2E), vsplat(0.5)))
     r = vfma(n, vsplat(-_LN2_LO), vfma(n, vsplat(-_LN2_HI), xc))
-    p = vfma(r, vsplat(_C[13]), vsplat(_C[12]))
-    p = vfma(r, p, vsplat(_C[11]))
-    p = vfma(r, p, vsplat(_C[10]))
-    p = vfma(r, p, vsplat(_C[9]))
-    p = vfma(r, p, vsplat(_C[8]))
-    p = vfma(r, p, vsplat(_C[7]))
-    p = vfma(r, p, vsplat(_C[6]))
-    p = vfma(r, p, vsplat(_C[5]))
-    p = vfma(r, p, vsplat(_C[4]))
-    p = vfma(r, p, vsplat(_C[3]))
-    p = vfma(r, p, vsplat(_C[2]))
+    p = vfma(r, vsplat(_INV_FACT[13]), vsplat(_INV_FACT[12]))
+    p = vfma(r, p, vsplat(_INV_FACT[11]))
+    p = vfma(r, p, vsplat(_INV_FACT[10]))
+    p = vfma(r, p, vsplat(_INV_FACT[9]))
+    p = vfma(r, p, vsplat(_INV_FACT[8]))
+    p = vfma(r, p, vsplat(_INV_FACT[7]))
+    p = vfma(r, p, vsplat(_INV_FACT[6]))
+    p = vfma(r, p, vsplat(_INV_FACT[5]))
+    p = vfma(r, p, vsplat(_INV_FACT[4]))
+    p = vfma(r, p, vsplat(_INV_FACT[3]))
+    p = vfma(r, p, vsplat(_INV_FACT[2]))
     p = vfma(r, p, vsplat(1.0))
     p = vfma(r, p, vsplat(1.0))
     return _vexp_fixup(x, vmul(p, _vexp2i(n)), lo)

@@ -31,25 +31,32 @@ PREFETCH_BYTES = 8192
 CACHE_LINE = 64
 
 
-@intrinsic
-def _prefetch(typingctx, arr, idx):
-    """Hint the CPU to load the cache line of arr.flat[idx] (llvm.prefetch, read, L1).
+def _make_prefetch(locality):
+    """An intrinsic f(arr, idx): hint the CPU to load the cache line of arr.flat[idx] (llvm.prefetch, read).
 
-    Never faults and has no effect on results; ``idx`` is clamped to the array by callers.
+    locality 3: into L1 (prefetcht0); 2: into L2 (prefetcht1). Never faults and has no
+    effect on results; ``idx`` is clamped to the array by callers.
     """
-    sig = types.void(arr, types.intp)
+    @intrinsic
+    def prefetch(typingctx, arr, idx):
+        sig = types.void(arr, types.intp)
 
-    def codegen(context, builder, signature, args):
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        i8p = ir.IntType(8).as_pointer()
-        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
+        def codegen(context, builder, signature, args):
+            ary = context.make_array(signature.args[0])(context, builder, args[0])
+            i8p = ir.IntType(8).as_pointer()
+            ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
+            i32 = ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            builder.call(fn, [ptr, i32(0), i32(locality), i32(1)])
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return sig, codegen
+    return prefetch
+
+
+_prefetch = _make_prefetch(3)  # into L1: the lines a kernel reads next
+prefetch_l2 = _make_prefetch(2)  # into L2: further ahead, without crowding L1 (the softmax vector path)
 
 
 @intrinsic

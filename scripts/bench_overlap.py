@@ -31,8 +31,8 @@ import benchlib  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 
-from mpidml.kernels.simd import prefetch_l2, vadd, vfma, vload, vsplat, vstore  # noqa: E402
-from mpidml.kernels.util import _prefetch as prefetch_l1  # noqa: E402
+from mpidml.kernels.simd import vadd, vfma, vload, vsplat, vstore  # noqa: E402
+from mpidml.kernels.util import _prefetch as prefetch_l1, prefetch_l2  # noqa: E402
 
 SCHEMES = {"none": 0, "burst": 1, "spread": 2, "spread_l1": 3}
 
