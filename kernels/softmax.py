@@ -7,9 +7,10 @@ loss_i = logsumexp(z_i) - z_i[y_i] with logits z_i = W x_i + c.
 import numpy as np
 from numba import njit
 
-from .simd import align_offset, ld, prefetch_l2, vload_n, vadd, vbload, vdiv, vexp_nonpos, vfma, vlane, vload, vmax, vmul, vselect_eq, vset8, \
+from .simd import align_offset, ld, vload_n, vadd, vbload, vdiv, vexp_nonpos, vfma, vlane, vload, vmax, vmul, vselect_eq, vset8, \
     vsplat, vstore, vstore_t8, vsub
-from .util import CACHE_LINE, FASTMATH, PREFETCH_BYTES, exp_nonpos, log_strict, next_run, prefetch_ahead, prefetch_scattered
+from .util import (CACHE_LINE, FASTMATH, PREFETCH_BYTES, exp_nonpos, log_strict, next_run, prefetch_ahead, prefetch_l2,
+                   prefetch_scattered)
 
 # Workspace (in units of K float64) that enables the four-rows-at-a-time scalar path.
 WORK_ROWS = 4
@@ -32,7 +33,7 @@ def work_size(n_classes, n_features):
     """
     kq = -(-n_classes // CLASS_TILE) * CLASS_TILE
     dp = n_features + (-n_features) % 8
-    return max(2 * kq * dp + 17 * kq + 8 * dp + 15, WORK_ROWS * n_classes)
+    return max(2 * kq * dp + 17 * kq + 8 * dp + 7, WORK_ROWS * n_classes)
 
 
 _work_size = njit(cache=True, nogil=True)(work_size)
@@ -195,7 +196,7 @@ def _row_id(rows, i, r, t, run):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def _block8(X, y, sw, rows, i, r, run, K, kq, work, oW, oG, oGB, oZ, oT, oS, oB, with_loss, nb):
+def _block8(X, y, sw, rows, i, r, run, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss, nb):
     """Loss and gradient terms of 8 rows (ids from _row_id), added to the padded sums in work.
 
     1. X rows transposed into work[oT:] (8 at a time), so that lane t holds row t;
@@ -203,18 +204,19 @@ def _block8(X, y, sw, rows, i, r, run, K, kq, work, oW, oG, oGB, oZ, oT, oS, oB,
        transposed, one broadcast per class and feature), stored to work[oZ + 8k:];
     3. softmax across the lanes: max, exp (vexp_nonpos), sum, the weighted residual
        s (p_k - [k == y]) and the loss s (log(sum) + max - z_y);
-    4. gradient G[k, j:j+8] += sum_t R[k, t] X[row t, j:j+8] in 2-class x 32-feature
+    4. gradient G[k, j:j+8] += sum_t R[k, t] X[row t, j:j+8] in 5-class x 16-feature
        register tiles (features in the lanes); the intercepts' residual sums per lane.
     """
     D = X.shape[1]
-    a0 = _row_id(rows, i, r, 0, run) * D
-    a1 = _row_id(rows, i, r, 1, run) * D
-    a2 = _row_id(rows, i, r, 2, run) * D
-    a3 = _row_id(rows, i, r, 3, run) * D
-    a4 = _row_id(rows, i, r, 4, run) * D
-    a5 = _row_id(rows, i, r, 5, run) * D
-    a6 = _row_id(rows, i, r, 6, run) * D
-    a7 = _row_id(rows, i, r, 7, run) * D
+    i0 = _row_id(rows, i, r, 0, run)
+    i1 = _row_id(rows, i, r, 1, run)
+    i2 = _row_id(rows, i, r, 2, run)
+    i3 = _row_id(rows, i, r, 3, run)
+    i4 = _row_id(rows, i, r, 4, run)
+    i5 = _row_id(rows, i, r, 5, run)
+    i6 = _row_id(rows, i, r, 6, run)
+    i7 = _row_id(rows, i, r, 7, run)
+    a0, a1, a2, a3, a4, a5, a6, a7 = i0 * D, i1 * D, i2 * D, i3 * D, i4 * D, i5 * D, i6 * D, i7 * D
     D8 = D - D % 8
     for j in range(0, D8, 8):
         vstore_t8(work, oT + 8 * j, vload(X, a0 + j), vload(X, a1 + j), vload(X, a2 + j), vload(X, a3 + j),
@@ -266,14 +268,6 @@ def _block8(X, y, sw, rows, i, r, run, K, kq, work, oW, oG, oGB, oZ, oT, oS, oB,
     m = vload(work, oZ)
     for k in range(1, K):
         m = vmax(m, vload(work, oZ + 8 * k))
-    i0 = _row_id(rows, i, r, 0, run)
-    i1 = _row_id(rows, i, r, 1, run)
-    i2 = _row_id(rows, i, r, 2, run)
-    i3 = _row_id(rows, i, r, 3, run)
-    i4 = _row_id(rows, i, r, 4, run)
-    i5 = _row_id(rows, i, r, 5, run)
-    i6 = _row_id(rows, i, r, 6, run)
-    i7 = _row_id(rows, i, r, 7, run)
     # labels and weights as lanes, built in registers (no scalar stores into vectors)
     yv = vset8(float(ld(y, i0)), float(ld(y, i1)), float(ld(y, i2)), float(ld(y, i3)),
                float(ld(y, i4)), float(ld(y, i5)), float(ld(y, i6)), float(ld(y, i7)))
@@ -381,7 +375,7 @@ def _vector_path(X, y, sw, params, rows, grad, with_loss, work):
     ROWS_AHEAD rows ahead); the last rows.size % 8 rows go through the scalar path. work holds, from
     its first 64-byte boundary on: coef transposed (D, kq) with zero padding classes (room
     for (Dp, kq)), the padded gradient sums (kq, Dp), per-lane intercept sums (kq, 8),
-    logits (kq, 8), X transposed (Dp, 8), weights (8,), intercepts (kq,); Dp is D rounded
+    logits (kq, 8), X transposed (Dp, 8), intercepts (kq,); Dp is D rounded
     up to a multiple of 8 (the last features are read with masked loads).
     """
     D = X.shape[1]
@@ -394,8 +388,7 @@ def _vector_path(X, y, sw, params, rows, grad, with_loss, work):
     oGB = oG + kq * Dp
     oZ = oGB + 8 * kq
     oT = oZ + 8 * kq
-    oS = oT + 8 * Dp
-    oB = oS + 8
+    oB = oT + 8 * Dp
     for q in range(oW, oZ):
         work[q] = 0.0
     for k in range(K):
@@ -420,12 +413,12 @@ def _vector_path(X, y, sw, params, rows, grad, with_loss, work):
                 # arithmetic: 1e6 x 64, 72.8 ms vs 78.9 (into L1) and 75.6 (none); a burst of 8 KiB
                 # ahead at each block's start was slower (91).
                 nb = (r + 8) * D if r + 16 <= lo + cnt else -1
-                loss += _block8(X, y, sw, rows, i, r, True, K, kq, work, oW, oG, oGB, oZ, oT, oS, oB, with_loss, nb)
+                loss += _block8(X, y, sw, rows, i, r, True, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss, nb)
                 r += 8
                 i += 8
         else:
             pr = prefetch_scattered(X, rows, pr, i, 8)
-            loss += _block8(X, y, sw, rows, i, 0, False, K, kq, work, oW, oG, oGB, oZ, oT, oS, oB, with_loss, -1)
+            loss += _block8(X, y, sw, rows, i, 0, False, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss, -1)
             i += 8
     for k in range(K):
         for j in range(D):

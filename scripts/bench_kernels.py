@@ -16,8 +16,7 @@ result (and softmax float64 D=64): gradient alone >= 0.8x and loss+gradient >= 0
 bandwidth, both >= 1.5x faster than NumPy, softmax within 2x of the read bound (>= 0.5x), each with
 the measured ratio from the min and the median times. BLAS threads are forced to 1 before NumPy is
 imported; "blas" records what threadpoolctl reports (library, version, core type, threads) and the
-OPENBLAS_CORETYPE in effect. softmax gets a workspace of work_size(K, D) (the vector path when D % 8 == 0
-and K >= 6); "grad_scalar_path" times the scalar path on the same X beside it (a WORK_ROWS*K workspace).
+OPENBLAS_CORETYPE in effect. softmax gets a workspace of work_size(K, D) (the vector path when K >= 6); "grad_scalar_path" times the scalar path on the same X beside it (a WORK_ROWS*K workspace).
 
 Sizes: each X has min(--rows, --max-bytes // (D * itemsize)) rows, i.e. --rows rows unless X would
 exceed --max-bytes (default 512 MiB); the actual row count is in each result.
