@@ -4,6 +4,7 @@ A mini-batch step of a small model spends microseconds per NumPy call on arrays 
 dozen entries; one Numba call does the same arithmetic, in the same order (strict IEEE:
 bitwise what the NumPy sequence gives).
 """
+import numpy as np
 from numba import njit
 
 
@@ -24,3 +25,45 @@ def mean_gradient_norm2(grad_sum, inv_weight, params, l2, n_pen, out):
         out[j] = v
         s += v * v
     return s
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def sgd_update(params, grad, velocity, lr, momentum, nesterov):
+    """One SGD step in place: params -= lr * u (PyTorch's momentum convention).
+
+    params, grad: float64 (P,); velocity: float64 (P,), updated in place, or size 0 for
+    plain SGD (u = grad). With momentum: v = momentum * v + grad; u = grad + momentum * v
+    (nesterov) else v. Every operation rounded on its own (no fused multiply-add): bitwise
+    what optim.SGD's NumPy sequence gives.
+    """
+    heavy = velocity.size != 0
+    for j in range(params.size):
+        g = grad[j]
+        if heavy:
+            v = velocity[j] * momentum + g
+            velocity[j] = v
+            u = (g + v * momentum) * lr if nesterov else v * lr
+        else:
+            u = g * lr
+        params[j] = params[j] - u
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def adam_update(params, grad, m, v, lr, beta1, beta2, bias1, bias2, eps):
+    """One Adam step in place (Kingma & Ba, with bias correction).
+
+    params, grad, m, v: float64 (P,); m and v updated in place. bias1 = 1 - beta1**t,
+    bias2 = 1 - beta2**t for this step's count t (computed by the caller, once).
+    m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g^2;
+    params -= lr * ((m / bias1) / (sqrt(v / bias2) + eps)), each operation rounded on its
+    own: bitwise what optim.Adam's NumPy sequence gives.
+    """
+    c1 = 1.0 - beta1
+    c2 = 1.0 - beta2
+    for j in range(params.size):
+        g = grad[j]
+        mj = m[j] * beta1 + g * c1
+        vj = v[j] * beta2 + (g * g) * c2
+        m[j] = mj
+        v[j] = vj
+        params[j] = params[j] - ((mj / bias1) / (np.sqrt(vj / bias2) + eps)) * lr

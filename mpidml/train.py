@@ -170,6 +170,8 @@ def warm_up_kernels(ctx: Context, model, shard) -> None:
         model.stats(shard, model.init_params(), rows)
         g = np.zeros(model.n_params)  # the mini-batch loop's fused gradient finish
         kernels.mean_gradient_norm2(g, 1.0, g, 0.0, 0, g.copy())
+        kernels.sgd_update(g, g.copy(), g[:0], 0.0, 0.0, False)  # optim.SGD / optim.Adam's step
+        kernels.adam_update(g, g.copy(), g.copy(), g.copy(), 0.0, 0.9, 0.999, 0.1, 0.001, 1e-8)
         sq = np.zeros(getattr(model, "n_features", 0) or 1)  # L-BFGS's feature-scaled H0 (allreduce.lbfgs_h0)
         if hasattr(shard, "indices"):
             kernels.csr_column_sq_sums(shard.indices[:0], shard.data[:0], sq)

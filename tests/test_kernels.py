@@ -404,3 +404,61 @@ def test_mean_gradient_norm2_is_bitwise_the_numpy_sequence():
     assert g2 == pytest.approx(float(ref @ ref), rel=1e-13)
     grad_sum[5] = np.inf
     assert not np.isfinite(mean_gradient_norm2(grad_sum, 1.0, params, 1e-4, n_pen, out))
+
+
+def _sgd_numpy(params, grad, v, lr, momentum, nesterov):
+    """optim.SGD's former NumPy ufunc sequence (each operation rounded on its own)."""
+    if momentum == 0.0:
+        buf = np.multiply(grad, lr)
+    else:
+        np.multiply(v, momentum, out=v)
+        np.add(v, grad, out=v)
+        buf = np.multiply(np.add(grad, np.multiply(v, momentum)), lr) if nesterov else np.multiply(v, lr)
+    np.subtract(params, buf, out=params)
+
+
+def _adam_numpy(params, grad, m, v, lr, b1, b2, t, eps):
+    """optim.Adam's former NumPy ufunc sequence."""
+    np.multiply(m, b1, out=m)
+    np.add(m, np.multiply(grad, 1.0 - b1), out=m)
+    np.multiply(v, b2, out=v)
+    np.add(v, np.multiply(np.multiply(grad, grad), 1.0 - b2), out=v)
+    den = np.add(np.sqrt(np.divide(v, 1.0 - b2 ** t)), eps)
+    np.subtract(params, np.multiply(np.divide(np.divide(m, 1.0 - b1 ** t), den), lr), out=params)
+
+
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True), (0.37, True)])
+def test_sgd_update_is_bitwise_the_numpy_sequence(momentum, nesterov):
+    from mpidml.kernels import sgd_update
+
+    rng = np.random.default_rng(12)
+    P = 1001
+    params = rng.standard_normal(P)
+    ref = params.copy()
+    v, v_ref = np.zeros(P if momentum else 0), np.zeros(P)
+    for step in range(25):  # varying scales, so that rounding differences would show
+        grad = rng.standard_normal(P) * 10.0 ** rng.integers(-8, 8, P)
+        lr = 0.3 / (1 + step)
+        sgd_update(params, grad, v, lr, momentum, nesterov)
+        _sgd_numpy(ref, grad, v_ref, lr, momentum, nesterov)
+        assert np.array_equal(params, ref), step
+    if momentum:
+        assert np.array_equal(v, v_ref)
+
+
+@pytest.mark.parametrize("b1,b2,eps", [(0.9, 0.999, 1e-8), (0.0, 0.5, 1e-3), (0.5, 0.0, 1e-8)])
+def test_adam_update_is_bitwise_the_numpy_sequence(b1, b2, eps):
+    from mpidml.kernels import adam_update
+
+    rng = np.random.default_rng(13)
+    P = 1001
+    params = rng.standard_normal(P)
+    ref = params.copy()
+    m, v, m_ref, v_ref = np.zeros(P), np.zeros(P), np.zeros(P), np.zeros(P)
+    for t in range(1, 26):
+        grad = rng.standard_normal(P) * 10.0 ** rng.integers(-8, 8, P)
+        lr = 0.01 * 0.9 ** t
+        adam_update(params, grad, m, v, lr, b1, b2, 1.0 - b1 ** t, 1.0 - b2 ** t, eps)
+        _adam_numpy(ref, grad, m_ref, v_ref, lr, b1, b2, t, eps)
+        assert np.array_equal(params, ref), t
+    assert np.array_equal(m, m_ref) and np.array_equal(v, v_ref)

