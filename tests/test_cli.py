@@ -202,21 +202,24 @@ def test_ftol_stops_lbfgs_on_a_small_relative_reduction(logistic_h5, tmp_path):
     assert 0 <= (s_f["objective"] - s_g["objective"]) / s_g["objective"] < 1e-5
 
 
-@pytest.mark.parametrize("model", ["logistic", "softmax"])
-def test_cold_cache_only_rank_0_compiles(tmp_path, model):
+@pytest.mark.parametrize("model,optimizer", [("logistic", "lbfgs"), ("softmax", "lbfgs"), ("logistic", "sgd"),
+                                             ("logistic", "adam")])
+def test_cold_cache_only_rank_0_compiles(tmp_path, model, optimizer):
     """With an empty Numba cache, rank 0 compiles and saves every kernel, the other ranks only load.
 
     softmax with 10 classes compiles the kernel's vector path; every rank calling a compiled
     function before the warm-up (softmax.work_size once was one) shows up as a file rank 1 saved.
+    sgd / adam: the mini-batch loop's kernels (batch plan, gradient finish, the optimizers' steps).
     """
     data = tmp_path / f"{model}.h5"
     extra = ["--classes", "10"] if model == "softmax" else []
     run(MPIDML + ["generate", model, "--rows", "2003", "--features", "16", *extra, "-o", str(data)])
     cache = tmp_path / "numba-cache"
     cache.mkdir()
+    opt_args = ["--max-iter", "2"] if optimizer == "lbfgs" else ["--epochs", "2", "--batch-size", "256", "--lr", "0.01"]
     proc = run([mpirun_exe(), "-n", "2", "--oversubscribe", "--tag-output", "-x", "NUMBA_CACHE_DIR", "-x",
-                "NUMBA_DEBUG_CACHE"] + MPIDML + ["train", str(data), "--model", model, "--optimizer", "lbfgs",
-                                                 "--max-iter", "2", "--out", str(tmp_path / "run"), "--progress", "none"],
+                "NUMBA_DEBUG_CACHE"] + MPIDML + ["train", str(data), "--model", model, "--optimizer", optimizer,
+                                                 *opt_args, "--out", str(tmp_path / "run"), "--progress", "none"],
                env={"NUMBA_CACHE_DIR": str(cache), "NUMBA_DEBUG_CACHE": "1"}, timeout=300)
     saved = {}
     for line in (proc.stdout + proc.stderr).splitlines():

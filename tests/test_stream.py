@@ -53,6 +53,7 @@ def test_streamed_model_sums_equal_in_memory_sums(data, full):
     assert f2 == pytest.approx(f1, rel=1e-13)
     np.testing.assert_allclose(g2, g1, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(streamed.stats(shard, params, rows), model.stats(dense, params, rows))
+    assert streamed.batch_hits(shard, params, rows) == model.batch_hits(dense, params, rows)
     shard.close()
 
 

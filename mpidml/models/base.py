@@ -100,6 +100,19 @@ class Model:
     def metrics_from_stats(self, stats: np.ndarray, weight_sum: float) -> dict:
         return {}
 
+    def batch_hits(self, shard, params, rows) -> tuple[float, float]:
+        """(weighted correct predictions, weight) of ``rows``: the batch accuracy that a
+        mini-batch loop logs. Classifiers only (they define ``predict_labels``).
+
+        The trace and sum of :meth:`stats`' confusion matrix, without its other parts
+        (a binary model's 2 x 4096-bin score histograms cost more than the labels).
+        """
+        hit = self.predict_labels(shard, params, rows) == shard.y[rows]
+        if shard.sw.size:
+            w = shard.sw[rows]
+            return float(np.dot(w, hit)), float(w.sum())
+        return float(np.count_nonzero(hit)), float(rows.size)
+
 
 def is_sparse(shard) -> bool:
     """True for a CSR shard (indptr/indices/data instead of a dense X; see mpidml.data.csr)."""

@@ -67,3 +67,11 @@ class StreamedModel:
         for view, local in self._views(shard, rows):
             total += self.inner.stats(view, params, local)
         return total
+
+    def batch_hits(self, shard, params, rows) -> tuple[float, float]:
+        correct = weight = 0.0
+        for view, local in self._views(shard, rows):
+            c, w = self.inner.batch_hits(view, params, local)
+            correct += c
+            weight += w
+        return correct, weight

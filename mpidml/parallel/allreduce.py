@@ -351,8 +351,7 @@ class AllreduceTrainer:
                 buf[-2] = model.loss_grad(shard, params, rows, grad_sum, log_now)
                 buf[-1] = float(sw[rows].sum()) if sw.size else float(m)
                 if log_now and n_cls:
-                    cm = model.stats(shard, params, rows)[:n_cls * n_cls]
-                    buf[P], buf[P + 1] = np.trace(cm.reshape(n_cls, n_cls)), cm.sum()
+                    buf[P], buf[P + 1] = model.batch_hits(shard, params, rows)
                 t1 = time.perf_counter()
                 allreduce_sums()
                 t2 = time.perf_counter()
