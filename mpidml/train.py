@@ -168,6 +168,8 @@ def warm_up_kernels(ctx: Context, model, shard) -> None:
         kernels.epoch_batches(one[:0], 0, 1, 1, 1, 1, kernels.shuffle_keys(0, 0), False, one, one.copy(),
                               np.zeros(2, dtype=np.int64))
         model.stats(shard, model.init_params(), rows)
+        if model.is_classifier:  # the batch accuracy a mini-batch loop logs
+            model.batch_hits(shard, model.init_params(), rows)
         g = np.zeros(model.n_params)  # the mini-batch loop's fused gradient finish
         kernels.mean_gradient_norm2(g, 1.0, g, 0.0, 0, g.copy())
         kernels.sgd_update(g, g.copy(), g[:0], 0.0, 0.0, False)  # optim.SGD / optim.Adam's step

@@ -462,3 +462,36 @@ def test_adam_update_is_bitwise_the_numpy_sequence(b1, b2, eps):
         _adam_numpy(ref, grad, m_ref, v_ref, lr, b1, b2, t, eps)
         assert np.array_equal(params, ref), t
     assert np.array_equal(m, m_ref) and np.array_equal(v, v_ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_softmax_decision_any_rows(dtype):
+    """Four rows at a time: runs and scattered rows of every length mod 4, against NumPy."""
+    rng = np.random.default_rng(14)
+    n, d, k = 203, 13, 7
+    X = rng.standard_normal((n, d)).astype(dtype)
+    params = rng.standard_normal(k * (d + 1))
+    W, b = params[:k * d].reshape(k, d), params[k * d:]
+    cases = [np.arange(n), np.arange(5, 12), np.sort(rng.choice(n, 37, replace=False)),
+             np.array([3, 4, 5, 90, 91, 150, 151, 152, 153, 154, 200]), np.array([7]), np.arange(0)]
+    for rows in cases:
+        rows = rows.astype(np.int64)
+        out = np.full((rows.size, k), np.nan)
+        softmax_decision(X, params, rows, out)
+        np.testing.assert_allclose(out, X[rows].astype(np.float64) @ W.T + b, rtol=1e-12, atol=1e-12)
+
+
+def test_argmax_rows_is_np_argmax():
+    """Ties go to the first index and a NaN wins, as in np.argmax."""
+    from mpidml.kernels import argmax_rows
+
+    rng = np.random.default_rng(15)
+    z = rng.integers(0, 4, (500, 7)).astype(np.float64)  # many ties
+    z[rng.random(z.shape) < 0.02] = np.nan
+    z[3] = [np.nan, 1, np.nan, 5, 5, 0, 0]
+    z[4] = [-np.inf] * 7
+    z[5, 6] = np.inf
+    out = np.full(500, -1, dtype=np.int64)
+    argmax_rows(z, out)
+    np.testing.assert_array_equal(out, np.argmax(z, axis=1))
+    assert out[3] == 0 and out[4] == 0

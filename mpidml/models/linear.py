@@ -100,8 +100,11 @@ def _margin(shard, params, rows) -> np.ndarray:
 def _proba_stats(model, shard, params, rows) -> np.ndarray:
     """Confusion matrix (+ score histograms when binary) of a classifier with predict_proba."""
     proba = model.predict_proba(shard, params, rows)
-    pred = np.argmax(proba, axis=1).astype(np.int64) if model.n_classes > 2 else \
-        (proba[:, 1] > proba[:, 0]).astype(np.int64)
+    if model.n_classes > 2:
+        pred = np.empty(rows.size, dtype=np.int64)
+        kernels.argmax_rows(proba, pred)
+    else:
+        pred = (proba[:, 1] > proba[:, 0]).astype(np.int64)
     sw = shard.sw[rows] if shard.sw.size else shard.sw
     return class_stats(shard.y[rows], pred, proba[:, 1] if model.n_classes == 2 else None, sw, model.n_classes)
 

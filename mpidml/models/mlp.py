@@ -114,7 +114,9 @@ class MLPClassifier(Model):
         return out
 
     def predict_labels(self, shard, params, rows) -> np.ndarray:
-        return np.argmax(self.predict_proba(shard, params, rows), axis=1).astype(np.int64)
+        out = np.empty(rows.size, dtype=np.int64)
+        kernels.argmax_rows(self.predict_proba(shard, params, rows), out)
+        return out
 
     # -- evaluation --------------------------------------------------------
     def n_stats(self):

@@ -45,7 +45,9 @@ class SoftmaxRegression(Model):
         return z
 
     def predict_labels(self, shard, params, rows) -> np.ndarray:
-        return np.argmax(self.logits(shard, params, rows), axis=1).astype(np.int64)
+        out = np.empty(rows.size, dtype=np.int64)
+        kernels.argmax_rows(self.logits(shard, params, rows), out)
+        return out
 
     def predict_proba(self, shard, params, rows) -> np.ndarray:
         """(m, K) float64 class probabilities (stable softmax of the logits)."""
