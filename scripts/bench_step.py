@@ -20,6 +20,13 @@ interleaved so that machine noise hits all parts alike:
   (P+4)-long float64 buffer ([gradient sum, correct, counted, loss sum, weight sum]), back to back, once per step;
 * ``optimizer``: ``opt.step(params, grad, lr=...)`` alone.
 
+``in_loop``: the same trainer run once more per repeat with timers inside the loop (the
+model's kernel call, the logged batch accuracy, and per step each rank's arrival at and
+departure from the Allreduce; the ranks share one node's monotonic clock): the kernel as it
+runs in the loop, the wait for the slowest rank, the Allreduce after the last rank arrived,
+and the rest. It shows what the subtraction below cannot: whether a part runs slower inside
+the loop than alone.
+
 ``other = step - kernel - allreduce - optimizer`` is everything else (Python in the loop,
 the shuffle, row selection, load imbalance beyond the per-step max, ...), reported in
 microseconds per step and as a fraction of the step; the target (issue 6, item 2) is
@@ -176,6 +183,61 @@ def worker(args) -> int:
         trainer.fit(params)
         return max_over_ranks((time.perf_counter() - t0) / trainer.steps)
 
+    class TimedModel:
+        """The model, with its per-step calls timed (in_loop)."""
+
+        def __init__(self, inner):
+            self.inner, self.kernel, self.hits = inner, [], []
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def loss_grad(self, *a, **kw):
+            t0 = time.perf_counter()
+            out = self.inner.loss_grad(*a, **kw)
+            self.kernel.append(time.perf_counter() - t0)
+            return out
+
+        def batch_hits(self, *a, **kw):
+            t0 = time.perf_counter()
+            out = self.inner.batch_hits(*a, **kw)
+            self.hits.append(time.perf_counter() - t0)
+            return out
+
+    hosts = ctx.gather_hostnames()
+    one_node = comm.bcast(bool(hosts is not None and len(set(hosts)) == 1), root=0)
+
+    def in_loop_steps():
+        """One timed fit: per-step means (seconds) of the parts, averaged over ranks."""
+        timed = TimedModel(model)
+        trainer = AllreduceTrainer(ctx, timed, shard, cfg_for("float64"), Reporter(None, enabled=False), float(N))
+        reduce_sums = trainer._allreduce_sums
+        marks = []
+
+        def timed_reduce():
+            t0 = time.perf_counter()
+            reduce_sums()
+            marks.append((t0, time.perf_counter()))
+
+        trainer._allreduce_sums = timed_reduce
+        params = model.init_params()
+        ctx.barrier()
+        t0 = time.perf_counter()
+        trainer.fit(params)
+        step = (time.perf_counter() - t0) / trainer.steps
+        mk = np.array(marks)  # (steps, 2): arrival, departure
+        arrive = mk[:, 0].copy()
+        comm.Allreduce(MPI.IN_PLACE, arrive, op=MPI.MAX)  # the last rank's arrival, per step
+        kernel = float(np.sum(timed.kernel)) / trainer.steps
+        hits = float(np.sum(timed.hits)) / trainer.steps
+        wait = float(np.mean(arrive - mk[:, 0]))
+        after_last = float(np.mean(mk[:, 1] - arrive))
+        comm_total = float(np.mean(mk[:, 1] - mk[:, 0]))
+        parts = np.array([step, kernel, hits, wait, after_last, comm_total,
+                          step - kernel - hits - comm_total])
+        comm.Allreduce(MPI.IN_PLACE, parts, op=MPI.SUM)
+        return parts / size
+
     plan = EpochPlan(shard, N, B, 0, "global")  # the trainer's: cfg seed 0, global shuffle
 
     def permutation_alone():
@@ -226,6 +288,7 @@ def worker(args) -> int:
 
     rec = {d: {"step": [], "compute": [], "comm": []} for d in dtypes}
     rec_kernel, rec_kernel_mean, rec_ar, rec_ar32, rec_opt, rec_null, rec_perm = [], [], [], [], [], [], []
+    rec_loop = []
     sizes = [int(s) for s in args.comm_sizes.split(",") if s]
     rec_sizes = {n: {"float64": [], "float32": []} for n in sizes}
     params_end = model.init_params()
@@ -244,6 +307,8 @@ def worker(args) -> int:
         rec_opt.append(optimizer_alone(params_end))
         rec_null.append(null_steps())
         rec_perm.append(permutation_alone())
+        if one_node:
+            rec_loop.append(in_loop_steps())
         for n in sizes:
             calls = max(20, min(2000, int(2e8 // (n * 8 + 1000))))
             for d, dt in (("float64", np.float64), ("float32", np.float32)):
@@ -290,6 +355,8 @@ def worker(args) -> int:
                 [n - p - a - o for n, p, a, o in zip(rec_null, rec_perm, rec_ar, rec_opt)]),
             "epoch_permutation_fraction_of_step": S([p / s for p, s in zip(rec_perm, rec["float64"]["step"])]),
         },
+        "in_loop": _in_loop(rec_loop, rec_kernel_mean, rec_ar, in_us) if rec_loop else
+        {"what": "not measured: the ranks are on more than one node (no shared clock)"},
         "parts_fraction_of_step_min": {"kernel": kern["min"] / step["min"], "allreduce": ar["min"] / step["min"],
                                        "optimizer": opt["min"] / step["min"]},
         "trainer_timers": {"compute": in_us(rec["float64"]["compute"]), "comm": in_us(rec["float64"]["comm"])},
@@ -327,6 +394,31 @@ def worker(args) -> int:
 
     print(json.dumps(out))
     return 0
+
+
+def _in_loop(rec_loop, rec_kernel_mean, rec_ar, in_us) -> dict:
+    """The in_loop block of the JSON from the timed fits (see the module docstring)."""
+    import numpy as np
+
+    names = ["step", "kernel", "batch_accuracy", "allreduce_wait_for_slowest_rank",
+             "allreduce_after_last_arrival", "allreduce_total", "rest"]
+    cols = list(zip(*rec_loop))
+    out = {"what": "one more AllreduceTrainer fit per repeat with timers in the loop; microseconds per step, "
+                   "mean over ranks, min and median over repeats. kernel: model.loss_grad as called by the "
+                   "trainer; batch_accuracy: the logged steps' batch_hits, spread over all steps; "
+                   "allreduce_wait_for_slowest_rank: from this rank's arrival at the step's Allreduce to the "
+                   "last rank's; allreduce_after_last_arrival: from the last arrival to this rank's return; "
+                   "rest: step - kernel - batch_accuracy - allreduce_total (the batch plan, gradient finish, "
+                   "optimizer, Python)"}
+    for name, col in zip(names, cols):
+        out[name] = in_us(list(col))
+    k_loop = [r[1] for r in rec_loop]
+    out["kernel_in_loop_over_alone"] = {"min": min(k_loop) / min(rec_kernel_mean),
+                                        "median": float(np.median(k_loop) / np.median(rec_kernel_mean))}
+    out["allreduce_after_last_arrival_over_back_to_back"] = {
+        "min": min(r[4] for r in rec_loop) / min(rec_ar),
+        "median": float(np.median([r[4] for r in rec_loop]) / np.median(rec_ar))}
+    return out
 
 
 def main() -> int:
