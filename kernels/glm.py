@@ -36,6 +36,51 @@ def _four_rows(X, y, sw, params, b, a0, a1, a2, a3, grad, with_loss, model):
     return (r0 + r1) + (r2 + r3), (l0 + l1) + (l2 + l3)
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _eight_rows(X, y, sw, params, b, a0, a1, a2, a3, a4, a5, a6, a7, grad, with_loss, model):
+    """Rows a0..a7 of X (any rows): as _four_rows, with eight rows' loads and links in flight."""
+    D = X.shape[1]
+    z0 = b
+    z1 = b
+    z2 = b
+    z3 = b
+    z4 = b
+    z5 = b
+    z6 = b
+    z7 = b
+    for j in range(D):
+        wj = params[j]
+        z0 += X[a0, j] * wj
+        z1 += X[a1, j] * wj
+        z2 += X[a2, j] * wj
+        z3 += X[a3, j] * wj
+        z4 += X[a4, j] * wj
+        z5 += X[a5, j] * wj
+        z6 += X[a6, j] * wj
+        z7 += X[a7, j] * wj
+    r0, l0 = link_residual(model, z0, y[a0], 1.0, with_loss)
+    r1, l1 = link_residual(model, z1, y[a1], 1.0, with_loss)
+    r2, l2 = link_residual(model, z2, y[a2], 1.0, with_loss)
+    r3, l3 = link_residual(model, z3, y[a3], 1.0, with_loss)
+    r4, l4 = link_residual(model, z4, y[a4], 1.0, with_loss)
+    r5, l5 = link_residual(model, z5, y[a5], 1.0, with_loss)
+    r6, l6 = link_residual(model, z6, y[a6], 1.0, with_loss)
+    r7, l7 = link_residual(model, z7, y[a7], 1.0, with_loss)
+    if sw.size:
+        r0, l0 = r0 * sw[a0], l0 * sw[a0]
+        r1, l1 = r1 * sw[a1], l1 * sw[a1]
+        r2, l2 = r2 * sw[a2], l2 * sw[a2]
+        r3, l3 = r3 * sw[a3], l3 * sw[a3]
+        r4, l4 = r4 * sw[a4], l4 * sw[a4]
+        r5, l5 = r5 * sw[a5], l5 * sw[a5]
+        r6, l6 = r6 * sw[a6], l6 * sw[a6]
+        r7, l7 = r7 * sw[a7], l7 * sw[a7]
+    for j in range(D):
+        grad[j] += (((r0 * X[a0, j] + r1 * X[a1, j]) + (r2 * X[a2, j] + r3 * X[a3, j]))
+                    + ((r4 * X[a4, j] + r5 * X[a5, j]) + (r6 * X[a6, j] + r7 * X[a7, j])))
+    return ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)), ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model):
     """Weighted loss sum and gradient sum of a GLM with margin z = x.w + b.
@@ -50,6 +95,10 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model):
     products share each load of w, the four (strict) link evaluations are independent
     so their latencies overlap, and one sweep over grad adds all four rows' terms while
     they are still in L1. X is software-prefetched PREFETCH_BYTES ahead (util).
+    Scattered rows (a mini-batch) go eight at a time, whole rows prefetched ROWS_AHEAD
+    ahead: more rows' cache misses in flight (2048 rows of 1e6 x 64: 280 vs 305 us, 105 vs
+    128 us with the rows in cache); runs keep four (eight spill registers: 66 vs 45 ms per
+    pass).
     """
     D = X.shape[1]
     b = params[D]
@@ -65,14 +114,15 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model):
     while i < m:
         lo, cnt = next_run(rows, i)
         pr = prefetch_scattered(X, rows, pr, i, cnt)
-        if cnt < 4 and i + 4 <= m:
-            # Scattered rows (a mini-batch): any four at a time, like a run of four below, so
-            # their link evaluations overlap too; the rows ROWS_AHEAD further are in flight.
-            dg, dl = _four_rows(X, y, sw, params, b, rows[i], rows[i + 1], rows[i + 2], rows[i + 3], grad,
-                                with_loss, model)
+        if cnt < 8 and i + 8 <= m:
+            # Scattered rows (a mini-batch): any eight at a time, so that more rows' loads are
+            # in flight and their link evaluations overlap; the rows ROWS_AHEAD further are
+            # requested too.
+            dg, dl = _eight_rows(X, y, sw, params, b, rows[i], rows[i + 1], rows[i + 2], rows[i + 3], rows[i + 4],
+                                 rows[i + 5], rows[i + 6], rows[i + 7], grad, with_loss, model)
             gb += dg
             loss += dl
-            i += 4
+            i += 8
             continue
         hi = lo + cnt
         r = lo

@@ -1,6 +1,6 @@
 """Binary logistic regression kernels: loss_i = log(1 + exp(z_i)) - y_i z_i, z_i = x_i.w + b.
 
-The work is done by glm.glm_loss_grad (four rows at a time, software prefetch of X);
+The work is done by glm.glm_loss_grad (four rows at a time, eight for scattered rows, software prefetch of X);
 log1p(exp(-|z|)) uses util.log1p_unit (inlined fdlibm kernel, no libm call).
 """
 from numba import njit

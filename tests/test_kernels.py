@@ -148,6 +148,28 @@ def test_loss_grad_matches_numpy(model, dtype, weighted, rows_kind, d):
     np.testing.assert_allclose(grad2, grad - g0, rtol=1e-14, atol=1e-14 * np.max(np.abs(gscale)))
 
 
+@pytest.mark.parametrize("model", ["linear", "logistic"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_glm_scattered_batches_of_every_length(model, dtype, weighted):
+    """Mini-batch rows (scattered, ascending, as the epoch plan gives them) of 0..19 rows: eight
+    at a time, then four or one, plus batches mixing short runs and single rows, against NumPy."""
+    kern, ref = MODELS[model]
+    X, y, sw, params = make_problem(model, dtype, n=400)
+    rng = np.random.default_rng(16)
+    batches = [np.sort(rng.choice(400, m, replace=False)) for m in range(20)]
+    batches += [np.array([1, 2, 3, 50, 51, 90, 200, 201, 202, 203, 204, 300, 399]), np.arange(100, 117)]
+    for rows in batches:
+        rows = rows.astype(np.int64)
+        s = sw[rows] if weighted else np.ones(rows.size)
+        rloss, rgrad, lscale, gscale = ref(X[rows].astype(np.float64), y[rows], s, params)
+        grad = np.zeros_like(params)
+        loss = kern(X, y, sw if weighted else EMPTY, params, rows, grad, True)
+        rtol = 1e-12 if dtype == np.float64 else 1e-10
+        check_close(loss, rloss, lscale, rtol)
+        check_close(grad, rgrad, gscale, rtol)
+
+
 def test_softmax_ws_matches_allocating_version():
     X, y, sw, params = make_problem("softmax", np.float64)
     rows = rows_for("runs", X.shape[0])
