@@ -95,10 +95,10 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model):
     products share each load of w, the four (strict) link evaluations are independent
     so their latencies overlap, and one sweep over grad adds all four rows' terms while
     they are still in L1. X is software-prefetched PREFETCH_BYTES ahead (util).
-    Scattered rows (a mini-batch) go eight at a time, whole rows prefetched ROWS_AHEAD
-    ahead: more rows' cache misses in flight (2048 rows of 1e6 x 64: 280 vs 305 us, 105 vs
-    128 us with the rows in cache); runs keep four (eight spill registers: 66 vs 45 ms per
-    pass).
+    Scattered rows (a mini-batch) go eight at a time, whole rows prefetched up to ROWS_AHEAD
+    past the group: more rows' cache misses in flight (2048 rows of 1e6 x 64, side by side:
+    eight vs four 280 vs 305 us, 105 vs 128 us with the rows in cache; the prefetch reaching
+    past the group of eight 268 vs 294 us); runs keep four (eight: 66 vs 45 ms per pass).
     """
     D = X.shape[1]
     b = params[D]
@@ -113,7 +113,7 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model):
     pr = 0
     while i < m:
         lo, cnt = next_run(rows, i)
-        pr = prefetch_scattered(X, rows, pr, i, cnt)
+        pr = prefetch_scattered(X, rows, pr, i, max(cnt, 8))  # scattered: 8 rows now, ROWS_AHEAD beyond
         if cnt < 8 and i + 8 <= m:
             # Scattered rows (a mini-batch): any eight at a time, so that more rows' loads are
             # in flight and their link evaluations overlap; the rows ROWS_AHEAD further are
