@@ -18,6 +18,12 @@ the measured ratio from the min and the median times. BLAS threads are forced to
 imported; "blas" records what threadpoolctl reports (library, version, core type, threads) and the
 OPENBLAS_CORETYPE in effect. softmax gets a workspace of work_size(K, D) (the vector path when K >= 6); "grad_scalar_path" times the scalar path on the same X beside it (a WORK_ROWS*K workspace).
 
+Mini-batches (--batch B, default 2048; 0 skips): the gradient over --batches fresh batches of B
+rows each (sorted random rows of X, as a rank's share of an SGD step: the rows are scattered over
+X), in seconds per batch and nanoseconds per row; the same batch again and again ("batch_in_cache":
+its rows stay in cache, what is left is the arithmetic and the addressing); and NumPy on the same
+fresh batches (X[rows] gathered, then its two passes).
+
 Sizes: each X has min(--rows, --max-bytes // (D * itemsize)) rows, i.e. --rows rows unless X would
 exceed --max-bytes (default 512 MiB); the actual row count is in each result.
 """
@@ -172,11 +178,14 @@ def main(argv=None):
     ap.add_argument("--max-bytes", type=int, default=512 * 2**20, help="cap on X.nbytes (rows are reduced)")
     ap.add_argument("--align", type=int, default=0,
                     help="allocate X aligned to this many bytes (0: NumPy's default allocation)")
+    ap.add_argument("--batch", type=int, default=2048, help="rows per mini-batch (0: no mini-batch timing)")
+    ap.add_argument("--batches", type=int, default=100, help="fresh mini-batches per timing")
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke test")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     if a.quick:
         a.rows, a.features, a.repeats = min(a.rows, 20_000), "8,32", min(a.repeats, 2)
+        a.batch, a.batches = min(a.batch, 256), min(a.batches, 10)
     feats = [int(v) for v in a.features.split(",") if v]
     dtypes = [np.dtype(v) for v in a.dtypes.split(",") if v]
     kernels = [v for v in a.kernels.split(",") if v]
@@ -198,7 +207,7 @@ def main(argv=None):
                     params = rng.standard_normal(k * (d + 1)) / np.sqrt(d)
                     work = np.empty(work_size(k, d))
 
-                    def run(with_loss, g=np.zeros(params.size)):
+                    def run(with_loss, g=np.zeros(params.size), rows=rows):
                         return softmax_loss_grad_ws(X, y, sw, params, rows, g, with_loss, work)
                     ref = numpy_softmax
                 else:
@@ -207,7 +216,7 @@ def main(argv=None):
                     y = (rng.random(n) < 0.5).astype(np.float64)
                     params = rng.standard_normal(d + 1) / np.sqrt(d)
 
-                    def run(with_loss, g=np.zeros(d + 1), fn=fn):
+                    def run(with_loss, g=np.zeros(d + 1), fn=fn, rows=rows):
                         return fn(X, y, sw, params, rows, g, with_loss)
                     ref = numpy_linear if kern == "linear" else numpy_logistic
                 times = {
@@ -221,6 +230,17 @@ def main(argv=None):
                     g_s = np.zeros(params.size)
                     times["grad_scalar_path"] = benchlib.time_calls(
                         lambda: softmax_loss_grad_ws(X, y, sw, params, rows, g_s, False, small), a.repeats)
+                batch = None
+                if a.batch and n >= 2 * a.batch:
+                    sets = [np.sort(rng.choice(n, a.batch, replace=False)).astype(np.int64) for _ in range(a.batches)]
+                    t_fresh = benchlib.time_calls(lambda: [run(False, rows=r) for r in sets], a.repeats)
+                    t_cached = benchlib.time_calls(lambda: [run(False, rows=sets[0]) for _ in sets], a.repeats)
+                    t_np = benchlib.time_calls(lambda: [ref(X[r], y[r], params) for r in sets], a.repeats)
+                    per = {name: {st: t[st] / len(sets) for st in ("min", "median")}
+                           for name, t in (("grad", t_fresh), ("grad_in_cache", t_cached), ("numpy", t_np))}
+                    batch = {"rows": a.batch, "batches": len(sets), "seconds_per_batch": per,
+                             "ns_per_row": {name: {st: v[st] / a.batch * 1e9 for st in v} for name, v in per.items()},
+                             "numpy_over_grad": {st: per["numpy"][st] / per["grad"][st] for st in ("min", "median")}}
                 g_k = np.zeros(params.size)
                 if kern == "softmax":
                     l_k = softmax_loss_grad_ws(X, y, sw, params, rows, g_k, True, work)
@@ -245,6 +265,7 @@ def main(argv=None):
                     "kernel": kern, "dtype": dtype.name, "rows": n, "features": d, "classes": k,
                     "x_bytes": nbytes, "x_align64": X.ctypes.data % 64 == 0,
                     "seconds": times, "gb_per_s": gbps, "ratios": ratios, "check_vs_numpy": check,
+                    "mini_batch": batch,
                 })
             del X
     doc = {"machine": machine_info(), "args": vars(a), "targets": evaluate_targets(results), "results": results}

@@ -1,0 +1,55 @@
+"""Smoke runs of the fast benchmark scripts (--quick): they run, print the JSON they document,
+and the kernels they time agree with the references beside them. No timing is asserted."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench(script, *args, timeout=300):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), "--quick", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def positive(t):
+    return t["min"] > 0 and t["median"] >= t["min"]
+
+
+def test_bench_kernels_quick():
+    doc = bench("bench_kernels.py")
+    results = doc["results"]
+    assert {(r["kernel"], r["dtype"]) for r in results} == {(k, d) for k in ("linear", "logistic", "softmax")
+                                                          for d in ("float32", "float64")}
+    for r in results:
+        tol = 1e-12 if r["dtype"] == "float64" else 1e-4  # NumPy's float32 BLAS passes vs float64 sums
+        assert r["check_vs_numpy"]["loss_rel_diff"] < tol and r["check_vs_numpy"]["grad_rel_diff"] < tol, r
+        assert all(positive(r["seconds"][k]) for k in ("grad", "loss_grad", "numpy", "stream"))
+        mb = r["mini_batch"]
+        assert mb["rows"] == 256 and all(positive(v) for v in mb["seconds_per_batch"].values())
+    assert set(doc["targets"]) >= {"logistic_f64_D64_grad_vs_stream_bw", "softmax_K10_f64_D64_grad_vs_stream_bw"}
+
+
+def test_bench_step_quick():
+    doc = bench("bench_step.py")
+    for key in ("step", "kernel", "allreduce", "optimizer"):
+        assert positive(doc[key]), key
+    loop = doc["in_loop"]
+    assert positive(loop["step"]) and positive(loop["kernel"])
+    assert loop["kernel"]["min"] < loop["step"]["min"]
+    assert loop["allreduce_total"]["min"] >= loop["allreduce_after_last_arrival"]["min"] > 0
+    assert doc["target"]["applies"] and "other_fraction_by_subtraction" in doc["target"]
+    assert doc["comm_dtype_float32"]["bytes_per_step"]["float32"] * 2 == doc["comm_dtype_float32"]["bytes_per_step"]["float64"]
+
+
+def test_bench_csr_quick():
+    doc = bench("bench_csr.py")
+    assert all(positive(doc["seconds"][k]) for k in ("csr", "scipy", "dense"))
+    assert doc["nnz"] > 0
+    assert doc["check_vs_scipy"]["loss_rel_diff"] < 1e-12 and doc["check_vs_scipy"]["grad_rel_diff"] < 1e-12
