@@ -476,7 +476,7 @@ def cmd_info(args) -> int:
 
     from .comm import mpi_vendor
     from .data import h5py_has_mpi
-    from .train import thread_settings, versions
+    from .train import huge_pages, thread_settings, versions
 
     if MPI.COMM_WORLD.Get_rank() != 0:
         return 0
@@ -489,6 +489,7 @@ def cmd_info(args) -> int:
         "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR"),
         "threads": {"numba": numba.get_num_threads(), "numba_layer": numba.config.THREADING_LAYER,
                     **thread_settings()},
+        "huge_pages": huge_pages(),
     }
     try:
         from threadpoolctl import threadpool_info

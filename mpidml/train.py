@@ -84,6 +84,32 @@ def thread_settings() -> dict:
     return {k: os.environ.get(k) for k in keys}
 
 
+def huge_pages() -> dict:
+    """Transparent huge pages: the kernel's setting and whether NumPy asks for them.
+
+    X is a NumPy array; NumPy calls madvise(MADV_HUGEPAGE) on large allocations, which takes
+    effect when the setting is ``always`` or ``madvise``. With 4 KiB pages a pass over X reads
+    at about half the bandwidth (``scripts/bench_kernels.py --pages 4k`` vs ``--pages huge``).
+    """
+    setting = None
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            text = f.read()
+        setting = text[text.index("[") + 1:text.index("]")] if "[" in text else text.strip()
+    except (OSError, ValueError):
+        pass
+    try:
+        from numpy._core.multiarray import _get_madvise_hugepage
+    except ImportError:  # NumPy 1.x
+        try:
+            from numpy.core.multiarray import _get_madvise_hugepage
+        except ImportError:
+            _get_madvise_hugepage = None
+    numpy_asks = bool(_get_madvise_hugepage()) if _get_madvise_hugepage is not None else None
+    return {"transparent_hugepage": setting, "numpy_madvise_hugepage": numpy_asks,
+            "large_arrays_get_huge_pages": bool(numpy_asks and setting in ("always", "madvise")) if setting else None}
+
+
 def load_training_data(ctx: Context, cfg: TrainConfig, y_dtype, parts=None):
     """Metadata check, then this rank's rows; both agreed across ranks.
 

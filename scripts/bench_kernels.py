@@ -24,6 +24,9 @@ X), in seconds per batch and nanoseconds per row; the same batch again and again
 its rows stay in cache, what is left is the arithmetic and the addressing); and NumPy on the same
 fresh batches (X[rows] gathered, then its two passes).
 
+Pages (--pages): X from NumPy (default), or anonymous memory advised onto huge or onto 4 KiB
+pages; each result records the process's AnonHugePages, so the page size in effect is visible.
+
 Sizes: each X has min(--rows, --max-bytes // (D * itemsize)) rows, i.e. --rows rows unless X would
 exceed --max-bytes (default 512 MiB); the actual row count is in each result.
 """
@@ -96,9 +99,22 @@ def numpy_softmax(X, y, params):
     return loss, np.concatenate([(G.T @ X).ravel(), G.sum(axis=0)])
 
 
-def make_x(n, d, dtype, align, rng):
+_MAPPINGS = []  # keeps the mmap objects behind --pages arrays alive
+
+
+def make_x(n, d, dtype, align, rng, pages="default"):
     itemsize = np.dtype(dtype).itemsize
-    if align:
+    if pages != "default":  # anonymous memory with the asked page size hint, 2 MiB aligned
+        import mmap
+
+        nbytes = n * d * itemsize
+        m = mmap.mmap(-1, nbytes + (2 << 20), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        m.madvise(mmap.MADV_HUGEPAGE if pages == "huge" else mmap.MADV_NOHUGEPAGE)
+        _MAPPINGS.append(m)
+        raw = np.frombuffer(m, dtype=np.uint8)
+        off = (-raw.ctypes.data) % (2 << 20)
+        X = raw[off:off + nbytes].view(dtype).reshape(n, d)
+    elif align:
         buf = np.empty(n * d + align // itemsize, dtype=dtype)
         off = (-buf.ctypes.data % align) // itemsize
         X = buf[off:off + n * d].reshape(n, d)
@@ -107,6 +123,18 @@ def make_x(n, d, dtype, align, rng):
     for i in range(0, n, 1 << 16):  # chunked fill keeps peak memory low
         X[i:i + (1 << 16)] = rng.standard_normal((min(1 << 16, n - i), d), dtype=np.float32)
     return X
+
+
+def _anon_huge_kib():
+    """AnonHugePages of this process (kB), or None: how much of its memory is on huge pages."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def machine_info():
@@ -178,6 +206,9 @@ def main(argv=None):
     ap.add_argument("--max-bytes", type=int, default=512 * 2**20, help="cap on X.nbytes (rows are reduced)")
     ap.add_argument("--align", type=int, default=0,
                     help="allocate X aligned to this many bytes (0: NumPy's default allocation)")
+    ap.add_argument("--pages", choices=("default", "huge", "4k"), default="default",
+                    help="X's pages: NumPy's allocation (default: it asks for transparent huge pages), or "
+                         "anonymous memory advised huge (MADV_HUGEPAGE) or 4 KiB (MADV_NOHUGEPAGE)")
     ap.add_argument("--batch", type=int, default=2048, help="rows per mini-batch (0: no mini-batch timing)")
     ap.add_argument("--batches", type=int, default=100, help="fresh mini-batches per timing")
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke test")
@@ -194,7 +225,7 @@ def main(argv=None):
     for dtype in dtypes:
         for d in feats:
             n = max(1, min(a.rows, a.max_bytes // (d * dtype.itemsize)))
-            X = make_x(n, d, dtype, a.align, rng)
+            X = make_x(n, d, dtype, a.align, rng, a.pages)
             rows = np.arange(n, dtype=np.int64)
             sw = np.empty(0)
             nbytes = X.nbytes
@@ -263,7 +294,8 @@ def main(argv=None):
                         ratios[s]["scalar_path_over_grad"] = times["grad_scalar_path"][s] / times["grad"][s]
                 results.append({
                     "kernel": kern, "dtype": dtype.name, "rows": n, "features": d, "classes": k,
-                    "x_bytes": nbytes, "x_align64": X.ctypes.data % 64 == 0,
+                    "x_bytes": nbytes, "x_align64": X.ctypes.data % 64 == 0, "x_pages": a.pages,
+                    "anon_huge_pages_kib": _anon_huge_kib(),
                     "seconds": times, "gb_per_s": gbps, "ratios": ratios, "check_vs_numpy": check,
                     "mini_batch": batch,
                 })

@@ -53,3 +53,11 @@ def test_bench_csr_quick():
     assert all(positive(doc["seconds"][k]) for k in ("csr", "scipy", "dense"))
     assert doc["nnz"] > 0
     assert doc["check_vs_scipy"]["loss_rel_diff"] < 1e-12 and doc["check_vs_scipy"]["grad_rel_diff"] < 1e-12
+
+
+@pytest.mark.parametrize("pages", ["huge", "4k"])
+def test_bench_kernels_pages(pages):
+    doc = bench("bench_kernels.py", "--kernels", "logistic", "--dtypes", "float64", "--batch", "0", "--pages", pages)
+    (r,) = [r for r in doc["results"] if r["features"] == 32]
+    assert r["x_pages"] == pages and r["mini_batch"] is None
+    assert r["check_vs_numpy"]["grad_rel_diff"] < 1e-12

@@ -155,6 +155,13 @@ def test_info_reports_versions_mpi_and_threads():
     info = json.loads(run(MPIDML + ["info", "--threads", "2"]).stdout)
     assert info["versions"]["mpi4py"] and "h5py_mpi" in info
     assert info["threads"]["NUMBA_NUM_THREADS"] == "2" and info["threads"]["numba"] == 2
+    hp = info["huge_pages"]
+    try:  # the kernel's own setting, as the file shows it
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+        assert hp["transparent_hugepage"] == text[text.index("[") + 1:text.index("]")]
+    except OSError:
+        assert hp["transparent_hugepage"] is None
+    assert hp["numpy_madvise_hugepage"] in (True, False, None)
 
 
 def test_linear_on_two_ranks_recovers_true_coefficients(tmp_path):
