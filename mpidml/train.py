@@ -424,6 +424,7 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
             **trainer.summary_section(),
             "config_hash": cfg.training_hash(),
             "threads": thread_settings(),
+            "huge_pages": huge_pages(),  # rank 0's node: 4 KiB pages make passes over X slower
             "versions": versions(),
             "run_dir": os.path.abspath(cfg.out),
             "model_path": os.path.abspath(model_path),

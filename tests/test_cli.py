@@ -172,6 +172,7 @@ def test_linear_on_two_ranks_recovers_true_coefficients(tmp_path):
         np.testing.assert_allclose(f["coef"][...], g["true_coef"][...], atol=1e-3)
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["r2"] > 0.99
+    assert set(s["huge_pages"]) == {"transparent_hugepage", "numpy_madvise_hugepage", "large_arrays_get_huge_pages"}
 
 
 def test_progress_bar_on_a_terminal_and_log_lines_otherwise(logistic_h5, tmp_path):
