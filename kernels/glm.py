@@ -150,19 +150,62 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model):
     return loss if with_loss else 0.0
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _margin4(X, params, b, a0, a1, a2, a3, out, t):
+    """out[t .. t+3] = the margins of rows a0..a3: each weight loaded once for four rows."""
+    D = X.shape[1]
+    z0 = b
+    z1 = b
+    z2 = b
+    z3 = b
+    for j in range(D):
+        wj = params[j]
+        z0 += X[a0, j] * wj
+        z1 += X[a1, j] * wj
+        z2 += X[a2, j] * wj
+        z3 += X[a3, j] * wj
+    out[t] = z0
+    out[t + 1] = z1
+    out[t + 2] = z2
+    out[t + 3] = z3
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def glm_margin(X, params, rows, out):
-    """out[k] = X[rows[k]] . w + b for k < m. X (n, D) float32/64; params (D+1,); out float64 (m,)."""
+    """out[k] = X[rows[k]] . w + b for k < m. X (n, D) float32/64; params (D+1,); out float64 (m,).
+
+    Four rows at a time (four independent sums instead of one latency-bound chain), X
+    prefetched like the loss kernels: PREFETCH_BYTES ahead in runs, whole rows ahead for
+    scattered rows.
+    """
     D = X.shape[1]
     b = params[D]
     m = rows.size
+    lead = PREFETCH_BYTES // X.itemsize
     i = 0
+    pr = 0
     while i < m:
         lo, cnt = next_run(rows, i)
-        for k in range(cnt):
-            r = lo + k
+        pr = prefetch_scattered(X, rows, pr, i, max(cnt, 4))
+        if cnt < 4 and i + 4 <= m:  # scattered rows: any four at a time
+            _margin4(X, params, b, rows[i], rows[i + 1], rows[i + 2], rows[i + 3], out, i)
+            i += 4
+            continue
+        hi = lo + cnt
+        r = lo
+        t = i
+        pf = lo * D + lead
+        while r + 4 <= hi:
+            pf = prefetch_ahead(X, pf, (r + 4) * D)
+            _margin4(X, params, b, r, r + 1, r + 2, r + 3, out, t)
+            r += 4
+            t += 4
+        while r < hi:
+            pf = prefetch_ahead(X, pf, (r + 1) * D)
             z = b
             for j in range(D):
                 z += X[r, j] * params[j]
-            out[i + k] = z
+            out[t] = z
+            r += 1
+            t += 1
         i += cnt

@@ -517,3 +517,19 @@ def test_argmax_rows_is_np_argmax():
     argmax_rows(z, out)
     np.testing.assert_array_equal(out, np.argmax(z, axis=1))
     assert out[3] == 0 and out[4] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_glm_margin_any_rows(dtype):
+    """Margins four rows at a time: runs and scattered rows of every length mod 4, against NumPy."""
+    rng = np.random.default_rng(17)
+    n, d = 203, 13
+    X = rng.standard_normal((n, d)).astype(dtype)
+    params = rng.standard_normal(d + 1)
+    cases = [np.arange(n), np.arange(5, 12), np.array([3, 4, 5, 90, 91, 150, 151, 152, 153, 154, 200]),
+             np.array([7]), np.arange(0)] + [np.sort(rng.choice(n, m, replace=False)) for m in range(1, 12)]
+    for rows in cases:
+        rows = rows.astype(np.int64)
+        out = np.full(rows.size, np.nan)
+        linear_predict(X, params, rows, out)
+        np.testing.assert_allclose(out, X[rows].astype(np.float64) @ params[:d] + params[d], rtol=1e-12, atol=1e-12)

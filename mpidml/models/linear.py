@@ -98,15 +98,18 @@ def _margin(shard, params, rows) -> np.ndarray:
 
 
 def _proba_stats(model, shard, params, rows) -> np.ndarray:
-    """Confusion matrix (+ score histograms when binary) of a classifier with predict_proba."""
-    proba = model.predict_proba(shard, params, rows)
-    if model.n_classes > 2:
-        pred = np.empty(rows.size, dtype=np.int64)
-        kernels.argmax_rows(proba, pred)
-    else:
-        pred = (proba[:, 1] > proba[:, 0]).astype(np.int64)
+    """Confusion matrix (+ score histograms when binary) of a classifier with predict_proba.
+
+    More than two classes need only the predicted labels (``predict_labels``: for softmax the
+    argmax of the logits, without computing the probabilities; 119 -> ~60 ms per 5e5 x 64
+    rows, 10 classes); two classes need the scores P(y = 1) for the AUC histograms.
+    """
     sw = shard.sw[rows] if shard.sw.size else shard.sw
-    return class_stats(shard.y[rows], pred, proba[:, 1] if model.n_classes == 2 else None, sw, model.n_classes)
+    if model.n_classes > 2:
+        return class_stats(shard.y[rows], model.predict_labels(shard, params, rows), None, sw, model.n_classes)
+    proba = model.predict_proba(shard, params, rows)
+    pred = (proba[:, 1] > proba[:, 0]).astype(np.int64)
+    return class_stats(shard.y[rows], pred, proba[:, 1], sw, 2)
 
 
 def _confusion(shard, rows, pred, n_classes) -> np.ndarray:
