@@ -15,7 +15,7 @@ Conventions (all kernels):
 * ``csr``: the same models on rows stored as CSR (indptr, indices, data) instead of X.
 """
 from .linear import linear_loss_grad, linear_predict
-from .logistic import logistic_decision, logistic_loss_grad
+from .logistic import logistic_decision, logistic_loss_grad, logistic_proba
 from .softmax import argmax_rows, softmax_decision, softmax_loss_grad, softmax_loss_grad_ws
 from .mlp import mlp_layout, mlp_loss_grad, mlp_predict_proba
 from .shuffle import domain_bits, epoch_batches, epoch_order, row_position, shuffle_keys
@@ -30,6 +30,7 @@ __all__ = [
     "linear_predict",
     "logistic_loss_grad",
     "logistic_decision",
+    "logistic_proba",
     "softmax_loss_grad",
     "softmax_loss_grad_ws",
     "softmax_decision",

@@ -3,6 +3,8 @@
 The work is done by glm.glm_loss_grad (four rows at a time, eight for scattered rows, software prefetch of X);
 log1p(exp(-|z|)) uses util.log1p_unit (inlined fdlibm kernel, no libm call).
 """
+import math
+
 from numba import njit
 
 from .glm import glm_loss_grad, glm_margin
@@ -26,3 +28,23 @@ def logistic_loss_grad(X, y, sw, params, rows, grad, with_loss):
 def logistic_decision(X, params, rows, out):
     """out[k] = margin z = X[rows[k]] . w + b (float64 (m,)); X (n, D), params (D+1,)."""
     glm_margin(X, params, rows, out)
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def logistic_proba(z, out):
+    """out[k] = [P(y = 0), P(y = 1)] for margins z: float64 (m,) -> float64 (m, 2).
+
+    Stable for any z: e = exp(-|z|), then 1/(1+e) and e/(1+e) (no overflow), the same formula
+    the NumPy version used, in one pass without temporaries. A NaN margin gives NaN.
+    """
+    for k in range(z.size):
+        zk = z[k]
+        e = math.exp(-abs(zk))
+        big = 1.0 / (1.0 + e)
+        small = e / (1.0 + e)
+        if zk >= 0.0:
+            out[k, 0] = small
+            out[k, 1] = big
+        else:
+            out[k, 0] = big
+            out[k, 1] = small

@@ -533,3 +533,21 @@ def test_glm_margin_any_rows(dtype):
         out = np.full(rows.size, np.nan)
         linear_predict(X, params, rows, out)
         np.testing.assert_allclose(out, X[rows].astype(np.float64) @ params[:d] + params[d], rtol=1e-12, atol=1e-12)
+
+
+def test_logistic_proba_matches_the_stable_numpy_formula():
+    from mpidml.kernels import logistic_proba
+
+    z = np.concatenate([np.random.default_rng(18).standard_normal(1000) * 30,
+                        [0.0, -0.0, 1e-300, -1e-300, 750.0, -750.0, 1e308, -1e308, np.inf, -np.inf]])
+    out = np.full((z.size, 2), np.nan)
+    logistic_proba(z, out)
+    e = np.exp(-np.abs(z))
+    ref1 = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    ref0 = np.where(z >= 0, e / (1.0 + e), 1.0 / (1.0 + e))
+    np.testing.assert_allclose(out[:, 1], ref1, rtol=4e-16, atol=0)
+    np.testing.assert_allclose(out[:, 0], ref0, rtol=4e-16, atol=0)
+    assert np.all(out[:-10].sum(axis=1) == pytest.approx(1.0, abs=1e-15))
+    nan = np.empty((1, 2))
+    logistic_proba(np.array([np.nan]), nan)
+    assert np.isnan(nan).all()

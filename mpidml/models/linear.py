@@ -70,11 +70,9 @@ class LogisticRegression(Model):
 
     def predict_proba(self, shard, params, rows) -> np.ndarray:
         """(m, 2) float64: [P(y=0), P(y=1)] = [1 - sigmoid(z), sigmoid(z)], computed stably."""
-        z = _margin(shard, params, rows)
-        e = np.exp(-np.abs(z))
-        p1 = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-        p0 = np.where(z >= 0, e / (1.0 + e), 1.0 / (1.0 + e))
-        return np.column_stack([p0, p1])
+        out = np.empty((rows.size, 2))
+        kernels.logistic_proba(_margin(shard, params, rows), out)
+        return out
 
     def n_stats(self):
         # weighted confusion matrix (2x2) + score histograms of negatives and positives (AUC)
