@@ -109,21 +109,3 @@ def _proba_stats(model, shard, params, rows) -> np.ndarray:
     pred = (proba[:, 1] > proba[:, 0]).astype(np.int64)
     return class_stats(shard.y[rows], pred, proba[:, 1], sw, 2)
 
-
-def _confusion(shard, rows, pred, n_classes) -> np.ndarray:
-    y = shard.y[rows].astype(np.int64)
-    sw = shard.sw[rows] if shard.sw.size else None
-    cm = np.bincount(y * n_classes + pred, weights=sw, minlength=n_classes * n_classes)
-    return cm.astype(np.float64)
-
-
-def _classification_metrics(s, n_classes) -> dict:
-    cm = s.reshape(n_classes, n_classes)
-    total = cm.sum()
-    return {
-        "accuracy": float(np.trace(cm) / total) if total else float("nan"),
-        "class_counts": cm.sum(axis=1).tolist(),
-        "predicted_counts": cm.sum(axis=0).tolist(),
-        "correct_counts": np.diag(cm).tolist(),
-        "confusion": cm.tolist(),
-    }
