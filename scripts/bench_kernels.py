@@ -20,7 +20,7 @@ OPENBLAS_CORETYPE in effect. softmax gets a workspace of work_size(K, D) (the ve
 
 Mini-batches (--batch B, default 2048; 0 skips): the gradient over --batches fresh batches of B
 rows each (sorted random rows of X, as a rank's share of an SGD step: the rows are scattered over
-X), in seconds per batch and nanoseconds per row; the same batch again and again ("batch_in_cache":
+X), in seconds per batch and nanoseconds per row; the same batch again and again ("grad_in_cache":
 its rows stay in cache, what is left is the arithmetic and the addressing); and NumPy on the same
 fresh batches (X[rows] gathered, then its two passes).
 
