@@ -1,6 +1,6 @@
 """Least-squares linear regression kernels: loss_i = 0.5 * (x_i.w + b - y_i)**2.
 
-The work is done by glm.glm_loss_grad (four rows at a time, eight for scattered rows, software prefetch of X).
+The work is done by glm.glm_loss_grad (eight rows at a time in vectors, software prefetch of X).
 """
 from numba import njit
 

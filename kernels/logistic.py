@@ -1,7 +1,8 @@
 """Binary logistic regression kernels: loss_i = log(1 + exp(z_i)) - y_i z_i, z_i = x_i.w + b.
 
-The work is done by glm.glm_loss_grad (four rows at a time, eight for scattered rows, software prefetch of X);
-log1p(exp(-|z|)) uses util.log1p_unit (inlined fdlibm kernel, no libm call).
+The work is done by glm.glm_loss_grad (eight rows at a time with the link evaluated in
+vectors: simd.vexp_nonpos and simd.vlog1p_unit, the lane-wise twin of util.log1p_unit's
+fdlibm kernel; software prefetch of X).
 """
 import math
 

@@ -17,7 +17,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-from .util import _INV_FACT, _LN2_HI, _LN2_LO, _LOG2E
+from .util import _INV_FACT, _LN2_HI, _LN2_LO, _LOG2E, _LP1, _LP2, _LP3, _LP4, _LP5, _LP6, _LP7
 
 LANES = 8
 _F64 = ir.DoubleType()
@@ -200,6 +200,54 @@ def vselect_eq(typingctx, a, b, x, y):
     return sig, codegen
 
 
+def _select_cmp(op):
+    @intrinsic
+    def fn(typingctx, a, b, x, y):
+        sig = f64x8(f64x8, f64x8, f64x8, f64x8)
+
+        def codegen(context, builder, signature, args):
+            return builder.select(builder.fcmp_ordered(op, args[0], args[1]), args[2], args[3])
+        return sig, codegen
+    return fn
+
+
+vselect_ge = _select_cmp(">=")  # lane-wise x if a >= b else y (y where a or b is NaN)
+vselect_gt = _select_cmp(">")  # lane-wise x if a > b else y (y where a or b is NaN)
+
+
+@intrinsic
+def vabs(typingctx, a):
+    """Lane-wise |a| (llvm.fabs: clears the sign bit; NaN stays NaN)."""
+    sig = f64x8(f64x8)
+
+    def codegen(context, builder, signature, args):
+        return builder.call(_declare(builder, "llvm.fabs.v8f64", 1), [args[0]])
+    return sig, codegen
+
+
+@intrinsic
+def vhsum8(typingctx, a0, a1, a2, a3, a4, a5, a6, a7):
+    """Lane t = the sum of the 8 lanes of a_t (a transposing reduction: 14 shuffles, 7 adds).
+
+    The order of the additions is fixed: lanes (0+1)+(2+3) with (4+5)+(6+7), pairwise.
+    """
+    sig = f64x8(*([f64x8] * 8))
+
+    def codegen(context, builder, signature, args):
+        # level 1: rows 2p, 2p+1 -> lanes (2p: 0+1, 2p+1: 0+1, 2p: 2+3, 2p+1: 2+3, ...)
+        h = [builder.fadd(_shuffle(builder, args[2 * p], args[2 * p + 1], [0, 8, 2, 10, 4, 12, 6, 14]),
+                          _shuffle(builder, args[2 * p], args[2 * p + 1], [1, 9, 3, 11, 5, 13, 7, 15]))
+             for p in range(4)]
+        # level 2: rows 4q..4q+3 -> lanes (their sums of lanes 0..3, then of lanes 4..7)
+        q = [builder.fadd(_shuffle(builder, h[2 * c], h[2 * c + 1], [0, 1, 8, 9, 4, 5, 12, 13]),
+                          _shuffle(builder, h[2 * c], h[2 * c + 1], [2, 3, 10, 11, 6, 7, 14, 15]))
+             for c in range(2)]
+        # level 3: lanes 0..3 from rows 0..3, lanes 4..7 from rows 4..7
+        return builder.fadd(_shuffle(builder, q[0], q[1], [0, 1, 2, 3, 8, 9, 10, 11]),
+                            _shuffle(builder, q[0], q[1], [4, 5, 6, 7, 12, 13, 14, 15]))
+    return sig, codegen
+
+
 @intrinsic
 def vfma(typingctx, a, b, c):
     """a * b + c with one rounding (llvm.fma)."""
@@ -309,3 +357,24 @@ def vexp_nonpos(x):
     p = vfma(r, p, vsplat(1.0))
     return _vexp_fixup(x, vmul(p, _vexp2i(n)), lo)
 
+
+
+@njit(cache=True, nogil=True, inline="always")
+def vlog1p_unit(e):
+    """Lane-wise log(1 + e) for 0 <= e <= 1: the lane-wise twin of util.log1p_unit (same
+    reduction and fdlibm polynomial, the same operations in the same order); NaN stays NaN."""
+    one = vsplat(1.0)
+    big = vselect_gt(e, vsplat(0.41421356237309503), one, vsplat(0.0))
+    f = vselect_gt(e, vsplat(0.41421356237309503), vmul(vsplat(0.5), vsub(e, one)), e)
+    s = vdiv(f, vadd(vsplat(2.0), f))
+    z = vmul(s, s)
+    r = vadd(vsplat(_LP6), vmul(z, vsplat(_LP7)))
+    r = vadd(vsplat(_LP5), vmul(z, r))
+    r = vadd(vsplat(_LP4), vmul(z, r))
+    r = vadd(vsplat(_LP3), vmul(z, r))
+    r = vadd(vsplat(_LP2), vmul(z, r))
+    r = vadd(vsplat(_LP1), vmul(z, r))
+    r = vmul(z, r)
+    hfsq = vmul(vmul(vsplat(0.5), f), f)
+    inner = vadd(vmul(s, vadd(hfsq, r)), vmul(big, vsplat(_LN2_LO)))
+    return vsub(vmul(big, vsplat(_LN2_HI)), vsub(vsub(hfsq, inner), f))

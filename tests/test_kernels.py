@@ -345,6 +345,32 @@ def test_softmax_extreme_logits():
     np.testing.assert_array_equal(g, np.concatenate([(G.T @ X).ravel(), G.sum(0)]))
 
 
+@pytest.mark.parametrize("n", [8, 13])  # the 8-row vector block alone, and with single rows after it
+def test_logistic_extreme_margins_match_scalar_formula(n):
+    """Margins from -1e308 to 1e308, +-750, +-1e-300 and 0 through the vector link (8 rows in the
+    lanes): the loss and residuals of the stable formula, finite, computed per row in Python."""
+    import math
+    z = np.array([1e308, -1e308, 750.0, -750.0, 1e-300, -1e-300, 0.0, 36.7, -36.7, 1.0, -1.0, 20.0, -3.0])[:n]
+    y = np.array([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0])[:n]
+    X = np.zeros((n, 2))
+    X[:, 0] = z  # margin = x0 * 1 + x1 * 0 + 0
+    params = np.array([1.0, 0.0, 0.0])
+    rows = np.arange(n, dtype=np.int64)
+    g = np.zeros(3)
+    with np.errstate(all="raise"):
+        loss = logistic_loss_grad(X, y, EMPTY, params, rows, g, True)
+    ref_loss, ref_r = 0.0, np.empty(n)
+    for i in range(n):
+        e = math.exp(-abs(z[i]))
+        p = 1.0 / (1.0 + e) if z[i] >= 0 else e / (1.0 + e)
+        ref_loss += (max(z[i], 0.0) - y[i] * z[i]) + math.log1p(e)
+        ref_r[i] = p - y[i]
+    assert np.isfinite(loss) and np.all(np.isfinite(g))
+    assert loss == pytest.approx(ref_loss, rel=1e-15)
+    np.testing.assert_allclose(g[2], ref_r.sum(), rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(g[0], (ref_r * z).sum(), rtol=1e-15)
+
+
 def test_linear_large_values_finite():
     X = np.array([[1e150, 1.0], [-1e150, 2.0]])
     params = np.array([1.0, 0.0, 0.0])

@@ -2,7 +2,9 @@
 import numpy as np
 from numba import njit
 
-from mpidml.kernels.simd import align_offset, vbload, vexp_nonpos, vfma, vload, vload_n, vmax, vset8, vstore, vstore_t8
+from mpidml.kernels.simd import (align_offset, vabs, vbload, vexp_nonpos, vfma, vhsum8, vload, vload_n, vlog1p_unit, vmax,
+                                 vselect_ge, vselect_gt, vset8, vstore, vstore_t8)
+from mpidml.kernels.util import log1p_unit
 
 
 @njit
@@ -31,6 +33,25 @@ def _set8(a, out):
 @njit
 def _load_n(a, idx, n, out):
     vstore(out, 0, vload_n(a, idx, n))
+
+
+@njit
+def _hsum8(a, out):
+    vstore(out, 0, vhsum8(vload(a, 0), vload(a, 8), vload(a, 16), vload(a, 24), vload(a, 32), vload(a, 40),
+                          vload(a, 48), vload(a, 56)))
+
+
+@njit
+def _log1p_all(e, out):
+    for i in range(0, e.size, 8):
+        vstore(out, i, vlog1p_unit(vload(e, i)))
+
+
+@njit
+def _abs_select(a, b, x, y, out):
+    vstore(out, 0, vabs(vload(a, 0)))
+    vstore(out, 8, vselect_ge(vload(a, 0), vload(b, 0), vload(x, 0), vload(y, 0)))
+    vstore(out, 16, vselect_gt(vload(a, 0), vload(b, 0), vload(x, 0), vload(y, 0)))
 
 
 @njit
@@ -93,3 +114,45 @@ def test_vload_n_reads_only_n_lanes():
             expected = np.zeros(8)
             expected[:n] = a[20 - n:].astype(np.float64)
             np.testing.assert_array_equal(out, expected)
+
+
+def test_vhsum8_sums_each_vector_into_its_lane():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(64) * 10.0 ** rng.integers(-5, 5, 64)
+    out = np.empty(8)
+    _hsum8(a, out)
+    rows = a.reshape(8, 8)
+    # the documented order: ((0+1)+(2+3)) + ((4+5)+(6+7))
+    ref = ((rows[:, 0] + rows[:, 1]) + (rows[:, 2] + rows[:, 3])) + ((rows[:, 4] + rows[:, 5]) + (rows[:, 6] + rows[:, 7]))
+    np.testing.assert_array_equal(out, ref)
+    a[13] = np.nan  # a NaN stays in its own lane
+    _hsum8(a, out)
+    assert np.isnan(out[1]) and np.all(np.isfinite(np.delete(out, 1)))
+
+
+def test_vlog1p_unit_is_the_scalar_kernel_lane_wise():
+    rng = np.random.default_rng(4)
+    e = np.concatenate([rng.uniform(0.0, 1.0, 4000), np.exp(-rng.exponential(50.0, 4000)),
+                        [0.0, 5e-324, 1e-300, 1e-17, 0.41421356237309503, np.nextafter(0.41421356237309503, 1.0),
+                         0.5, 1.0, np.nan, 0.25, 0.75, 1e-8]])
+    e = np.concatenate([e, np.full(-e.size % 8, 0.125)])  # whole vectors
+    out = np.empty_like(e)
+    _log1p_all(e, out)
+    ref = np.array([log1p_unit(v) for v in e])
+    np.testing.assert_array_equal(out, ref)  # same operations in the same order: bitwise
+    ok = ~np.isnan(e)
+    assert np.all(np.abs(out[ok] - np.log1p(e[ok])) <= 2.3e-16 * np.maximum(np.log1p(e[ok]), 5e-324))
+    assert np.isnan(out[~ok]).all()
+
+
+def test_vabs_and_selects():
+    a = np.array([-2.0, -0.0, 0.0, 3.0, np.nan, -np.inf, 1.0, -1.0])
+    b = np.array([0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 2.0, -1.0])
+    x, y = np.arange(8.0), -np.arange(8.0) - 1.0
+    out = np.empty(24)
+    _abs_select(a, b, x, y, out)
+    np.testing.assert_array_equal(out[:8], np.abs(a))
+    assert not np.signbit(out[1])
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(out[8:16], np.where(a >= b, x, y))  # NaN compares false: y
+        np.testing.assert_array_equal(out[16:], np.where(a > b, x, y))
