@@ -35,6 +35,13 @@ import os
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[_v] = "1"
 
+from mpidml.jitcache import configure_numba_cache  # noqa: E402
+
+# Before Numba is imported: the cache keyed by the hash of all kernel sources, as the CLI and the
+# tests use (Numba's own cache keys a function on its file's timestamp only, so an edited glm.py
+# would otherwise leave logistic.py's compiled kernel stale).
+configure_numba_cache()
+
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
