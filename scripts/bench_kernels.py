@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark the fused Numba loss/gradient kernels (single thread).
 
-For each (kernel, dtype, D) it times, after one warm-up call:
+For each (kernel, dtype, D) it times, in rounds (each of these four once per repeat, after one
+warm-up call each, so that the minima compared in a ratio come from the same minutes):
   grad       kernel with with_loss=False
   loss_grad  kernel with with_loss=True
   numpy      NumPy two-pass reference computing loss and gradient
@@ -236,7 +237,6 @@ def main(argv=None):
             rows = np.arange(n, dtype=np.int64)
             sw = np.empty(0)
             nbytes = X.nbytes
-            t_stream = benchlib.time_calls(lambda: stream_sum(X), a.repeats)
             for kern in kernels:
                 print(f"[bench] {kern} {dtype.name} n={n} D={d}", file=sys.stderr, flush=True)
                 if kern == "softmax":
@@ -257,12 +257,14 @@ def main(argv=None):
                     def run(with_loss, g=np.zeros(d + 1), fn=fn, rows=rows):
                         return fn(X, y, sw, params, rows, g, with_loss)
                     ref = numpy_linear if kern == "linear" else numpy_logistic
-                times = {
-                    "grad": benchlib.time_calls(lambda: run(False), a.repeats),
-                    "loss_grad": benchlib.time_calls(lambda: run(True), a.repeats),
-                    "numpy": benchlib.time_calls(lambda: ref(X, y, params), a.repeats),
-                    "stream": t_stream,
-                }
+                # round-robin: each repeat times the kernel, its loss variant, NumPy and the read
+                # once, so every ratio compares minima taken over the same minutes
+                times = benchlib.time_round_robin({
+                    "grad": lambda: run(False),
+                    "loss_grad": lambda: run(True),
+                    "numpy": lambda: ref(X, y, params),
+                    "stream": lambda: stream_sum(X),
+                }, a.repeats)
                 if kern == "softmax":  # the scalar path beside it (a workspace too small for the vector path)
                     small = np.empty(WORK_ROWS * k)
                     g_s = np.zeros(params.size)

@@ -90,6 +90,21 @@ def time_calls(fn, repeats: int) -> dict:
     return stats(ts)
 
 
+def time_round_robin(fns: dict, repeats: int) -> dict:
+    """{name: stats()} of ``repeats`` calls of each fn, taken in rounds (each fn once per round,
+    after one untimed call of each): on a shared, drifting machine the minima being compared come
+    from the same minutes, so their ratios are steadier than from one block of calls after another."""
+    for fn in fns.values():
+        fn()
+    ts = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            ts[name].append(time.perf_counter() - t0)
+    return {name: stats(v) for name, v in ts.items()}
+
+
 def machine() -> dict:
     import platform
 
