@@ -190,17 +190,8 @@ def vset8(typingctx, x0, x1, x2, x3, x4, x5, x6, x7):
     return sig, codegen
 
 
-@intrinsic
-def vselect_eq(typingctx, a, b, x, y):
-    """Lane-wise x if a == b else y."""
-    sig = f64x8(f64x8, f64x8, f64x8, f64x8)
-
-    def codegen(context, builder, signature, args):
-        return builder.select(builder.fcmp_ordered("==", args[0], args[1]), args[2], args[3])
-    return sig, codegen
-
-
 def _select_cmp(op):
+    """An intrinsic f(a, b, x, y): lane-wise x where ``a op b`` (ordered: false if a or b is NaN), else y."""
     @intrinsic
     def fn(typingctx, a, b, x, y):
         sig = f64x8(f64x8, f64x8, f64x8, f64x8)
@@ -211,18 +202,25 @@ def _select_cmp(op):
     return fn
 
 
+vselect_eq = _select_cmp("==")  # lane-wise x if a == b else y
 vselect_ge = _select_cmp(">=")  # lane-wise x if a >= b else y (y where a or b is NaN)
 vselect_gt = _select_cmp(">")  # lane-wise x if a > b else y (y where a or b is NaN)
 
 
-@intrinsic
-def vabs(typingctx, a):
-    """Lane-wise |a| (llvm.fabs: clears the sign bit; NaN stays NaN)."""
-    sig = f64x8(f64x8)
+def _unary(name):
+    """An intrinsic f(a): the lane-wise LLVM intrinsic ``name`` (e.g. llvm.fabs.v8f64)."""
+    @intrinsic
+    def fn(typingctx, a):
+        sig = f64x8(f64x8)
 
-    def codegen(context, builder, signature, args):
-        return builder.call(_declare(builder, "llvm.fabs.v8f64", 1), [args[0]])
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            return builder.call(_declare(builder, name, 1), [args[0]])
+        return sig, codegen
+    return fn
+
+
+vabs = _unary("llvm.fabs.v8f64")  # lane-wise |a| (clears the sign bit; NaN stays NaN)
+vfloor = _unary("llvm.floor.v8f64")  # lane-wise floor
 
 
 @intrinsic
@@ -265,15 +263,6 @@ def vmax(typingctx, a, b):
 
     def codegen(context, builder, signature, args):
         return builder.select(builder.fcmp_ordered(">", args[0], args[1]), args[0], args[1])
-    return sig, codegen
-
-
-@intrinsic
-def vfloor(typingctx, a):
-    sig = f64x8(f64x8)
-
-    def codegen(context, builder, signature, args):
-        return builder.call(_declare(builder, "llvm.floor.v8f64", 1), [args[0]])
     return sig, codegen
 
 
