@@ -194,13 +194,12 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model):
             continue
         hi = lo + cnt
         r = lo
-        pf = lo * D + lead
         while r + 8 <= hi:
             ahead = lead if (r + 8) * D + lead <= X.size else -1  # prefetch only inside X
             rsum, lsum = _eight_rows(X, y, sw, params, r, r + 1, r + 2, r + 3, r + 4, r + 5, r + 6, r + 7, grad,
                                      with_loss, model, rsum, lsum, ahead)
             r += 8
-        pf = max(pf, r * D + lead)
+        pf = r * D + lead  # the rows left (< 8) are prefetched from here on
         while r + 4 <= hi:
             pf = prefetch_ahead(X, pf, (r + 4) * D)
             dg, dl = _four_rows(X, y, sw, params, b, r, r + 1, r + 2, r + 3, grad, with_loss, model)

@@ -347,7 +347,6 @@ def vexp_nonpos(x):
     return _vexp_fixup(x, vmul(p, _vexp2i(n)), lo)
 
 
-
 @njit(cache=True, nogil=True, inline="always")
 def vlog1p_unit(e):
     """Lane-wise log(1 + e) for 0 <= e <= 1: the lane-wise twin of util.log1p_unit (same
