@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark the fused Numba loss/gradient kernels (single thread).
 
-For each (kernel, dtype, D) it times, in rounds (each of these four once per repeat, after one
-warm-up call each, so that the minima compared in a ratio come from the same minutes):
+For each (kernel, dtype, D) it times, in rounds (each of these once per repeat, after one warm-up
+call each, so that the minima compared in a ratio come from the same minutes):
   grad       kernel with with_loss=False
   loss_grad  kernel with with_loss=True
   numpy      NumPy two-pass reference computing loss and gradient
@@ -259,17 +259,17 @@ def main(argv=None):
                     ref = numpy_linear if kern == "linear" else numpy_logistic
                 # round-robin: each repeat times the kernel, its loss variant, NumPy and the read
                 # once, so every ratio compares minima taken over the same minutes
-                times = benchlib.time_round_robin({
+                timed = {
                     "grad": lambda: run(False),
                     "loss_grad": lambda: run(True),
                     "numpy": lambda: ref(X, y, params),
                     "stream": lambda: stream_sum(X),
-                }, a.repeats)
+                }
                 if kern == "softmax":  # the scalar path beside it (a workspace too small for the vector path)
                     small = np.empty(WORK_ROWS * k)
                     g_s = np.zeros(params.size)
-                    times["grad_scalar_path"] = benchlib.time_calls(
-                        lambda: softmax_loss_grad_ws(X, y, sw, params, rows, g_s, False, small), a.repeats)
+                    timed["grad_scalar_path"] = lambda: softmax_loss_grad_ws(X, y, sw, params, rows, g_s, False, small)
+                times = benchlib.time_round_robin(timed, a.repeats)
                 batch = None
                 if a.batch and n >= 2 * a.batch:
                     sets = [np.sort(rng.choice(n, a.batch, replace=False)).astype(np.int64) for _ in range(a.batches)]

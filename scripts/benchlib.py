@@ -81,13 +81,7 @@ def stats(values) -> dict:
 
 def time_calls(fn, repeats: int) -> dict:
     """stats() of the wall seconds of ``repeats`` calls of fn(), after one untimed call (warm-up, JIT)."""
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return stats(ts)
+    return time_round_robin({"fn": fn}, repeats)["fn"]
 
 
 def time_round_robin(fns: dict, repeats: int) -> dict:
