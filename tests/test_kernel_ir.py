@@ -41,3 +41,9 @@ def test_softmax_vector_path_has_no_refcount_calls_from_inlined_helpers():
     ir = _ir(softmax._vector_path.py_func, X, y, np.empty(0), params, np.arange(n), np.zeros_like(params), True,
              np.empty(softmax.work_size(k, d)))
     assert not INLINED_REFCOUNT.findall(ir), sorted(set(INLINED_REFCOUNT.findall(ir)))
+
+
+def test_glm_margin_has_no_refcount_calls_from_inlined_helpers():
+    n, d = 40, 13
+    ir = _ir(glm.glm_margin.py_func, np.ones((n, d)), np.zeros(d + 1), np.arange(n), np.empty(n))
+    assert not INLINED_REFCOUNT.findall(ir), sorted(set(INLINED_REFCOUNT.findall(ir)))

@@ -546,19 +546,24 @@ def test_argmax_rows_is_np_argmax():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_glm_margin_any_rows(dtype):
-    """Margins four rows at a time: runs and scattered rows of every length mod 4, against NumPy."""
+@pytest.mark.parametrize("d", [13, 16, 3])
+def test_glm_margin_any_rows(dtype, d):
+    """Margins eight rows at a time: runs (8-row blocks and every remainder) and scattered rows
+    of every length 0..19, D with and without a partial last vector, against NumPy."""
     rng = np.random.default_rng(17)
-    n, d = 203, 13
+    n = 203
     X = rng.standard_normal((n, d)).astype(dtype)
     params = rng.standard_normal(d + 1)
-    cases = [np.arange(n), np.arange(5, 12), np.array([3, 4, 5, 90, 91, 150, 151, 152, 153, 154, 200]),
-             np.array([7]), np.arange(0)] + [np.sort(rng.choice(n, m, replace=False)) for m in range(1, 12)]
+    cases = [np.arange(n), np.arange(5, 12), np.arange(5, 30),
+             np.array([3, 4, 5, 90, 91, 150, 151, 152, 153, 154, 155, 156, 157, 158, 159, 200]),
+             np.array([7]), np.arange(0)] + [np.sort(rng.choice(n, m, replace=False)) for m in range(1, 20)]
     for rows in cases:
         rows = rows.astype(np.int64)
         out = np.full(rows.size, np.nan)
         linear_predict(X, params, rows, out)
         np.testing.assert_allclose(out, X[rows].astype(np.float64) @ params[:d] + params[d], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        linear_predict(X, params, np.arange(4, dtype=np.int64), np.empty(8)[::2])
 
 
 def test_logistic_proba_matches_the_stable_numpy_formula():
