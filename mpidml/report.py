@@ -456,7 +456,7 @@ def write_report(run_dir: str, out: str | None = None, top_k: int = 10) -> dict:
         blocks.append(("table", time_header, time_rows))
         blocks.append(("p", "io: reading data and writing outputs; compute: kernels and optimizer; comm: inside "
                        "MPI calls, including waiting for slower ranks; warm-up: compiling or loading the Numba "
-                       "kernels (rank 0 first, the others wait for it); other: the rest (start-up, Python "
+                       "kernels (each compiled by one rank, then loaded by the others); other: the rest (start-up, Python "
                        "overhead, logging)."))
 
     # Confusion matrix
