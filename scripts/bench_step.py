@@ -27,6 +27,11 @@ runs in the loop, the wait for the slowest rank, the Allreduce after the last ra
 and the rest. It shows what the subtraction below cannot: whether a part runs slower inside
 the loop than alone.
 
+``after_kernel_probe``: the loop's own work after the Allreduce (gradient finish + SGD step)
+timed right after the kernel ran on a step's rows and then at once again: how much slower code
+runs after the kernel has swept its rows through L1/L2 (a cost every part of ``other`` pays
+inside the loop and none pays when timed alone).
+
 ``other = step - kernel - allreduce - optimizer`` is everything else (Python in the loop,
 the shuffle, row selection, load imbalance beyond the per-step max, ...), reported in
 microseconds per step and as a fraction of the step; the target (issue 6, item 2) is
@@ -102,6 +107,7 @@ def worker(args) -> int:
     import numpy as np
     from mpi4py import MPI
 
+    from mpidml import kernels
     from mpidml.comm import Context
     from mpidml.config import TrainConfig
     from mpidml.data import DenseShard, shard_bounds
@@ -267,6 +273,33 @@ def worker(args) -> int:
         comm.Allreduce(MPI.IN_PLACE, per_step, op=MPI.MAX)
         return float(per_step.sum()) / total, max_over_ranks(mean_rank)
 
+    def after_kernel_probe(params):
+        """The loop's own work after the Allreduce (gradient finish + optimizer step: two small
+        Numba calls on P values), timed right after the kernel ran on a step's rows and then at
+        once again: the difference is what the kernel's sweep through the cache costs the code
+        that follows it (its code and data evicted to L3 / memory). Mean seconds per step."""
+        opt = SGD(P, lr, momentum=args.momentum)
+        grad_sum, g, p = np.zeros(P), np.zeros(P), params.copy()
+        n_pen = model.penalized.stop
+        cold = warm = 0.0
+        k = 0
+        for epoch in range(args.epochs):
+            plan.build(epoch)
+            for s in range(steps_per_epoch):
+                rows = plan.rows(s)
+                model.loss_grad(shard, params, rows, grad_sum, False)
+                t0 = time.perf_counter()
+                kernels.mean_gradient_norm2(grad_sum, 1e-9, p, 1e-4, n_pen, g)
+                opt.step(p, g, lr=lr)
+                t1 = time.perf_counter()
+                kernels.mean_gradient_norm2(grad_sum, 1e-9, p, 1e-4, n_pen, g)
+                opt.step(p, g, lr=lr)
+                t2 = time.perf_counter()
+                cold += t1 - t0
+                warm += t2 - t1
+                k += 1
+        return max_over_ranks(cold / k), max_over_ranks(warm / k)
+
     def allreduce_alone(n, dtype, calls):
         buf = np.ones(n, dtype=dtype)
         comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)  # warm
@@ -288,7 +321,7 @@ def worker(args) -> int:
 
     rec = {d: {"step": [], "compute": [], "comm": []} for d in dtypes}
     rec_kernel, rec_kernel_mean, rec_ar, rec_ar32, rec_opt, rec_null, rec_perm = [], [], [], [], [], [], []
-    rec_loop = []
+    rec_loop, rec_probe = [], []
     sizes = [int(s) for s in args.comm_sizes.split(",") if s]
     rec_sizes = {n: {"float64": [], "float32": []} for n in sizes}
     params_end = model.init_params()
@@ -307,6 +340,7 @@ def worker(args) -> int:
         rec_opt.append(optimizer_alone(params_end))
         rec_null.append(null_steps())
         rec_perm.append(permutation_alone())
+        rec_probe.append(after_kernel_probe(params_end))
         if one_node:
             rec_loop.append(in_loop_steps())
         for n in sizes:
@@ -354,6 +388,16 @@ def worker(args) -> int:
             "null_model_loop_minus_shuffle_allreduce_optimizer": in_us(
                 [n - p - a - o for n, p, a, o in zip(rec_null, rec_perm, rec_ar, rec_opt)]),
             "epoch_permutation_fraction_of_step": S([p / s for p, s in zip(rec_perm, rec["float64"]["step"])]),
+        },
+        "after_kernel_probe": {
+            "what": "the loop's work after the Allreduce (gradient finish + SGD step, two Numba calls on "
+                    f"{P} values), per step: right after the kernel ran on the step's rows (after_kernel) and "
+                    "at once again (again); their ratio is the slowdown of code that runs after the kernel's "
+                    "sweep through the cache, which every part of 'other' pays",
+            "after_kernel": in_us([c for c, _ in rec_probe]),
+            "again": in_us([w for _, w in rec_probe]),
+            "ratio": {"min": min(c for c, _ in rec_probe) / min(w for _, w in rec_probe),
+                      "median": float(np.median([c for c, _ in rec_probe]) / np.median([w for _, w in rec_probe]))},
         },
         "in_loop": _in_loop(rec_loop, rec_kernel_mean, rec_ar, in_us) if rec_loop else
         {"what": "not measured: the ranks are on more than one node (no shared clock)"},
