@@ -308,7 +308,7 @@ def main(argv=None):
                     "seconds": times, "gb_per_s": gbps, "ratios": ratios, "check_vs_numpy": check,
                     "mini_batch": batch,
                 })
-            del X
+            X = None  # free it before the next size is allocated
     doc = {"machine": machine_info(), "args": vars(a), "targets": evaluate_targets(results), "results": results}
     json.dump(doc, sys.stdout, indent=2)
     print()

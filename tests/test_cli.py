@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from helpers import BIN, mpirun_exe, objective_numpy
+from helpers import mpirun_exe, objective_numpy
 
 MPIDML = [sys.executable, "-m", "mpidml"]
 TIMEOUT = 180

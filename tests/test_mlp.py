@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from mpidml import kernels
 from mpidml.comm import Context
 from mpidml.config import TrainConfig
 from mpidml.errors import ConfigError

@@ -10,8 +10,6 @@ import os
 import re
 
 import h5py
-import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -11,7 +11,7 @@ from mpi4py import MPI
 
 from mpidml.comm import Context
 from mpidml.config import TrainConfig
-from mpidml.data import CSRShard, shard_bounds
+from mpidml.data import CSRShard
 from mpidml.errors import ConfigError
 from mpidml.metrics import Reporter
 from mpidml.models import make_model

@@ -597,7 +597,6 @@ class ParameterServerTrainer:
         opt = self._make_optimizer(layout.size_of(k))
         if resume is not None:
             opt.load_state_dict(resume["state"]["optimizer"])
-        after_round = None
         if self._checkpoints_on() and self.checkpointer is not None:
             ckpt, spe, total = self.checkpointer, plan["steps_per_epoch"], plan["updates"]
 
@@ -610,6 +609,8 @@ class ParameterServerTrainer:
                 if ckpt.due(version) or version == total:
                     # every --checkpoint-every rounds, and at the end (the allreduce strategy's rule)
                     ckpt.save(version, version // spe, params, state())
+        else:
+            after_round = None
         server_cls = Server
         if self.sparse_messages:
             from .sparse_ps import SparseServer as server_cls
