@@ -211,7 +211,7 @@ def test_ftol_stops_lbfgs_on_a_small_relative_reduction(logistic_h5, tmp_path):
 
 
 @pytest.mark.parametrize("model,optimizer", [("logistic", "lbfgs"), ("softmax", "lbfgs"), ("logistic", "sgd"),
-                                             ("logistic", "adam")])
+                                             ("logistic", "adam"), ("mlp", "adam"), ("csr-logistic", "sgd")])
 def test_cold_cache_each_kernel_compiled_by_one_rank(tmp_path, model, optimizer):
     """With an empty Numba cache, each kernel is compiled and saved by one rank only: rank 0 the
     loss/gradient kernel, rank 1 the rest at the same time; then each loads the other's.
@@ -219,15 +219,29 @@ def test_cold_cache_each_kernel_compiled_by_one_rank(tmp_path, model, optimizer)
     softmax with 10 classes compiles the kernel's vector path; every rank calling a compiled
     function before the warm-up (softmax.work_size once was one) shows up as a file rank 1 saved.
     sgd / adam: the mini-batch loop's kernels (batch plan, gradient finish, the optimizers' steps).
+    mlp: its forward pass serves both the loss kernel and the predictions; csr-logistic: the CSR
+    kernels (a sparse shard).
     """
     data = tmp_path / f"{model}.h5"
-    extra = ["--classes", "10"] if model == "softmax" else []
-    run(MPIDML + ["generate", model, "--rows", "2003", "--features", "16", *extra, "-o", str(data)])
+    model_args = ["--model", model]
+    if model == "csr-logistic":
+        from mpidml.data import write_csr
+        from sparse_helpers import sparse_problem
+
+        A, y = sparse_problem("logistic", n=2003, d=300, density=0.03, seed=4)
+        write_csr(data, A.indptr, A.indices, A.data, y, A.shape[1])
+        model_args = ["--model", "logistic"]
+    else:
+        extra = ["--classes", "10"] if model == "softmax" else ["--classes", "3"] if model == "mlp" else []
+        run(MPIDML + ["generate", "softmax" if model == "mlp" else model, "--rows", "2003", "--features", "16",
+                      *extra, "-o", str(data)])
+        if model == "mlp":
+            model_args += ["--hidden", "8"]
     cache = tmp_path / "numba-cache"
     cache.mkdir()
     opt_args = ["--max-iter", "2"] if optimizer == "lbfgs" else ["--epochs", "2", "--batch-size", "256", "--lr", "0.01"]
     proc = run([mpirun_exe(), "-n", "2", "--oversubscribe", "--tag-output", "-x", "NUMBA_CACHE_DIR", "-x",
-                "NUMBA_DEBUG_CACHE"] + MPIDML + ["train", str(data), "--model", model, "--optimizer", optimizer,
+                "NUMBA_DEBUG_CACHE"] + MPIDML + ["train", str(data), *model_args, "--optimizer", optimizer,
                                                  *opt_args, "--out", str(tmp_path / "run"), "--progress", "none"],
                env={"NUMBA_CACHE_DIR": str(cache), "NUMBA_DEBUG_CACHE": "1"}, timeout=300)
     saved = {}
