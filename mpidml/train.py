@@ -175,23 +175,30 @@ def infer_classes(ctx: Context, cfg: TrainConfig, shard) -> int:
     return int(ctx.allreduce_scalar(local_max, op="max")) + 1
 
 
-def warm_up_kernels(ctx: Context, model, shard) -> None:
-    """Compile (or load from Numba's cache) every kernel a run calls, each on one rank only.
+def warm_up_groups(model, shard) -> tuple:
+    """The kernels a run calls, as two callables that share no compiled Numba function.
 
-    With ``cache=True`` every rank would otherwise compile at once and race to write the
-    same cache files. The kernels come in two groups that share no compiled function: the
-    model's loss/gradient kernel (the largest: ~5.4 s of a cold start's ~9 s for dense
-    logistic regression) and everything else. On a cold cache rank 0 compiles the first
-    group while rank 1 compiles the second (one rank: both in turn); then every rank calls
-    both groups, which loads what the other rank saved. So each cache file is written by one
-    rank, and a cold start costs the larger group instead of the sum.
+    The first compiles the model's loss/gradient kernel, the second everything else (the
+    batch plan, the evaluation and batch-accuracy kernels, the gradient finish, the optimizer
+    steps, the L-BFGS scaling sums, the sparse parameter server's coordinates). A model whose
+    evaluation shares a compiled function with its loss kernel (``eval_shares_loss_kernel``,
+    the MLP's forward pass) has its evaluation calls in the first group. Calling both compiles
+    (or loads) everything the training loop and the final evaluation call.
     """
     rows = np.arange(min(1, shard.n_local), dtype=np.int64)
     scratch = np.zeros(model.n_params)
+    shared = bool(getattr(model, "eval_shares_loss_kernel", False))
+
+    def evaluation():
+        model.stats(shard, model.init_params(), rows)
+        if model.is_classifier:  # the batch accuracy a mini-batch loop logs
+            model.batch_hits(shard, model.init_params(), rows)
 
     def compile_loss_grad():
         model.loss_grad(shard, model.init_params(), rows, scratch, True)
         model.loss_grad(shard, model.init_params(), rows, scratch, False)
+        if shared:
+            evaluation()
 
     def compile_the_rest():
         # what the first mini-batch step and the final evaluation call, which every rank
@@ -201,9 +208,8 @@ def warm_up_kernels(ctx: Context, model, shard) -> None:
         one = np.zeros(1, dtype=np.int64)
         kernels.epoch_batches(one[:0], 0, 1, 1, 1, 1, kernels.shuffle_keys(0, 0), False, one, one.copy(),
                               np.zeros(2, dtype=np.int64))
-        model.stats(shard, model.init_params(), rows)
-        if model.is_classifier:  # the batch accuracy a mini-batch loop logs
-            model.batch_hits(shard, model.init_params(), rows)
+        if not shared:
+            evaluation()
         g = np.zeros(model.n_params)  # the mini-batch loop's fused gradient finish
         kernels.mean_gradient_norm2(g, 1.0, g, 0.0, 0, g.copy())
         kernels.sgd_update(g, g.copy(), g[:0], 0.0, 0.0, False)  # optim.SGD / optim.Adam's step
@@ -221,6 +227,22 @@ def warm_up_kernels(ctx: Context, model, shard) -> None:
                                        np.full(D, -1, dtype=np.int64), 0, np.empty(D, dtype=np.int64),
                                        np.empty(model.n_outputs * (D + 1), dtype=np.int64))
 
+    return compile_loss_grad, compile_the_rest
+
+
+def warm_up_kernels(ctx: Context, model, shard) -> None:
+    """Compile (or load from Numba's cache) every kernel a run calls, each on one rank only.
+
+    With ``cache=True`` every rank would otherwise compile at once and race to write the
+    same cache files. The kernels come in two groups that share no compiled function
+    (:func:`warm_up_groups`): the model's loss/gradient kernel (the largest: ~5.4 s of a cold
+    start's ~9 s for dense logistic regression) and everything else. On a cold cache rank 0
+    compiles the first group while rank 1 compiles the second (one rank: both in turn); then
+    every rank calls both groups, which loads what the other rank saved. So each cache file is
+    written by one rank, and a cold start costs the larger group instead of the sum.
+    """
+    groups = warm_up_groups(model, shard)
+
     # Numba's one-time set-up (its CPU target's registries import numba.np and SciPy's BLAS,
     # ~0.4 s) touches no cache file: every rank does it at once, not one after the other.
     try:
@@ -229,7 +251,6 @@ def warm_up_kernels(ctx: Context, model, shard) -> None:
         cpu_target.target_context.refresh()
     except Exception:  # pragma: no cover - a Numba without this internal API: the first compile does it
         pass
-    groups = (compile_loss_grad, compile_the_rest)
     mine = groups if ctx.size == 1 else groups[ctx.rank:ctx.rank + 1]  # ranks >= 2: none
     for group in mine:
         group()

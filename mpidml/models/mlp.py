@@ -46,6 +46,9 @@ class MLPClassifier(Model):
     name = "mlp"
     is_classifier = True
     y_dtype = np.int64
+    # kernels._forward_row serves both mlp_loss_grad and mlp_predict_proba: the warm-up
+    # compiles the evaluation with the loss kernel (mpidml.train.warm_up_groups)
+    eval_shares_loss_kernel = True
 
     def __init__(self, n_features: int, n_classes: int, hidden=(64,)):
         super().__init__(n_features, n_classes)
