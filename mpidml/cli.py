@@ -343,7 +343,7 @@ def cmd_evaluate(args) -> int:
     from .errors import DataError
     from .modelio import load_model
     from .preprocess import apply_preprocessing, load_preprocessing, warm_up
-    from .train import evaluate_params, load_training_data
+    from .train import evaluate_params, load_training_data, warm_up_kernels
 
     ctx = Context()
     model, params, attrs = ctx.collective(load_model, args.model)
@@ -363,6 +363,7 @@ def cmd_evaluate(args) -> int:
         warm_up(ctx, shard.X.dtype)
         apply_preprocessing(preprocessing, shard)
     ctx.collective(model.check_labels, shard.y, shard.lo)
+    warm_up_kernels(ctx, model, shard, training=False)  # each kernel compiled by one rank (cold cache)
     result = evaluate_params(ctx, model, shard, params, float(attrs.get("l2", 0.0)))
     if ctx.is_root:
         out = {"model": model.name, "data": os.path.abspath(args.data), "ranks": ctx.size,

@@ -56,14 +56,16 @@ def read_x_block(path: str, x_name: str, n_rows: int, size: int, rank: int, allo
     return lo, hi, X
 
 
-def predict_block(model, params, X) -> dict:
-    """{dataset name: array} for the rows of X (a dense array or a CSRShard)."""
+def predict_block(model, params, X, rows=None) -> dict:
+    """{dataset name: array} for the rows of X (a dense array or a CSRShard): all, or the
+    local row offsets ``rows`` (int64)."""
     view = X if getattr(X, "is_sparse", False) else _Rows(X)
-    rows = np.arange(view.n_local, dtype=np.int64)
+    if rows is None:
+        rows = np.arange(view.n_local, dtype=np.int64)
     if not model.is_classifier:
         if view is X:
             return {"prediction": model.predict(view, params, rows)}
-        out = np.empty(X.shape[0])
+        out = np.empty(rows.size)
         kernels.linear_predict(X, params, rows, out)
         return {"prediction": out}
     proba = model.predict_proba(view, params, rows)
@@ -75,6 +77,7 @@ def run_predict(ctx, model_path: str, data: str, output: str, x_name: str = "X",
     """Collective over ctx: predictions for every row of ``data`` into ``output``."""
     from .modelio import load_model
     from .preprocess import load_preprocessing, warm_up
+    from .train import compile_in_groups
 
     t0 = time.perf_counter()
     model, params, _ = ctx.collective(load_model, model_path)
@@ -102,6 +105,8 @@ def run_predict(ctx, model_path: str, data: str, output: str, x_name: str = "X",
         if preprocessing.active:  # exactly the transform stored at training time
             warm_up(ctx, X.dtype)
             preprocessing.apply(X)
+    first = np.arange(min(1, hi - lo), dtype=np.int64)  # each kernel compiled by one rank (cold cache)
+    compile_in_groups(ctx, [lambda: predict_block(model, params, X, first)])
     arrays = predict_block(model, params, X)
     tmp = f"{output}.tmp{int(ctx.bcast_array(np.array([os.getpid()], dtype=np.int64))[0])}"
     attrs = {"model": model.name, "source": os.path.abspath(data), "n_rows": n_rows}

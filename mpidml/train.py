@@ -175,15 +175,16 @@ def infer_classes(ctx: Context, cfg: TrainConfig, shard) -> int:
     return int(ctx.allreduce_scalar(local_max, op="max")) + 1
 
 
-def warm_up_groups(model, shard) -> tuple:
+def warm_up_groups(model, shard, training: bool = True) -> tuple:
     """The kernels a run calls, as two callables that share no compiled Numba function.
 
     The first compiles the model's loss/gradient kernel, the second everything else (the
-    batch plan, the evaluation and batch-accuracy kernels, the gradient finish, the optimizer
-    steps, the L-BFGS scaling sums, the sparse parameter server's coordinates). A model whose
-    evaluation shares a compiled function with its loss kernel (``eval_shares_loss_kernel``,
-    the MLP's forward pass) has its evaluation calls in the first group. Calling both compiles
-    (or loads) everything the training loop and the final evaluation call.
+    evaluation and batch-accuracy kernels and, when ``training``, the batch plan, the gradient
+    finish, the optimizer steps, the L-BFGS scaling sums, the sparse parameter server's
+    coordinates). A model whose evaluation shares a compiled function with its loss kernel
+    (``eval_shares_loss_kernel``, the MLP's forward pass) has its evaluation calls in the first
+    group. Calling both compiles (or loads) everything the training loop (or ``mpidml
+    evaluate``) and the final evaluation call.
     """
     rows = np.arange(min(1, shard.n_local), dtype=np.int64)
     scratch = np.zeros(model.n_params)
@@ -205,11 +206,13 @@ def warm_up_groups(model, shard) -> tuple:
         # would otherwise compile at once on a cold cache (seen with NUMBA_DEBUG_CACHE=1).
         from . import kernels
 
+        if not shared:
+            evaluation()
+        if not training:
+            return
         one = np.zeros(1, dtype=np.int64)
         kernels.epoch_batches(one[:0], 0, 1, 1, 1, 1, kernels.shuffle_keys(0, 0), False, one, one.copy(),
                               np.zeros(2, dtype=np.int64))
-        if not shared:
-            evaluation()
         g = np.zeros(model.n_params)  # the mini-batch loop's fused gradient finish
         kernels.mean_gradient_norm2(g, 1.0, g, 0.0, 0, g.copy())
         kernels.sgd_update(g, g.copy(), g[:0], 0.0, 0.0, False)  # optim.SGD / optim.Adam's step
@@ -230,7 +233,7 @@ def warm_up_groups(model, shard) -> tuple:
     return compile_loss_grad, compile_the_rest
 
 
-def warm_up_kernels(ctx: Context, model, shard) -> None:
+def warm_up_kernels(ctx: Context, model, shard, training: bool = True) -> None:
     """Compile (or load from Numba's cache) every kernel a run calls, each on one rank only.
 
     With ``cache=True`` every rank would otherwise compile at once and race to write the
@@ -240,8 +243,20 @@ def warm_up_kernels(ctx: Context, model, shard) -> None:
     compiles the first group while rank 1 compiles the second (one rank: both in turn); then
     every rank calls both groups, which loads what the other rank saved. So each cache file is
     written by one rank, and a cold start costs the larger group instead of the sum.
+    ``training=False``: only what ``mpidml evaluate`` calls.
     """
-    groups = warm_up_groups(model, shard)
+    compile_in_groups(ctx, warm_up_groups(model, shard, training))
+
+
+def compile_in_groups(ctx: Context, groups) -> None:
+    """Collective: call every callable of ``groups`` on every rank, each first on one rank only.
+
+    ``groups``: callables that compile (or load) Numba functions and share none (a function
+    two groups reach would be compiled by two ranks at once on a cold cache). Group i runs on
+    rank i first (one rank: all in turn; groups past the last rank: on rank 0), then every
+    rank runs the ones it has not, which loads what the others saved.
+    """
+    groups = tuple(groups)
 
     # Numba's one-time set-up (its CPU target's registries import numba.np and SciPy's BLAS,
     # ~0.4 s) touches no cache file: every rank does it at once, not one after the other.
@@ -251,7 +266,7 @@ def warm_up_kernels(ctx: Context, model, shard) -> None:
         cpu_target.target_context.refresh()
     except Exception:  # pragma: no cover - a Numba without this internal API: the first compile does it
         pass
-    mine = groups if ctx.size == 1 else groups[ctx.rank:ctx.rank + 1]  # ranks >= 2: none
+    mine = [g for i, g in enumerate(groups) if (i if i < ctx.size else 0) == ctx.rank]
     for group in mine:
         group()
     ctx.barrier()

@@ -245,12 +245,44 @@ def test_cold_cache_each_kernel_compiled_by_one_rank(tmp_path, model, optimizer)
                 "NUMBA_DEBUG_CACHE"] + MPIDML + ["train", str(data), *model_args, "--optimizer", optimizer,
                                                  *opt_args, "--out", str(tmp_path / "run"), "--progress", "none"],
                env={"NUMBA_CACHE_DIR": str(cache), "NUMBA_DEBUG_CACHE": "1"}, timeout=300)
+    saved = _saved_by_rank(proc)
+    assert saved.get(0) and saved.get(1), f"a rank saved nothing (no split, or the cache was not cold): {saved}"
+    _assert_no_file_saved_twice(saved)
+
+
+def _saved_by_rank(proc) -> dict:
+    """{rank: [cache file names it saved]} from a --tag-output run with NUMBA_DEBUG_CACHE=1."""
     saved = {}
     for line in (proc.stdout + proc.stderr).splitlines():
         m = re.match(r"\[\d+,(\d+)\]<std...>:\s*\[cache\] data saved to '([^']+)'", line)
         if m:
             saved.setdefault(int(m.group(1)), []).append(os.path.basename(m.group(2)))
-    assert saved.get(0) and saved.get(1), f"a rank saved nothing (no split, or the cache was not cold): {saved}"
-    both = sorted(set(saved[0]) & set(saved[1]))
-    assert not both, f"compiled by both ranks (a race to save): {both}"
-    assert len(set(saved[0])) == len(saved[0]) and len(set(saved[1])) == len(saved[1]), saved
+    return saved
+
+
+def _assert_no_file_saved_twice(saved):
+    both = sorted({f for r, files in saved.items() for f in files
+                   if any(f in other for q, other in saved.items() if q != r)})
+    assert not both, f"compiled by more than one rank (a race to save): {both}"
+    assert all(len(set(files)) == len(files) for files in saved.values()), saved
+
+
+@pytest.mark.parametrize("model", ["logistic", "softmax"])
+def test_cold_cache_evaluate_and_predict_compile_each_kernel_on_one_rank(tmp_path, model):
+    """`mpidml evaluate` and `mpidml predict` on a cold cache: no kernel compiled by two ranks."""
+    data = tmp_path / f"{model}.h5"
+    extra = ["--classes", "10"] if model == "softmax" else []
+    run(MPIDML + ["generate", model, "--rows", "2003", "--features", "16", *extra, "-o", str(data)])
+    out = tmp_path / "run"
+    run(MPIDML + ["train", str(data), "--model", model, "--max-iter", "2", "--out", str(out), "--progress", "none"])
+    tagged = [mpirun_exe(), "-n", "2", "--oversubscribe", "--tag-output", "-x", "NUMBA_CACHE_DIR", "-x",
+              "NUMBA_DEBUG_CACHE"]
+    for name, args in (("evaluate", [str(out / "model.h5"), str(data)]),
+                       ("predict", [str(out / "model.h5"), str(data), "-o", str(tmp_path / "pred.h5")])):
+        cache = tmp_path / f"cache-{name}"
+        cache.mkdir()
+        proc = run(tagged + MPIDML + [name, *args], env={"NUMBA_CACHE_DIR": str(cache), "NUMBA_DEBUG_CACHE": "1"},
+                   timeout=300)
+        saved = _saved_by_rank(proc)
+        assert saved.get(0), f"{name}: rank 0 saved nothing (the cache was not cold?): {saved}"
+        _assert_no_file_saved_twice(saved)
