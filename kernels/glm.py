@@ -125,9 +125,8 @@ def _eight_rows(X, y, sw, params, i0, i1, i2, i3, i4, i5, i6, i7, grad, with_los
     Returns (rsum, lsum) with the 8 rows' weighted residuals and losses added lane-wise.
     The 8 margins in one vector (_margins8); the link of the 8 rows in vectors (_link8); the
     gradient: per 8 features, the 8 rows' terms summed in two chains of four and added to
-    grad once. lead >= 0: X is prefetched that many elements
-    ahead of each row's loads (consecutive rows); -1: no prefetch (the caller's).
-    X must be C-contiguous.
+    grad once. lead >= 0: X is prefetched that many elements ahead of each row's loads
+    (consecutive rows); -1: no prefetch (the caller's). X must be C-contiguous.
     """
     D = X.shape[1]
     D8 = D - D % 8
@@ -180,6 +179,8 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model):
     the same 8-row block with whole rows prefetched up to ROWS_AHEAD past the block: more
     rows' cache misses in flight.
     """
+    if not X.flags.c_contiguous:  # the vector loads index X's buffer flat
+        raise ValueError("glm_loss_grad: X must be C-contiguous")
     D = X.shape[1]
     b = params[D]
     unweighted = sw.size == 0

@@ -79,14 +79,15 @@ def _residuals(work, R, K, y, sw, r, unweighted, with_loss):
 def softmax_loss_grad_ws(X, y, sw, params, rows, grad, with_loss, work):
     """Same as :func:`softmax_loss_grad` with a caller-provided workspace (no allocation).
 
-    work: float64 scratch, >= 2*K elements. With K >= VECTOR_MIN_CLASSES and
-    work.size >= work_size(K, D), rows are taken 8 at a time in explicit vectors
+    work: float64 scratch, >= 2*K elements. With K >= VECTOR_MIN_CLASSES,
+    work.size >= work_size(K, D) and a C-contiguous X, rows are taken 8 at a time in explicit vectors
     (_vector_path, ~1.5x faster than the scalar path at D=64, K=10); otherwise the scalar
     path below. The two give the same sums up to rounding (they add in different orders).
     """
     D = X.shape[1]
     K = params.size // (D + 1)
-    if K >= VECTOR_MIN_CLASSES and rows.size >= 8 and work.size >= _work_size(K, D):
+    # the vector path indexes X's buffer flat: C-contiguous X only (the scalar path takes any)
+    if K >= VECTOR_MIN_CLASSES and rows.size >= 8 and work.size >= _work_size(K, D) and X.flags.c_contiguous:
         return _vector_path(X, y, sw, params, rows, grad, with_loss, work)
     return _scalar_path(X, y, sw, params, rows, grad, with_loss, work)
 

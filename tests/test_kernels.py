@@ -582,3 +582,28 @@ def test_logistic_proba_matches_the_stable_numpy_formula():
     nan = np.empty((1, 2))
     logistic_proba(np.array([np.nan]), nan)
     assert np.isnan(nan).all()
+
+
+def test_kernels_with_vector_paths_refuse_or_avoid_a_non_contiguous_x():
+    """The vector code indexes X's buffer flat. A Fortran-ordered X: the GLM kernels raise
+    (instead of a silently wrong sum); softmax takes its scalar path (same sums as C order)."""
+    from mpidml.kernels import softmax_loss_grad
+
+    rng = np.random.default_rng(23)
+    Xc = rng.standard_normal((40, 16))
+    Xf = np.asfortranarray(Xc)
+    rows = np.arange(40, dtype=np.int64)
+    for fn in (linear_loss_grad, logistic_loss_grad):
+        with pytest.raises(ValueError, match="C-contiguous"):
+            fn(Xf, np.zeros(40), np.empty(0), np.zeros(17), rows, np.zeros(17), True)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        linear_predict(Xf, np.zeros(17), rows, np.empty(40))
+    y, k = rng.integers(0, 10, 40), 10
+    p = rng.standard_normal(k * 17) * 0.1
+    g_c, g_f = np.zeros(p.size), np.zeros(p.size)
+    loss_c = softmax_loss_grad(np.ascontiguousarray(Xc), y, np.empty(0), p, rows, g_c, True)
+    loss_f = softmax_loss_grad(Xf, y, np.empty(0), p, rows, g_f, True)
+    ref_loss, ref_grad, _, _ = ref_softmax(Xc, y, np.ones(40), p)
+    for loss, g in ((loss_c, g_c), (loss_f, g_f)):
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+        np.testing.assert_allclose(g, ref_grad, rtol=1e-10, atol=1e-12)
