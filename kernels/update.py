@@ -28,6 +28,20 @@ def mean_gradient_norm2(grad_sum, inv_weight, params, l2, n_pen, out):
 
 
 @njit(cache=True, nogil=True, fastmath=False)
+def rows_weight_sum(sw, rows):
+    """The weight of a batch: sum of sw[rows] (float64 (n,), int64 (m,)) added in the order of
+    rows, or float(m) when sw has size 0 (unit weights). One call instead of NumPy's gather into
+    a temporary and its sum; the compiled step loop calls the same function, so both loops
+    divide by bitwise the same weight sum."""
+    if sw.size == 0:
+        return float(rows.size)
+    s = 0.0
+    for k in range(rows.size):
+        s += sw[rows[k]]
+    return s
+
+
+@njit(cache=True, nogil=True, fastmath=False)
 def sgd_update(params, grad, velocity, lr, momentum, nesterov):
     """One SGD step in place: params -= lr * u (PyTorch's momentum convention).
 

@@ -158,7 +158,11 @@ def next_run(rows, i):
     return lo, e - i
 
 
-@njit(cache=True, nogil=True, fastmath=False)
+# link_residual and log1p_unit are not cached on their own (cache=False): every cached kernel that
+# calls them carries their code in its own cache entry. So two kernels compiled at once on two
+# ranks (mpidml.train.compile_in_groups: the loss kernel, the compiled step loop) never both
+# write these two functions' cache files; they are a few lines each to compile.
+@njit(nogil=True, fastmath=False)
 def link_residual(model, z, y, s, with_loss):
     """Per-row GLM link, strict IEEE arithmetic.
 
@@ -192,7 +196,7 @@ _LN2_HI = 6.93147180369123816490e-01  # ln 2 to 32 bits: k * _LN2_HI is exact
 _LN2_LO = 1.90821492927058770002e-10
 
 
-@njit(cache=True, nogil=True, fastmath=False)
+@njit(nogil=True, fastmath=False)
 def log1p_unit(e):
     """log(1 + e) for 0 <= e <= 1 (e.g. e = exp(-|z|)), within ~1 ulp; no libm call.
 
