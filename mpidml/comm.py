@@ -212,6 +212,8 @@ class Watchdog:
     after every step (one float store); a daemon thread checks the time since
     the last beat and, past the limit, prints one line and calls MPI_Abort
     (exit code 4). If Abort itself cannot get through, the process exits anyway.
+    Compiled code that runs many steps in one call (mpidml.parallel.steploop) counts them
+    in an int64 array instead (:meth:`watch`); a change of the count is a beat.
     """
 
     EXIT_CODE = 4
@@ -221,6 +223,8 @@ class Watchdog:
         self.rank = rank
         self.last = time.monotonic()
         self.what = "start-up"
+        self._progress = None  # int64 array whose [0] counts steps done by compiled code
+        self._seen = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mpidml-watchdog", daemon=True)
         self._thread.start()
@@ -229,12 +233,21 @@ class Watchdog:
         self.last = time.monotonic()
         self.what = what
 
+    def watch(self, progress) -> None:
+        """Also count a change of ``progress[0]`` (int64 array, written by compiled code) as a beat."""
+        self._progress = progress
+        self._seen = int(progress[0])
+
     def stop(self) -> None:
         self._stop.set()
 
     def _run(self):
         period = min(1.0, self.timeout / 4)
         while not self._stop.wait(period):
+            progress = self._progress
+            if progress is not None and int(progress[0]) != self._seen:
+                self._seen = int(progress[0])
+                self.beat("step")
             idle = time.monotonic() - self.last
             if idle > self.timeout:
                 sys.stderr.write(f"mpidml: error: [rank {self.rank}] no training step completed in {idle:.0f} s "

@@ -42,6 +42,7 @@ DRIVERS = ("auto", "mpio", "independent")
 SCHEDULES = ("constant", "inverse_sqrt", "step", "cosine")
 SHUFFLES = ("global", "none")
 COMM_DTYPES = ("float64", "float32")
+STEP_LOOPS = ("auto", "python")
 IMPUTE = ("none", "mean")
 
 
@@ -70,6 +71,7 @@ class TrainConfig:
     # optimizer
     strategy: str = "allreduce"
     comm_dtype: str = "float64"  # allreduce: dtype of the reduced gradient on the wire (parameters stay float64)
+    step_loop: str = "auto"  # allreduce sgd/adam: auto (compiled where the model allows) | python (same result)
     optimizer: str = "lbfgs"
     lr: float = 0.1
     lr_schedule: str = "constant"
@@ -104,7 +106,7 @@ class TrainConfig:
 
     # options that do not change the trained model (excluded from the config hash)
     RUN_ONLY = ("out", "threads", "log_every", "overwrite", "verbose", "progress", "driver",
-                "checkpoint_every", "timeout", "resume", "max_memory")
+                "checkpoint_every", "timeout", "resume", "max_memory", "step_loop")
 
     def validate(self) -> "TrainConfig":
         def choice(name, allowed):
@@ -121,6 +123,7 @@ class TrainConfig:
         choice("ps_mode", PS_MODES)
         choice("progress", ("auto", "bar", "log", "none"))
         choice("comm_dtype", COMM_DTYPES)
+        choice("step_loop", STEP_LOOPS)
         choice("impute", IMPUTE)
         choice("lbfgs_scaling", LBFGS_SCALINGS)
         if self.model == "mf" or self.optimizer == "als" or self.rank or self.holdout:

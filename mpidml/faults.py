@@ -49,3 +49,10 @@ def point(where: str, rank: int, step: int | None = None) -> None:
         if action == "stall":
             while True:
                 time.sleep(3600)
+
+
+def at_step(step: int) -> bool:
+    """Whether a ``step`` fault (on any rank) is set for after step ``step``: the training loop
+    then runs that step in Python, where :func:`point` is called (the compiled step loop,
+    mpidml.parallel.steploop, calls no hook). The same answer on every rank."""
+    return any(w == "step" and (s is None or s == step) for _a, w, _r, s in _FAULTS)

@@ -25,6 +25,11 @@ def _kernels_dir() -> str:
     return os.path.dirname(spec.origin) if spec and spec.origin else ""
 
 
+# Numba-compiled code outside kernels/: the compiled step loop and its MPI intrinsics, which
+# inline kernels and whose cached code must follow a change to either.
+_COMPILED_ELSEWHERE = (("parallel", "steploop.py"), ("parallel", "native.py"))
+
+
 def kernels_source_hash() -> str:
     here = _kernels_dir()
     h = hashlib.sha256()
@@ -32,6 +37,12 @@ def kernels_source_hash() -> str:
         if name.endswith(".py"):
             with open(os.path.join(here, name), "rb") as fh:
                 h.update(name.encode() + b"\0" + fh.read())
+    package = os.path.dirname(os.path.abspath(__file__))  # mpidml/ (kernels/ sits beside it or inside it)
+    for parts in _COMPILED_ELSEWHERE:
+        path = os.path.join(package, *parts)
+        if os.path.exists(path):
+            with open(path, "rb") as fh:
+                h.update("/".join(parts).encode() + b"\0" + fh.read())
     return h.hexdigest()[:16]
 
 

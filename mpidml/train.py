@@ -175,16 +175,18 @@ def infer_classes(ctx: Context, cfg: TrainConfig, shard) -> int:
     return int(ctx.allreduce_scalar(local_max, op="max")) + 1
 
 
-def warm_up_groups(model, shard, training: bool = True) -> tuple:
-    """The kernels a run calls, as two callables that share no compiled Numba function.
+def warm_up_groups(model, shard, training: bool = True, step_loop=None) -> tuple:
+    """The kernels a run calls, as callables that share no compiled Numba function.
 
-    The first compiles the model's loss/gradient kernel, the second everything else (the
+    The first compiles the model's loss/gradient kernel, the last everything else (the
     evaluation and batch-accuracy kernels and, when ``training``, the batch plan, the gradient
     finish, the optimizer steps, the L-BFGS scaling sums, the sparse parameter server's
-    coordinates). A model whose evaluation shares a compiled function with its loss kernel
-    (``eval_shares_loss_kernel``, the MLP's forward pass) has its evaluation calls in the first
-    group. Calling both compiles (or loads) everything the training loop (or ``mpidml
-    evaluate``) and the final evaluation call.
+    coordinates). With ``step_loop`` (a :class:`mpidml.parallel.steploop.StepLoop`) the first
+    group also compiles the compiled mini-batch loop, after the loss kernel, which the loop
+    links in (~1.5 s more; the loop shares no cached function with the last group). A model
+    whose evaluation shares a compiled function with its loss kernel (``eval_shares_loss_kernel``,
+    the MLP's forward pass) has its evaluation calls in the first group. Calling all compiles
+    (or loads) everything the training loop (or ``mpidml evaluate``) and the final evaluation call.
     """
     rows = np.arange(min(1, shard.n_local), dtype=np.int64)
     scratch = np.zeros(model.n_params)
@@ -215,6 +217,7 @@ def warm_up_groups(model, shard, training: bool = True) -> tuple:
                               np.zeros(2, dtype=np.int64))
         g = np.zeros(model.n_params)  # the mini-batch loop's fused gradient finish
         kernels.mean_gradient_norm2(g, 1.0, g, 0.0, 0, g.copy())
+        kernels.rows_weight_sum(g, one[:0])  # the batch's weight (a mini-batch step in Python)
         kernels.sgd_update(g, g.copy(), g[:0], 0.0, 0.0, False)  # optim.SGD / optim.Adam's step
         kernels.adam_update(g, g.copy(), g.copy(), g.copy(), 0.0, 0.9, 0.999, 0.1, 0.001, 1e-8)
         sq = np.zeros(getattr(model, "n_features", 0) or 1)  # L-BFGS's feature-scaled H0 (allreduce.lbfgs_h0)
@@ -230,22 +233,29 @@ def warm_up_groups(model, shard, training: bool = True) -> tuple:
                                        np.full(D, -1, dtype=np.int64), 0, np.empty(D, dtype=np.int64),
                                        np.empty(model.n_outputs * (D + 1), dtype=np.int64))
 
+    if step_loop is not None:
+        def compile_loss_grad_and_loop():
+            compile_loss_grad()
+            step_loop.compile()
+
+        return compile_loss_grad_and_loop, compile_the_rest
     return compile_loss_grad, compile_the_rest
 
 
-def warm_up_kernels(ctx: Context, model, shard, training: bool = True) -> None:
+def warm_up_kernels(ctx: Context, model, shard, training: bool = True, step_loop=None) -> None:
     """Compile (or load from Numba's cache) every kernel a run calls, each on one rank only.
 
     With ``cache=True`` every rank would otherwise compile at once and race to write the
     same cache files. The kernels come in two groups that share no compiled function
     (:func:`warm_up_groups`): the model's loss/gradient kernel (the largest: ~5.4 s of a cold
-    start's ~9 s for dense logistic regression) and everything else. On a cold cache rank 0
-    compiles the first group while rank 1 compiles the second (one rank: both in turn); then
-    every rank calls both groups, which loads what the other rank saved. So each cache file is
-    written by one rank, and a cold start costs the larger group instead of the sum.
-    ``training=False``: only what ``mpidml evaluate`` calls.
+    start's ~9 s for dense logistic regression), followed by the compiled step loop when the
+    run uses it (``step_loop``), and everything else. On a cold cache rank 0 compiles the
+    first group while rank 1 compiles the second (one rank: both in turn); then every rank
+    calls both groups, which loads what the other rank saved. So each cache file is written by
+    one rank, and a cold start costs the larger group instead of the sum. ``training=False``:
+    only what ``mpidml evaluate`` calls.
     """
-    compile_in_groups(ctx, warm_up_groups(model, shard, training))
+    compile_in_groups(ctx, warm_up_groups(model, shard, training, step_loop))
 
 
 def compile_in_groups(ctx: Context, groups) -> None:
@@ -388,15 +398,18 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
                     f"streaming it in chunks of {shard.chunk_rows} rows (read-ahead)")
     weight_sum = ctx.allreduce_scalar(float(shard.sw.sum()) if shard.sw.size else float(shard.n_local))
 
-    t0 = time.perf_counter()
-    warm_up_kernels(ctx, model, shard)
-    compile_seconds = time.perf_counter() - t0
-
     cfg_total = cfg.max_iter if cfg.optimizer in ("lbfgs", "gd") else -(-meta["n_rows"] // cfg.batch_size) * cfg.epochs
     reporter = Reporter(cfg.out if ctx.is_root else None, total=cfg_total,
                         unit="iter" if cfg.optimizer in ("lbfgs", "gd") else "step",
                         mode=cfg.progress, prefix=verbose_prefix, enabled=ctx.is_root or cfg.verbose)
     trainer = strategy(ctx, model, shard, cfg, reporter, weight_sum)
+
+    t0 = time.perf_counter()
+    # the allreduce trainer's compiled step loop, if the run uses it (collective decision)
+    step_loop = trainer.step_loop() if hasattr(trainer, "step_loop") else None
+    warm_up_kernels(ctx, model, shard, step_loop=step_loop)
+    compile_seconds = time.perf_counter() - t0
+    reporter.t0 = time.perf_counter()  # metrics times count from here, after the warm-up
     ckpt_meta = {"config_hash": cfg.training_hash(), "config": cfg.training_options(), "n_params": model.n_params,
                  "data": ctx.collective(lambda: data_fingerprint(cfg.data, cfg.x_name, cfg.y_name)
                                         if ctx.is_root else None)}

@@ -105,6 +105,9 @@ def test_sgd_with_float32_comm_stays_close_to_float64():
     world = Context(MPI.COMM_WORLD)
     opts = dict(model="logistic", optimizer="sgd", lr=0.2, momentum=0.9, batch_size=64, epochs=3, l2=L2, seed=7)
     p32, trainer, spy = _train_spied(world, X, y, comm_dtype="float32", **opts)
+    # the spy keeps the Python loop (the compiled loop's MPI calls bypass mpi4py); that loop's
+    # float32 reduction is bitwise the same: tests/test_steploop_mpi.py
+    assert trainer.summary_section()["step_loop"]["python_because"] == "the communicator is not an mpi4py Comm"
     p64, _ = train(world, X, y, **opts)
     # One float32 Allreduce per step (plus the per-epoch replica checksums, int64).
     assert sum(dt == np.float32 for dt in spy.reduced) == trainer.steps

@@ -5,7 +5,8 @@ second (mpidml.train.warm_up_kernels). A Numba function both groups reach would 
 saved by both ranks, unless one rank happened to save it before the other looked it up: a
 2-rank run shows such a race only by chance (the MLP's forward pass did not show it). Here each
 group compiles alone, in its own process with its own empty cache, and the cache files the two
-save must be disjoint.
+save must be disjoint. ``-loop``: a mini-batch run of a dense GLM, whose first group also
+compiles the compiled step loop (mpidml.parallel.steploop).
 """
 import os
 import re
@@ -23,6 +24,8 @@ sys.path.insert(0, {here!r})
 from mpidml.models import make_model
 from mpidml.train import warm_up_groups
 kind, group = {kind!r}, {group}
+with_loop = kind.endswith("-loop")  # the run uses the compiled step loop (first group)
+kind = kind[:-len("-loop")] if with_loop else kind
 if kind.startswith("csr"):
     from sparse_helpers import csr_shard_of, sparse_problem
     name = kind.split("-")[1]
@@ -37,7 +40,12 @@ else:
     shard = shard_of(X, y, 0, 1)
     model = make_model(name, 16, k if name in ("softmax", "mlp") else 2,
                        **({{"hidden": "8"}} if name == "mlp" else {{}}))
-warm_up_groups(model, shard)[group]()
+step_loop = None
+if with_loop:
+    from mpi4py import MPI
+    from mpidml.parallel.steploop import StepLoop
+    step_loop = StepLoop(model, shard, MPI.COMM_SELF, model.n_params, 4, "float64", 1e-4, model.penalized.stop)
+warm_up_groups(model, shard, step_loop=step_loop)[group]()
 """
 
 
@@ -49,7 +57,7 @@ def _saved(kind, group, cache, env):
 
 
 @pytest.mark.parametrize("kind", ["logistic", "linear", "softmax-10", "softmax-3", "mlp", "csr-logistic",
-                                  "csr-softmax"])
+                                  "csr-softmax", "logistic-loop", "linear-loop"])
 def test_warm_up_groups_compile_disjoint_kernels(tmp_path, kind):
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NUMBA_DEBUG_CACHE")}
     procs = [_saved(kind, g, tmp_path / f"cache{g}", env) for g in (0, 1)]  # both at once: 2 cores

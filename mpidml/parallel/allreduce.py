@@ -85,6 +85,8 @@ class AllreduceTrainer:
         self.n_evals = 0
         self.replica_resyncs = 0
         self.checkpointer = None  # set by the caller (mpidml.train) to write checkpoints
+        self._step_loop = False  # not decided yet (step_loop())
+        self.step_loop_reason = "not a mini-batch run"
 
     @staticmethod
     def data_parts(ctx, cfg):
@@ -94,7 +96,9 @@ class AllreduceTrainer:
     def summary_section(self) -> dict:
         """Strategy-specific entries merged into summary.json (collective-free)."""
         itemsize = 4 if self.buf32 is not None else 8
-        return {"comm": {"dtype": self.comm_dtype, "gradient_bytes_per_reduction": self.n_params * itemsize}}
+        loop = "compiled" if self._step_loop not in (None, False) else "python"
+        return {"comm": {"dtype": self.comm_dtype, "gradient_bytes_per_reduction": self.n_params * itemsize},
+                "step_loop": {"loop": loop, "python_because": self.step_loop_reason if loop == "python" else None}}
 
     # -- the objective ----------------------------------------------------
     def _finish(self, params, grad_out) -> float:
@@ -333,23 +337,50 @@ class AllreduceTrainer:
         # the batch at the parameters its loss is computed at, in the step's one reduced buffer.
         n_cls = getattr(model, "n_classes", 0) if model.is_classifier else 0
         P = self.n_params
-        # penalised entries as a leading count (every model's: coefficients first), else -1
-        n_pen = pen.stop if (isinstance(pen, slice) and pen.start in (None, 0) and pen.step in (None, 1)
-                             and pen.stop is not None and 0 <= pen.stop <= P) else -1
+        n_pen = self._n_pen()
+        # Runs of steps that neither log nor checkpoint go through the compiled loop (steploop)
+        # where every rank can; the rest, and every step of other models, through Python below.
+        loop = self.step_loop()
+        if loop is not None and not loop.compiled:  # not warmed up by mpidml.train: one rank first
+            from ..train import compile_in_groups
+
+            compile_in_groups(self.ctx, [loop.compile])
+        ckpt = self.checkpointer
+
+        def python_only(step):  # step: 0-based; this step logs, checkpoints or has a test fault
+            return ((step + 1) % log_every == 0 or step + 1 == total
+                    or (ckpt is not None and ckpt.due(step + 1)) or (faults.active and faults.at_step(step + 1)))
+
         for epoch in range(start // steps_per_epoch, cfg.epochs):
             t0 = time.perf_counter()
             plan.build(epoch)
             t_compute += time.perf_counter() - t0
             first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
-            for s in range(first, steps_per_epoch):
+            s = first
+            while s < steps_per_epoch:
                 step = epoch * steps_per_epoch + s
+                if loop is not None and not python_only(step):
+                    end = s + 1
+                    while end < steps_per_epoch and not python_only(epoch * steps_per_epoch + end):
+                        end += 1
+                    t0 = time.perf_counter()
+                    done, comm_s = loop.run(params, plan, s, end, [schedule(step + k) for k in range(end - s)], opt)
+                    t_run = time.perf_counter() - t0
+                    t_compute += t_run - comm_s
+                    t_comm += comm_s
+                    samples_since += sum(plan.global_count(k) for k in range(s, s + done))
+                    self.steps = step + done
+                    self.ctx.beat()
+                    s += done
+                    if s < end:  # the reduced gradient of step s is not finite (loop.red holds its sums)
+                        self._raise_diverged(self.steps, plan.rows(s), params)
+                    continue
                 log_now = (step + 1) % log_every == 0 or step + 1 == total
                 t0 = time.perf_counter()
                 rows = plan.rows(s)
-                m = rows.size
                 buf[:] = 0.0
                 buf[-2] = model.loss_grad(shard, params, rows, grad_sum, log_now)
-                buf[-1] = float(sw[rows].sum()) if sw.size else float(m)
+                buf[-1] = kernels.rows_weight_sum(sw, rows)
                 if log_now and n_cls:
                     buf[P], buf[P + 1] = model.batch_hits(shard, params, rows)
                 t1 = time.perf_counter()
@@ -361,13 +392,7 @@ class AllreduceTrainer:
                     mean_gradient(grad_sum, buf[-1], params, l2, pen, tmp, grad)  # the objective only when logged
                     gnorm2 = float(np.dot(grad, grad))
                 if not math.isfinite(gnorm2):
-                    # Every rank sees the same reduced gradient, so all get here together:
-                    # one more collective to report the batch's loss in the error.
-                    buf[:] = 0.0
-                    buf[-2] = model.loss_grad(shard, params, rows, grad_sum, True)
-                    buf[-1] = float(sw[rows].sum()) if sw.size else float(m)
-                    allreduce_sums()
-                    raise _diverged(step + 1, "loss", self._finish(params, grad), self.checkpointer)
+                    self._raise_diverged(step, rows, params)
                 lr = schedule(step)
                 opt.step(params, grad, lr=lr)
                 t3 = time.perf_counter()
@@ -387,6 +412,7 @@ class AllreduceTrainer:
                     self.reporter.log(rec)
                     samples_since, t_log = 0, now
                 self._step_done(step + 1, epoch, params, state)
+                s += 1
             self.epochs_done = epoch + 1
             t0 = time.perf_counter()
             self._check_replicas(params, opt)
@@ -396,6 +422,56 @@ class AllreduceTrainer:
         self._final_checkpoint(self.steps, self.epochs_done, params, state)
         return {"converged": None, "message": f"{cfg.epochs} epochs done", "iterations": self.steps,
                 "evaluations": self.steps}
+
+    def _n_pen(self) -> int:
+        """The penalised entries as a leading count (every model's: coefficients first), else -1."""
+        pen, P = self.pen, self.n_params
+        if isinstance(pen, slice) and pen.start in (None, 0) and pen.step in (None, 1) and pen.stop is not None \
+                and 0 <= pen.stop <= P:
+            return pen.stop
+        return -1
+
+    def step_loop(self):
+        """Collective (once): the compiled mini-batch loop (:mod:`.steploop`) if every rank can run it, else None.
+
+        All ranks take the same loop, so the same steps go through Python on all of them (its
+        logged steps and error paths issue the same collectives). Not compiled here: the
+        warm-up compiles it beside the kernels (mpidml.train.warm_up_kernels), or
+        :meth:`_fit_minibatch` does, on one rank first. The reason for the Python loop, if
+        any, goes into summary.json.
+        """
+        if self._step_loop is not False:
+            return self._step_loop
+        from .steploop import StepLoop, why_not
+
+        reason = why_not(self.model, self.shard, self.cfg, self._n_pen())
+        if reason is None and not isinstance(self.comm, MPI.Comm):  # e.g. a test's wrapper that records calls
+            reason = "the communicator is not an mpi4py Comm"
+        every = self.ctx.allreduce_scalar(0.0 if reason else 1.0, op="min") > 0
+        self._step_loop = None
+        if not every:
+            self.step_loop_reason = reason or "another rank cannot run it"
+            return None
+        loop = StepLoop(self.model, self.shard, self.comm, self.n_params, _N_TAIL, self.comm_dtype, self.l2,
+                        self._n_pen())
+        if self.ctx.watchdog is not None:
+            self.ctx.watchdog.watch(loop.progress)
+        self.step_loop_reason = None
+        self._step_loop = loop
+        return loop
+
+    def _raise_diverged(self, step, rows, params):
+        """The reduced gradient of 0-based ``step`` is not finite: raise DivergedError with the batch's loss.
+
+        Every rank sees the same reduced gradient, so all get here together: one more
+        collective to report the batch's loss in the error.
+        """
+        buf = self.buf
+        buf[:] = 0.0
+        buf[-2] = self.model.loss_grad(self.shard, params, rows, self.grad_sum, True)
+        buf[-1] = kernels.rows_weight_sum(self.shard.sw, rows)
+        self._allreduce_sums()
+        raise _diverged(step + 1, "loss", self._finish(params, self.grad), self.checkpointer)
 
     def _check_replicas(self, params, opt) -> None:
         """Collective: make sure every rank holds bitwise the same parameters.

@@ -1,0 +1,256 @@
+"""The mini-batch step loop of the allreduce trainer, compiled: kernel, Allreduce, optimizer.
+
+Between two log points a mini-batch step of a dense linear or logistic model does nothing
+but: the loss kernel on this rank's rows of the batch, one Allreduce of
+``[grad_sum (P), correct, counted, loss_sum, weight_sum]``, the gradient finish and the
+optimizer update. In Python each step also ran the interpreter, mpi4py's and NumPy's call
+overhead and the trainer's bookkeeping, all cache-cold after the kernel's sweep through L2
+(``scripts/bench_step.py``: ~50 us per step at a global batch of 4096, a sixth of the step).
+:func:`logistic_steps` runs a whole run of such steps in one Numba call that calls MPI itself
+(:mod:`mpidml.parallel.native`); Python takes over at the steps that log, checkpoint or
+end an epoch, and for every model, shard or option the compiled loop does not cover.
+
+It is the Python loop's arithmetic in the same order with the same kernels
+(``logistic_loss_grad`` / ``linear_loss_grad``, ``rows_weight_sum``,
+``mean_gradient_norm2``, ``sgd_update`` / ``adam_update``) and the same reduction (one
+MPI_Allreduce of the same buffer, float64 or float32 on the wire), so both loops give
+bitwise the same parameters (``tests/test_steploop_mpi.py``); ``--step-loop python``
+keeps the Python loop. Heartbeats: the loop counts finished steps in ``progress[0]``,
+which the ``--timeout`` watchdog reads (:meth:`mpidml.comm.Watchdog.watch`); the GIL is
+released while it runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from mpi4py import MPI
+from numba import njit
+
+from .. import kernels
+from ..kernels import update
+from ..kernels.util import FASTMATH, LINEAR, LOGISTIC
+from . import native
+
+__all__ = ["logistic_steps", "linear_steps", "StepLoop", "SGD_KIND", "ADAM_KIND"]
+
+SGD_KIND = 0
+ADAM_KIND = 1
+NO_KERNEL = -1  # a "link" with no kernel call: the loop's own cost (scripts/bench_step.py)
+
+# The loop calls the model's loss kernel (the dispatcher the Python loop calls: its compiled code
+# is linked in) and private, uncached copies of the strict per-step kernels (same source,
+# fastmath=False). So its cache entry shares files only with the loss kernel's warm-up group,
+# which compiles first on the same rank (mpidml.train.warm_up_groups); calling the shared
+# update kernels instead would have the rank that compiles the other group write them too.
+_rows_weight_sum = njit(nogil=True, fastmath=False)(update.rows_weight_sum.py_func)
+_mean_gradient_norm2 = njit(nogil=True, fastmath=False)(update.mean_gradient_norm2.py_func)
+_sgd_update = njit(nogil=True, fastmath=False)(update.sgd_update.py_func)
+_adam_update = njit(nogil=True, fastmath=False)(update.adam_update.py_func)
+
+
+def _make_steps(link: int):
+    """The compiled loop for one link (kernels.util.LINEAR or LOGISTIC), a compile-time constant
+    of the closure: only that link's branch of the kernel is compiled. (Numba keys a closure's
+    cache entries by its captured values, so the loops share one index file, not an entry.)
+    NO_KERNEL: the loop without the kernel call (for scripts/bench_step.py: the loop's own cost)."""
+
+    @njit(cache=True, nogil=True, fastmath=FASTMATH)
+    def glm_steps(X, y, sw, params, order, starts, s0, s1, lrs, opt_kind, velocity, momentum, nesterov,
+                  m, v, beta1, beta2, bias1, bias2, eps, l2, n_pen, sums, send32, recv32, red, grad,
+                  dtype_h, op_h, comm_h, progress, stats):
+        """Mini-batch steps ``s0 .. s1-1`` of an epoch, each: kernel, Allreduce, gradient finish, update.
+
+        X: (n, D) float32/float64 C-contiguous; y, sw: float64 (n,) / (n,) or size 0;
+        params: float64 (P,) = [w, b], updated in place.
+        order, starts: the epoch's batch plan (:class:`mpidml.parallel.allreduce.EpochPlan`):
+        step s uses the local rows ``order[starts[s]:starts[s+1]]``. lrs: float64, the learning
+        rate of step s at ``lrs[s - s0]``. Optimizer: opt_kind SGD_KIND (velocity: float64 (P,)
+        or size 0, momentum, nesterov) or ADAM_KIND (m, v: float64 (P,); bias1/bias2[s - s0] =
+        1 - beta**t of the step's count t; eps). l2 on ``params[:n_pen]``.
+        Buffers: sums, red float64 (P+4,) (local and reduced [grad_sum, correct, counted,
+        loss_sum, weight_sum]); send32/recv32 float32 (P+4,) for float32 on the wire, else size
+        0 (float64: sums -> red directly); grad float64 (P,). dtype_h, op_h, comm_h: MPI handles
+        (the datatype matches the wire buffers, the op is MPI_SUM).
+        progress: int64 (1,), incremented after each step (the watchdog's heartbeat);
+        stats: float64 (3,): stats[0] += seconds inside MPI_Allreduce (with the float32 casts),
+        stats[1] = the MPI error code of a failed call (0 otherwise), stats[2] += seconds in the
+        kernel and the batch's weight sum (MPI_Wtime, ~20 ns a call).
+
+        Returns the number of steps completed. Fewer than ``s1 - s0``: the reduced gradient of
+        step ``s0 + returned`` was not finite (red holds its sums; params not updated) or the
+        Allreduce failed (stats[1] != 0).
+        """
+        P = params.size
+        n_tail = sums.size - P
+        wire32 = send32.size != 0
+        for s in range(s0, s1):
+            rows = order[starts[s]:starts[s + 1]]
+            for j in range(sums.size):
+                sums[j] = 0.0
+            grad_sum = sums[:P]
+            tk = native.mpi_wtime()
+            # with_loss: a run-time False (s1 < s0), not the literal, which would make Numba compile
+            # a second specialisation of the kernel for Literal[bool](False) (~6 s)
+            if link == LOGISTIC:
+                sums[P + n_tail - 2] = kernels.logistic_loss_grad(X, y, sw, params, rows, grad_sum, s1 < s0)
+            elif link == LINEAR:
+                sums[P + n_tail - 2] = kernels.linear_loss_grad(X, y, sw, params, rows, grad_sum, s1 < s0)
+            sums[P + n_tail - 1] = _rows_weight_sum(sw, rows)
+            t0 = native.mpi_wtime()
+            stats[2] += t0 - tk
+            if wire32:
+                for j in range(sums.size):
+                    send32[j] = sums[j]
+                rc = native.mpi_allreduce(send32, recv32, sums.size, dtype_h, op_h, comm_h)
+                for j in range(sums.size):
+                    red[j] = recv32[j]
+            else:
+                rc = native.mpi_allreduce(sums, red, sums.size, dtype_h, op_h, comm_h)
+            stats[0] += native.mpi_wtime() - t0
+            if rc != 0:
+                stats[1] = rc
+                return s - s0
+            gnorm2 = _mean_gradient_norm2(red[:P], 1.0 / red[P + n_tail - 1], params, l2, n_pen, grad)
+            if not math.isfinite(gnorm2):
+                return s - s0
+            k = s - s0
+            if opt_kind == ADAM_KIND:
+                _adam_update(params, grad, m, v, lrs[k], beta1, beta2, bias1[k], bias2[k], eps)
+            else:
+                _sgd_update(params, grad, velocity, lrs[k], momentum, nesterov)
+            progress[0] += 1
+        return s1 - s0
+
+    return glm_steps
+
+
+logistic_steps = _make_steps(LOGISTIC)
+linear_steps = _make_steps(LINEAR)
+no_kernel_steps = _make_steps(NO_KERNEL)
+
+
+_COMPILED: set = set()  # (loop, X dtype) compiled or loaded by this process
+
+
+def _link_of(model) -> int | None:
+    from ..models.linear import LinearRegression, LogisticRegression
+
+    # exact types: a wrapper (a streamed shard's model, a benchmark's timed model) keeps the Python loop
+    return {LinearRegression: LINEAR, LogisticRegression: LOGISTIC}.get(type(model))
+
+
+def why_not(model, shard, cfg, n_pen: int) -> str | None:
+    """Why this rank cannot run the compiled loop (None: it can). Local, no communication."""
+    from ..data.hdf5 import DenseShard
+
+    if getattr(cfg, "step_loop", "auto") == "python":
+        return "--step-loop python"
+    if not native.AVAILABLE:
+        return "MPI symbols not found in mpi4py's module"
+    if cfg.optimizer not in ("sgd", "adam"):
+        return f"optimizer {cfg.optimizer}"
+    if _link_of(model) is None:
+        return f"model {getattr(model, 'name', type(model).__name__)} (compiled: linear, logistic)"
+    if type(shard) is not DenseShard:
+        return "not a dense in-memory shard"
+    X = shard.X
+    if not (isinstance(X, np.ndarray) and X.ndim == 2 and X.flags.c_contiguous
+            and X.dtype in (np.float32, np.float64)):
+        return "X not a C-contiguous float32/float64 array"
+    if shard.y.dtype != np.float64 or shard.sw.dtype != np.float64:
+        return "labels or weights not float64"
+    if n_pen < 0:
+        return "penalised entries not a leading block"
+    return None
+
+
+class StepLoop:
+    """State and buffers of the compiled loop for one trainer and optimizer.
+
+    Parameters
+    ----------
+    model, shard : the trainer's (see :func:`why_not`)
+    comm : mpi4py communicator of the trainer
+    n_params, n_tail : lengths of the gradient and of the reduced scalars after it
+    comm_dtype : "float64" or "float32" (on the wire)
+    l2, n_pen : the penalty on params[:n_pen]
+    no_kernel : benchmarks only: the loop without its kernel (its own cost; wrong gradients)
+
+    ``seconds``: totals over all :meth:`run` calls: "kernel" (the kernel and the batch's weight
+    sum), "allreduce" (inside MPI_Allreduce, waiting for the slowest rank included) and "steps".
+    """
+
+    def __init__(self, model, shard, comm, n_params: int, n_tail: int, comm_dtype: str, l2: float, n_pen: int,
+                 no_kernel: bool = False):
+        self.shard, self.link = shard, _link_of(model)
+        self.fn = no_kernel_steps if no_kernel else logistic_steps if self.link == LOGISTIC else linear_steps
+        n = n_params + n_tail
+        if n >= 2**31:
+            raise ValueError(f"{n} values exceed one MPI_Allreduce's int count")
+        self.sums = np.zeros(n)
+        self.red = np.zeros(n)
+        self.grad = np.zeros(n_params)
+        wire = np.float32 if comm_dtype == "float32" else np.float64
+        self.send32 = np.zeros(n if wire == np.float32 else 0, dtype=np.float32)
+        self.recv32 = np.zeros_like(self.send32)
+        self.handles = (native.dtype_handle(wire), native.handle(MPI.SUM), native.handle(comm))
+        self.l2, self.n_pen = float(l2), int(n_pen)
+        self.progress = np.zeros(1, dtype=np.int64)
+        self.stats = np.zeros(3)
+        self.seconds = {"kernel": 0.0, "allreduce": 0.0, "steps": 0}
+        self._empty = np.zeros(0)
+        # compiled (or loaded) in this process already: for these dtypes, every rank has it too
+        self._key = (self.fn, np.dtype(shard.X.dtype))  # the loop's one specialisation per X dtype
+        self.compiled = self._key in _COMPILED
+
+    def compile(self) -> None:
+        """Compile (or load) the loop for this shard's dtypes: a call with no steps (no MPI call).
+
+        Shares no cached function with the kernels' warm-up groups (see the note at
+        ``_loss_grad``), so it is a warm-up group of its own (mpidml.train.warm_up_groups)."""
+        P = self.grad.size
+        e = self._empty
+        self.fn(self.shard.X, self.shard.y, self.shard.sw, np.zeros(P), np.zeros(0, dtype=np.int64),
+                  np.zeros(1, dtype=np.int64), 0, 0, e, SGD_KIND, e, 0.0, False, e, e, 0.9, 0.999, e, e, 1e-8,
+                  self.l2, self.n_pen, self.sums, self.send32, self.recv32, self.red, self.grad, *self.handles,
+                  self.progress, self.stats)
+        self.compiled = True
+        _COMPILED.add(self._key)
+
+    def run(self, params, plan, s0: int, s1: int, lrs, opt) -> tuple[int, float]:
+        """Steps s0 .. s1-1 of ``plan``'s epoch with ``opt`` (optim.SGD or optim.Adam, updated in place).
+
+        ``lrs``: the learning rates of those steps. Returns (steps completed, seconds in
+        MPI_Allreduce); raises mpi4py.MPI.Exception if an Allreduce failed. Fewer steps than
+        asked and no exception: the next step's reduced gradient is not finite (``self.red``
+        holds its sums).
+        """
+        n = s1 - s0
+        lrs = np.asarray(lrs, dtype=np.float64)
+        if not (lrs.shape == (n,) and np.all(np.isfinite(lrs)) and np.all(lrs >= 0.0)):
+            raise ValueError("step lr must be finite and >= 0")
+        e = self._empty
+        if getattr(opt, "name", "") == "adam":
+            t = opt.t + 1 + np.arange(n, dtype=np.float64)
+            # the Python loop's 1.0 - beta ** t, per step (Python float power, as optim.Adam)
+            bias1 = np.array([1.0 - opt.beta1 ** int(k) for k in t]) if n else e
+            bias2 = np.array([1.0 - opt.beta2 ** int(k) for k in t]) if n else e
+            kind, vel, mom, nest, m, v, b1, b2, eps = ADAM_KIND, e, 0.0, False, opt.m, opt.v, opt.beta1, opt.beta2, opt.eps
+        else:
+            bias1 = bias2 = e
+            kind, vel, mom, nest, m, v, b1, b2, eps = (SGD_KIND, opt._velocity, opt.momentum, opt.nesterov, e, e,
+                                                       0.9, 0.999, 1e-8)
+        self.stats[:] = 0.0
+        sh = self.shard
+        done = self.fn(sh.X, sh.y, sh.sw, params, plan.order, plan.starts, s0, s1, lrs, kind, vel, mom,
+                         nest, m, v, b1, b2, bias1, bias2, eps, self.l2, self.n_pen, self.sums, self.send32,
+                         self.recv32, self.red, self.grad, *self.handles, self.progress, self.stats)
+        opt.t += done
+        self.seconds["kernel"] += float(self.stats[2])
+        self.seconds["allreduce"] += float(self.stats[0])
+        self.seconds["steps"] += int(done)
+        if self.stats[1] != 0:
+            raise MPI.Exception(int(self.stats[1]))
+        return int(done), float(self.stats[0])

@@ -1,0 +1,93 @@
+"""The compiled mini-batch loop (mpidml.parallel.steploop) gives bitwise the Python loop's result.
+
+Run under mpirun -n 1, 2, 3 (uneven shards: N = 1003). Each case trains twice on all ranks, with
+``--step-loop auto`` (the compiled loop between log points) and ``--step-loop python`` (every
+step in Python, the loop the other tests check against NumPy and the one-rank result), and
+requires the same bits, plus that the compiled loop really ran most of the steps.
+"""
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from mpidml.comm import Context
+from mpidml.errors import DivergedError
+
+from helpers import make_problem, train
+
+pytestmark = pytest.mark.mpi
+
+# log_every: the default, ~10 lines per epoch, logs every step of these small epochs
+CASES = {
+    "logistic-sgd": ("logistic", dict(optimizer="sgd", lr=0.2, batch_size=64, epochs=3, log_every=7)),
+    "logistic-momentum-f32wire": ("logistic", dict(optimizer="sgd", lr=0.1, batch_size=100, epochs=3, momentum=0.9,
+                                                   comm_dtype="float32", log_every=5)),
+    "linear-nesterov-step": ("linear", dict(optimizer="sgd", lr=0.05, batch_size=50, epochs=2, momentum=0.9,
+                                            nesterov=True, lr_schedule="step", log_every=6)),
+    "logistic-adam-cosine": ("logistic", dict(optimizer="adam", lr=0.01, batch_size=97, epochs=4,
+                                              lr_schedule="cosine", log_every=4)),
+    "linear-adam-f32wire-noshuffle": ("linear", dict(optimizer="adam", lr=0.02, batch_size=128, epochs=2,
+                                                     comm_dtype="float32", shuffle="none", log_every=5)),
+    "logistic-logevery3": ("logistic", dict(optimizer="sgd", lr=0.2, batch_size=40, epochs=2, log_every=3,
+                                            momentum=0.5)),
+}
+
+
+def _both(kind, options, X, y, sw=None):
+    ctx = Context(MPI.COMM_WORLD)
+    got, trainer = train(ctx, X, y, sw=sw, model=kind, l2=1e-3, seed=7, **options)
+    ref, ref_trainer = train(ctx, X, y, sw=sw, model=kind, l2=1e-3, seed=7, step_loop="python", **options)
+    return got, trainer, ref, ref_trainer
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("x_dtype", ["float64", "float32"])
+def test_compiled_loop_equals_python_loop_bitwise(name, weighted, x_dtype):
+    kind, options = CASES[name]
+    X, y = make_problem(kind, n=1003, d=7, seed=3)
+    X = X.astype(x_dtype)
+    sw = np.random.default_rng(5).uniform(0.1, 3.0, len(y)) if weighted else None
+    got, trainer, ref, ref_trainer = _both(kind, options, X, y, sw)
+    assert trainer.summary_section()["step_loop"]["loop"] == "compiled"
+    assert ref_trainer.summary_section()["step_loop"] == {"loop": "python", "python_because": "--step-loop python"}
+    loop = trainer._step_loop
+    # most steps ran compiled (the logged ones, and the last, in Python), and were counted
+    assert loop.seconds["steps"] >= 0.5 * trainer.steps and int(loop.progress[0]) == loop.seconds["steps"]
+    assert trainer.steps == ref_trainer.steps
+    assert np.array_equal(got, ref), f"max |diff| {np.max(np.abs(got - ref))}"
+    # ... and the replicas are bitwise identical on every rank
+    world = MPI.COMM_WORLD
+    gathered = world.allgather(got.tobytes())
+    assert all(g == gathered[0] for g in gathered)
+
+
+def test_compiled_loop_reports_divergence_like_the_python_loop():
+    X, y = make_problem("linear", n=1003, d=7, seed=3)
+    messages = []
+    for loop in ("auto", "python"):
+        with pytest.raises(DivergedError) as err:
+            train(Context(MPI.COMM_WORLD), X, y, model="linear", optimizer="sgd", lr=1e6, batch_size=50, epochs=3,
+                  log_every=1000, step_loop=loop)
+        messages.append(str(err.value))
+    assert "diverged at step" in messages[0] and "loss=" in messages[0]
+    assert messages[0] == messages[1]
+
+
+def test_one_rank_that_cannot_run_it_keeps_every_rank_in_python(monkeypatch):
+    """The choice is collective: if any rank cannot run the compiled loop, none does."""
+    from mpidml.parallel import steploop
+
+    ctx = Context(MPI.COMM_WORLD)
+    last = ctx.size - 1
+    real = steploop.why_not
+    monkeypatch.setattr(steploop, "why_not",
+                        lambda *a: "test: not this rank" if ctx.rank == last else real(*a))
+    X, y = make_problem("logistic", n=1003, d=7, seed=3)
+    got, trainer = train(ctx, X, y, model="logistic", optimizer="sgd", lr=0.2, batch_size=64, epochs=2, l2=1e-3)
+    section = trainer.summary_section()["step_loop"]
+    assert section["loop"] == "python"
+    assert section["python_because"] == ("test: not this rank" if ctx.rank == last else "another rank cannot run it")
+    ref, _ = train(ctx, X, y, model="logistic", optimizer="sgd", lr=0.2, batch_size=64, epochs=2, l2=1e-3,
+                   step_loop="python")
+    assert np.array_equal(got, ref)
