@@ -11,7 +11,11 @@ interleaved so that machine noise hits all parts alike:
 
 * ``step``: the real thing, ``AllreduceTrainer.fit`` (SGD, global batch B, ``--epochs`` epochs;
   per-epoch shuffle, row selection, kernel, Allreduce, gradient finish, optimizer, logging
-  checks, heartbeat, replica check), wall time / steps, the max over ranks;
+  checks, heartbeat, replica check), wall time / steps, the max over ranks. ``step_loop`` says
+  which loop ran: ``compiled`` (linear and logistic: runs of steps between log points in one
+  Numba call that calls MPI_Allreduce itself, mpidml.parallel.steploop) or ``python``;
+  ``python_loop`` is the same fit with ``--step-loop python`` in the same repeats, and
+  ``in_compiled_loop`` the compiled loop's own MPI_Wtime timers;
 * ``kernel``: ``model.loss_grad`` alone on exactly the rows each rank gets at each step of the
   same run (loss computed on the same steps as the trainer logs). A synchronous step waits
   for the slowest rank, so the per-step MAX over ranks is summed (``kernel``); the per-rank
@@ -20,7 +24,7 @@ interleaved so that machine noise hits all parts alike:
   (P+4)-long float64 buffer ([gradient sum, correct, counted, loss sum, weight sum]), back to back, once per step;
 * ``optimizer``: ``opt.step(params, grad, lr=...)`` alone.
 
-``in_loop``: the same trainer run once more per repeat with timers inside the loop (the
+``in_loop``: the same trainer (Python loop) run once more per repeat with timers inside the loop (the
 model's kernel call, the logged batch accuracy, and per step each rank's arrival at and
 departure from the Allreduce; the ranks share one node's monotonic clock): the kernel as it
 runs in the loop, the wait for the slowest rank, the Allreduce after the last rank arrived,
@@ -143,8 +147,12 @@ def worker(args) -> int:
     dtypes = ["float64", "float32"] if has_comm_dtype else ["float64"]
     lr = 0.05
 
-    def cfg_for(dtype):
+    has_step_loop = "step_loop" in TrainConfig.__dataclass_fields__
+
+    def cfg_for(dtype, step_loop="auto"):
         extra = {"comm_dtype": dtype} if has_comm_dtype else {}
+        if has_step_loop:
+            extra["step_loop"] = step_loop
         return TrainConfig(data="<memory>", out="<none>", progress="none", model=args.model, optimizer="sgd",
                            lr=lr, momentum=args.momentum, batch_size=B, epochs=args.epochs, seed=0, l2=1e-4,
                            **extra)
@@ -156,9 +164,11 @@ def worker(args) -> int:
     def max_over_ranks(x: float) -> float:
         return ctx.allreduce_scalar(x, op="max")
 
-    def real_steps(dtype):
+    loops_used = {}
+
+    def real_steps(dtype, step_loop="auto"):
         """Wall seconds per step of AllreduceTrainer.fit, plus the trainer's own split."""
-        cfg = cfg_for(dtype)
+        cfg = cfg_for(dtype, step_loop)
         trainer = AllreduceTrainer(ctx, model, shard, cfg, Reporter(None, enabled=False), float(N))
         params = model.init_params()
         before = dict(ctx.timers.seconds)
@@ -167,6 +177,13 @@ def worker(args) -> int:
         trainer.fit(params)
         t = time.perf_counter() - t0
         split = {k: (ctx.timers.seconds[k] - before[k]) / trainer.steps for k in ("compute", "comm")}
+        loop = getattr(trainer, "_step_loop", None)
+        compiled = loop is not None and loop is not False
+        loops_used[step_loop] = "compiled" if compiled else "python"
+        if compiled:  # the compiled loop's own timers: per step of the steps it ran
+            n = max(1, loop.seconds["steps"])
+            split["in_compiled_loop"] = {"kernel": loop.seconds["kernel"] / n, "allreduce": loop.seconds["allreduce"] / n,
+                                         "share_of_steps": loop.seconds["steps"] / trainer.steps}
         return max_over_ranks(t) / trainer.steps, split, params
 
     class NullModel:
@@ -180,9 +197,21 @@ def worker(args) -> int:
         def loss_grad(self, shard, params, rows, grad, with_loss=True):
             return 0.0
 
-    def null_steps():
-        trainer = AllreduceTrainer(ctx, NullModel(), shard, cfg_for("float64"), Reporter(None, enabled=False),
-                                   float(N))
+    def null_steps(compiled=False):
+        """Seconds per step of the loop with a no-op kernel: the Python loop (NullModel), or
+        (compiled) the compiled loop without its kernel call (steploop.NO_KERNEL)."""
+        if compiled:
+            from mpidml.parallel.steploop import StepLoop
+
+            # the no-op model for the logged steps (Python), the loop without kernel for the others
+            trainer = AllreduceTrainer(ctx, NullModel(), shard, cfg_for("float64"), Reporter(None, enabled=False),
+                                       float(N))
+            null = StepLoop(model, shard, comm, P, 4, "float64", trainer.l2, model.penalized.stop, no_kernel=True)
+            null.compile()
+            trainer._step_loop = null
+        else:
+            trainer = AllreduceTrainer(ctx, NullModel(), shard, cfg_for("float64", "python"),
+                                       Reporter(None, enabled=False), float(N))
         params = model.init_params()
         ctx.barrier()
         t0 = time.perf_counter()
@@ -216,7 +245,8 @@ def worker(args) -> int:
     def in_loop_steps():
         """One timed fit: per-step means (seconds) of the parts, averaged over ranks."""
         timed = TimedModel(model)
-        trainer = AllreduceTrainer(ctx, timed, shard, cfg_for("float64"), Reporter(None, enabled=False), float(N))
+        trainer = AllreduceTrainer(ctx, timed, shard, cfg_for("float64", "python"), Reporter(None, enabled=False),
+                                   float(N))
         reduce_sums = trainer._allreduce_sums
         marks = []
 
@@ -319,19 +349,31 @@ def worker(args) -> int:
             opt.step(p, g, lr=schedule(step))
         return max_over_ranks((time.perf_counter() - t0) / total)
 
-    rec = {d: {"step": [], "compute": [], "comm": []} for d in dtypes}
+    rec = {d: {"step": [], "compute": [], "comm": [], "in_compiled_loop": []} for d in dtypes}
+    rec_py, rec_null_compiled = [], []
     rec_kernel, rec_kernel_mean, rec_ar, rec_ar32, rec_opt, rec_null, rec_perm = [], [], [], [], [], [], []
     rec_loop, rec_probe = [], []
     sizes = [int(s) for s in args.comm_sizes.split(",") if s]
     rec_sizes = {n: {"float64": [], "float32": []} for n in sizes}
     params_end = model.init_params()
-    real_steps("float64")  # warm-up (first-touch of pages, caches)
+    real_steps("float64")  # warm-up (first-touch of pages, caches; compiles the step loop)
+    compiled = loops_used["auto"] == "compiled"
+    if has_step_loop:
+        real_steps("float64", "python")
+    if compiled:
+        null_steps(compiled=True)
     for _ in range(args.repeats):
         for d in dtypes:
             t, split, params_end = real_steps(d)
             rec[d]["step"].append(t)
             rec[d]["compute"].append(split["compute"])
             rec[d]["comm"].append(split["comm"])
+            if "in_compiled_loop" in split:
+                rec[d]["in_compiled_loop"].append(split["in_compiled_loop"])
+        if has_step_loop:
+            rec_py.append(real_steps("float64", "python")[0])
+        if compiled:
+            rec_null_compiled.append(null_steps(compiled=True))
         kmax, kmean = kernel_alone(params_end)
         rec_kernel.append(kmax)
         rec_kernel_mean.append(kmean)
@@ -363,12 +405,14 @@ def worker(args) -> int:
     other = [s - k - a - o for s, k, a, o in zip(rec["float64"]["step"], rec_kernel, rec_ar, rec_opt)]
     frac = [x / s for x, s in zip(other, rec["float64"]["step"])]
     by_sub = (step["min"] - kern["min"] - ar["min"] - opt["min"]) / step["min"]
-    by_null = (min(rec_null) - ar["min"] - opt["min"]) / step["min"]
+    null_default = rec_null_compiled if compiled else rec_null  # the no-op-kernel twin of the loop "step" ran
+    by_null = (min(null_default) - ar["min"] - opt["min"]) / step["min"]
     out = {
         "benchmark": "bench_step",
         "what": "one AllreduceTrainer mini-batch SGD step split into kernel / Allreduce / optimizer / other",
         "ranks": size, "rows": N, "features": D, "model": args.model, "n_params": P, "batch_global": B,
         "steps_per_run": total, "repeats": args.repeats, "optimizer_config": f"sgd momentum={args.momentum}",
+        "step_loop": loops_used["auto"],
         "unit": "microseconds per step (min, median over repeats)",
         "step": in_us(rec["float64"]["step"]),
         "kernel": in_us(rec_kernel),
@@ -388,6 +432,10 @@ def worker(args) -> int:
             "null_model_loop_minus_shuffle_allreduce_optimizer": in_us(
                 [n - p - a - o for n, p, a, o in zip(rec_null, rec_perm, rec_ar, rec_opt)]),
             "epoch_permutation_fraction_of_step": S([p / s for p, s in zip(rec_perm, rec["float64"]["step"])]),
+            **({"null_model_compiled_loop": in_us(rec_null_compiled),
+                "null_model_compiled_loop_minus_shuffle_allreduce_optimizer": in_us(
+                    [n - p - a - o for n, p, a, o in zip(rec_null_compiled, rec_perm, rec_ar, rec_opt)])}
+               if compiled else {}),
         },
         "after_kernel_probe": {
             "what": "the loop's work after the Allreduce (gradient finish + SGD step, two Numba calls on "
@@ -399,6 +447,9 @@ def worker(args) -> int:
             "ratio": {"min": min(c for c, _ in rec_probe) / min(w for _, w in rec_probe),
                       "median": float(np.median([c for c, _ in rec_probe]) / np.median([w for _, w in rec_probe]))},
         },
+        "python_loop": _python_loop(rec_py, rec["float64"]["step"], kern, ar, opt, in_us) if rec_py else None,
+        "in_compiled_loop": _in_compiled(rec["float64"]["in_compiled_loop"], rec_kernel_mean, in_us)
+        if rec["float64"]["in_compiled_loop"] else None,
         "in_loop": _in_loop(rec_loop, rec_kernel_mean, rec_ar, in_us) if rec_loop else
         {"what": "not measured: the ranks are on more than one node (no shared clock)"},
         "parts_fraction_of_step_min": {"kernel": kern["min"] / step["min"], "allreduce": ar["min"] / step["min"],
@@ -409,8 +460,10 @@ def worker(args) -> int:
             "applies": bool(B >= 4096 and size == 2),
             "how": "two estimates of 'other' / step, each from the minimum (least disturbed) time of every "
                    "part: by subtraction, min(step) - min(kernel) - min(allreduce) - min(optimizer); and "
-                   "from the no-op-kernel loop, min(null_model_loop) - min(allreduce) - min(optimizer). "
-                   "Met only if both are <= 5%; noisy when they differ by more than 5% of the step or one is < 0.",
+                   "from the no-op-kernel twin of the loop that 'step' ran (step_loop: the compiled loop "
+                   "without its kernel call, or the Python loop with a no-op model), min(null) - "
+                   "min(allreduce) - min(optimizer). Met only if both are <= 5%; noisy when they differ by "
+                   "more than 5% of the step or one is < 0.",
             "other_fraction_by_subtraction": by_sub,
             "other_fraction_from_null_model": by_null,
             "noisy": bool(by_sub < 0 or abs(by_sub - by_null) > 0.05),
@@ -440,6 +493,32 @@ def worker(args) -> int:
     return 0
 
 
+def _python_loop(rec_py, rec_step, kern, ar, opt, in_us) -> dict:
+    """The same fit with --step-loop python, measured in the same repeats."""
+    import numpy as np
+
+    return {"what": "AllreduceTrainer.fit with every step in Python (--step-loop python), same repeats; "
+                    "other_fraction_by_subtraction as for 'step'",
+            "step": in_us(rec_py),
+            "other_fraction_by_subtraction": (min(rec_py) - kern["min"] - ar["min"] - opt["min"]) / min(rec_py),
+            "step_ratio_default_over_python": {"min": min(rec_step) / min(rec_py),
+                                               "median": float(np.median(rec_step) / np.median(rec_py))}}
+
+
+def _in_compiled(recs, rec_kernel_mean, in_us) -> dict:
+    """The compiled loop's own timers (MPI_Wtime inside it) from the 'step' runs."""
+    import numpy as np
+
+    k = [r["kernel"] for r in recs]
+    return {"what": "the compiled loop's MPI_Wtime timers in the 'step' runs, rank 0, microseconds per step it "
+                    "ran (share_of_steps: the rest ran in Python: logged steps); kernel includes the batch's "
+                    "weight sum; allreduce includes the wait for the slower rank",
+            "kernel": in_us(k), "allreduce": in_us([r["allreduce"] for r in recs]),
+            "share_of_steps": float(np.median([r["share_of_steps"] for r in recs])),
+            "kernel_in_loop_over_alone": {"min": min(k) / min(rec_kernel_mean),
+                                          "median": float(np.median(k) / np.median(rec_kernel_mean))}}
+
+
 def _in_loop(rec_loop, rec_kernel_mean, rec_ar, in_us) -> dict:
     """The in_loop block of the JSON from the timed fits (see the module docstring)."""
     import numpy as np
@@ -447,7 +526,8 @@ def _in_loop(rec_loop, rec_kernel_mean, rec_ar, in_us) -> dict:
     names = ["step", "kernel", "batch_accuracy", "allreduce_wait_for_slowest_rank",
              "allreduce_after_last_arrival", "allreduce_total", "rest"]
     cols = list(zip(*rec_loop))
-    out = {"what": "one more AllreduceTrainer fit per repeat with timers in the loop; microseconds per step, "
+    out = {"what": "one more AllreduceTrainer fit per repeat with timers in the loop (the Python loop: its "
+                   "model is wrapped, which keeps it out of the compiled loop); microseconds per step, "
                    "mean over ranks, min and median over repeats. kernel: model.loss_grad as called by the "
                    "trainer; batch_accuracy: the logged steps' batch_hits, spread over all steps; "
                    "allreduce_wait_for_slowest_rank: from this rank's arrival at the step's Allreduce to the "
