@@ -44,8 +44,16 @@ MPIDML = [sys.executable, "-m", "mpidml"]
 
 def train_cmd(args, data, out, extra=()):
     return benchlib.mpirun(args.ranks) + MPIDML + [
-        "train", data, "--model", args.model, "--optimizer", "lbfgs", "--max-iter", str(args.iters), "--tol", "0",
+        "train", data, "--model", args.model, *optimizer_args(args),
         "--out", out, "--overwrite", "--progress", "none", *extra]
+
+
+def optimizer_args(args):
+    """L-BFGS for --iters iterations, or (--optimizer sgd) one epoch of SGD with a large batch,
+    which also compiles the step loop (mpidml.parallel.steploop) for linear/logistic."""
+    if args.optimizer == "sgd":
+        return ["--optimizer", "sgd", "--epochs", "1", "--batch-size", str(max(1, args.rows // 4))]
+    return ["--optimizer", "lbfgs", "--max-iter", str(args.iters), "--tol", "0"]
 
 
 def one_start(args, data, work, cache_dir, tag):
@@ -92,7 +100,8 @@ def thread_probe(args, data, work):
     """Threads of every rank while it trains (sampled from /proc), and `mpidml info` pools."""
     out = os.path.join(work, "run_threads")
     cmd = train_cmd(args, data, out)
-    cmd[cmd.index("--max-iter") + 1] = "100000"
+    long_run = "--max-iter" if "--max-iter" in cmd else "--epochs"  # long enough to be sampled
+    cmd[cmd.index(long_run) + 1] = "100000"
     cmd += ["--timeout", "120"]  # the watchdog is a thread too: show it
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=benchlib.mpi_env(threads=None))
@@ -159,6 +168,8 @@ def main():
     ap.add_argument("--model", default="logistic", choices=("logistic", "softmax"))
     ap.add_argument("--classes", type=int, default=10, help="softmax classes")
     ap.add_argument("--iters", type=int, default=2, help="L-BFGS iterations per run (start-up is the point)")
+    ap.add_argument("--optimizer", default="lbfgs", choices=("lbfgs", "sgd"),
+                    help="sgd: one epoch of 4 steps, with the compiled step loop (linear, logistic)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--workdir", default=None)
@@ -185,7 +196,7 @@ def main():
         "benchmark": "bench_startup",
         "command": " ".join([os.path.relpath(sys.executable), "scripts/bench_startup.py"] + sys.argv[1:]),
         "ranks": args.ranks, "rows": args.rows, "features": args.features, "repeats": args.repeats,
-        "model": args.model, "classes": args.classes if args.model == "softmax" else None,
+        "model": args.model, "optimizer": args.optimizer, "classes": args.classes if args.model == "softmax" else None,
         "unit": "seconds (min, median over repeats)",
         "cold_cache": {k: benchlib.stats([c[k] for c in cold]) for k in keys},
         "warm_cache": {k: benchlib.stats([w[k] for w in warm]) for k in keys},

@@ -46,6 +46,18 @@ def test_bench_step_quick():
     assert loop["allreduce_total"]["min"] >= loop["allreduce_after_last_arrival"]["min"] > 0
     assert doc["target"]["applies"] and "other_fraction_by_subtraction" in doc["target"]
     assert doc["comm_dtype_float32"]["bytes_per_step"]["float32"] * 2 == doc["comm_dtype_float32"]["bytes_per_step"]["float64"]
+    # logistic SGD runs the compiled step loop; the same fit in Python is measured beside it
+    assert doc["step_loop"] == "compiled" and positive(doc["python_loop"]["step"])
+    assert doc["in_compiled_loop"]["share_of_steps"] > 0.25 and positive(doc["in_compiled_loop"]["kernel"])
+    assert positive(doc["other_parts"]["null_model_compiled_loop"])
+
+
+def test_bench_startup_quick_sgd():
+    """Cold and warm start with the compiled step loop: no cache file written by two ranks."""
+    doc = bench("bench_startup.py", "--quick", "--optimizer", "sgd", timeout=600)
+    assert doc["optimizer"] == "sgd"
+    assert positive(doc["cold_cache"]["launch_to_first_step"]) and positive(doc["warm_cache"]["launch_to_first_step"])
+    assert doc["cache_race"]["race_free"] and doc["cache_race"]["files_compiled_by_more_than_one_rank"] == []
 
 
 def test_bench_csr_quick():
