@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(t, "strategy", str, "allreduce (default) | ps (parameter server on rank 0; sgd/adam only)")
     _flag(t, "comm-dtype", str, "allreduce: float64 (default) | float32: gradients travel as float32 (half "
           "the bytes); parameters, optimizer state and the objective stay float64")
-    _flag(t, "step-loop", str, "allreduce sgd/adam: auto (default; dense linear/logistic steps run in one compiled "
+    _flag(t, "step-loop", str, "allreduce sgd/adam: auto (default; linear/logistic/softmax steps run in one compiled "
           "loop that calls MPI itself) | python (every step in Python; bitwise the same result)")
     _flag(t, "optimizer", str, "sgd | adam | gd | lbfgs | als (mf only) (default lbfgs)")
     _flag(t, "lr", float, "learning rate for sgd, adam and gd (default 0.1)")

@@ -169,7 +169,7 @@ def main():
     ap.add_argument("--classes", type=int, default=10, help="softmax classes")
     ap.add_argument("--iters", type=int, default=2, help="L-BFGS iterations per run (start-up is the point)")
     ap.add_argument("--optimizer", default="lbfgs", choices=("lbfgs", "sgd"),
-                    help="sgd: one epoch of 4 steps, with the compiled step loop (linear, logistic)")
+                    help="sgd: one epoch of 4 steps, with the compiled step loop")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--workdir", default=None)

@@ -115,7 +115,14 @@ def test_which_runs_use_the_compiled_loop():
     assert why_not(logistic, shard_of(X.astype(np.float32), y, 0, 1), _cfg(), 5) is None
     assert why_not(logistic, shard, _cfg(step_loop="python"), 5) == "--step-loop python"
     assert why_not(logistic, shard, _cfg(optimizer="lbfgs"), 5) == "optimizer lbfgs"
-    assert "model softmax" in why_not(make_model("softmax", 5, 3), shard, _cfg(model="softmax"), 10)
+    Xs, ys = make_problem("softmax", n=40, d=5, k=3)
+    assert why_not(make_model("softmax", 5, 3), shard_of(Xs, ys, 0, 1), _cfg(model="softmax"), 15) is None
+    assert "labels" in why_not(make_model("softmax", 5, 3), shard, _cfg(model="softmax"), 15)  # float64 labels
+    assert "model mlp" in why_not(make_model("mlp", 5, 3, "4"), shard_of(Xs, ys, 0, 1), _cfg(model="mlp"), 20)
+    from sparse_helpers import csr_shard_of, sparse_problem
+
+    A, ya = sparse_problem("logistic", n=40, d=30)
+    assert why_not(logistic, csr_shard_of(A, ya, 0, 1), _cfg(), 30) is None
     fortran = shard_of(X, y, 0, 1)
     fortran.X = np.asfortranarray(fortran.X)
     assert "C-contiguous" in why_not(logistic, fortran, _cfg(), 5)

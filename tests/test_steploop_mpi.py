@@ -30,23 +30,47 @@ CASES = {
                                                      comm_dtype="float32", shuffle="none", log_every=5)),
     "logistic-logevery3": ("logistic", dict(optimizer="sgd", lr=0.2, batch_size=40, epochs=2, log_every=3,
                                             momentum=0.5)),
+    "softmax-sgd": ("softmax", dict(optimizer="sgd", lr=0.2, batch_size=64, epochs=2, momentum=0.9, log_every=7)),
+    "softmax-adam-f32wire": ("softmax", dict(optimizer="adam", lr=0.02, batch_size=100, epochs=2,
+                                             comm_dtype="float32", log_every=4)),
 }
 
 
 def _both(kind, options, X, y, sw=None):
     ctx = Context(MPI.COMM_WORLD)
+    if hasattr(X, "indptr"):  # scipy CSR: the sparse shards and kernels
+        from sparse_helpers import csr_shard_of, train_shard
+
+        shard = csr_shard_of(X, y, ctx.rank, ctx.size, sw)
+        n_classes, w = int(y.max()) + 1 if kind == "softmax" else 2, float(len(y) if sw is None else sw.sum())
+        got, trainer = train_shard(ctx, shard, n_classes, w, model=kind, l2=1e-3, seed=7, **options)
+        ref, ref_trainer = train_shard(ctx, shard, n_classes, w, model=kind, l2=1e-3, seed=7, step_loop="python",
+                                       **options)
+        return got, trainer, ref, ref_trainer
     got, trainer = train(ctx, X, y, sw=sw, model=kind, l2=1e-3, seed=7, **options)
     ref, ref_trainer = train(ctx, X, y, sw=sw, model=kind, l2=1e-3, seed=7, step_loop="python", **options)
     return got, trainer, ref, ref_trainer
 
 
+def _problem(name, x_dtype):
+    kind, options = CASES[name]
+    if x_dtype.startswith("csr"):
+        from sparse_helpers import sparse_problem
+
+        A, y = sparse_problem("softmax" if kind == "softmax" else "logistic", n=1003, d=300, k=4, seed=3)
+        if kind == "linear":
+            y = y + 0.1 * np.random.default_rng(2).standard_normal(len(y))
+        A.data = A.data.astype(x_dtype.split("-")[1])
+        return kind, options, A, y
+    X, y = make_problem(kind, n=1003, d=7, k=4, seed=3)
+    return kind, options, X.astype(x_dtype), y
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
-@pytest.mark.parametrize("x_dtype", ["float64", "float32"])
+@pytest.mark.parametrize("x_dtype", ["float64", "float32", "csr-float64", "csr-float32"])
 def test_compiled_loop_equals_python_loop_bitwise(name, weighted, x_dtype):
-    kind, options = CASES[name]
-    X, y = make_problem(kind, n=1003, d=7, seed=3)
-    X = X.astype(x_dtype)
+    kind, options, X, y = _problem(name, x_dtype)
     sw = np.random.default_rng(5).uniform(0.1, 3.0, len(y)) if weighted else None
     got, trainer, ref, ref_trainer = _both(kind, options, X, y, sw)
     assert trainer.summary_section()["step_loop"]["loop"] == "compiled"

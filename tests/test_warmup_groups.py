@@ -57,7 +57,8 @@ def _saved(kind, group, cache, env):
 
 
 @pytest.mark.parametrize("kind", ["logistic", "linear", "softmax-10", "softmax-3", "mlp", "csr-logistic",
-                                  "csr-softmax", "logistic-loop", "linear-loop"])
+                                  "csr-softmax", "logistic-loop", "linear-loop", "softmax-10-loop", "csr-logistic-loop",
+                                  "csr-softmax-loop"])
 def test_warm_up_groups_compile_disjoint_kernels(tmp_path, kind):
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NUMBA_DEBUG_CACHE")}
     procs = [_saved(kind, g, tmp_path / f"cache{g}", env) for g in (0, 1)]  # both at once: 2 cores

@@ -1,17 +1,17 @@
 """The mini-batch step loop of the allreduce trainer, compiled: kernel, Allreduce, optimizer.
 
-Between two log points a mini-batch step of a dense linear or logistic model does nothing
-but: the loss kernel on this rank's rows of the batch, one Allreduce of
+Between two log points a mini-batch step of a linear, logistic or softmax model (dense or CSR
+rows) does nothing but: the loss kernel on this rank's rows of the batch, one Allreduce of
 ``[grad_sum (P), correct, counted, loss_sum, weight_sum]``, the gradient finish and the
 optimizer update. In Python each step also ran the interpreter, mpi4py's and NumPy's call
 overhead and the trainer's bookkeeping, all cache-cold after the kernel's sweep through L2
 (``scripts/bench_step.py``: ~50 us per step at a global batch of 4096, a sixth of the step).
-:func:`logistic_steps` runs a whole run of such steps in one Numba call that calls MPI itself
+:func:`_make_steps`' loops run a whole run of such steps in one Numba call that calls MPI itself
 (:mod:`mpidml.parallel.native`); Python takes over at the steps that log, checkpoint or
 end an epoch, and for every model, shard or option the compiled loop does not cover.
 
-It is the Python loop's arithmetic in the same order with the same kernels
-(``logistic_loss_grad`` / ``linear_loss_grad``, ``rows_weight_sum``,
+It is the Python loop's arithmetic in the same order with the same kernels (the model's
+``loss_grad`` kernel: ``logistic_loss_grad``, ``softmax_loss_grad_ws``, ``csr_...``; ``rows_weight_sum``,
 ``mean_gradient_norm2``, ``sgd_update`` / ``adam_update``) and the same reduction (one
 MPI_Allreduce of the same buffer, float64 or float32 on the wire), so both loops give
 bitwise the same parameters (``tests/test_steploop_mpi.py``); ``--step-loop python``
@@ -33,11 +33,14 @@ from ..kernels import update
 from ..kernels.util import FASTMATH, LINEAR, LOGISTIC
 from . import native
 
-__all__ = ["logistic_steps", "linear_steps", "StepLoop", "SGD_KIND", "ADAM_KIND"]
+__all__ = ["StepLoop", "why_not", "SGD_KIND", "ADAM_KIND"]
 
 SGD_KIND = 0
 ADAM_KIND = 1
-NO_KERNEL = -1  # a "link" with no kernel call: the loop's own cost (scripts/bench_step.py)
+# The model's kernel, a compile-time constant of each loop (the data tuple: dense (X,), CSR
+# (indptr, indices, data)).
+DENSE_LINEAR, DENSE_LOGISTIC, DENSE_SOFTMAX, CSR_LINEAR, CSR_LOGISTIC, CSR_SOFTMAX = LINEAR, LOGISTIC, 2, 3, 4, 5
+NO_KERNEL = -1  # no kernel call: the loop's own cost (scripts/bench_step.py)
 
 # The loop calls the model's loss kernel (the dispatcher the Python loop calls: its compiled code
 # is linked in) and private, uncached copies of the strict per-step kernels (same source,
@@ -50,20 +53,22 @@ _sgd_update = njit(nogil=True, fastmath=False)(update.sgd_update.py_func)
 _adam_update = njit(nogil=True, fastmath=False)(update.adam_update.py_func)
 
 
-def _make_steps(link: int):
-    """The compiled loop for one link (kernels.util.LINEAR or LOGISTIC), a compile-time constant
-    of the closure: only that link's branch of the kernel is compiled. (Numba keys a closure's
-    cache entries by its captured values, so the loops share one index file, not an entry.)
-    NO_KERNEL: the loop without the kernel call (for scripts/bench_step.py: the loop's own cost)."""
+def _make_steps(kind: int):
+    """The compiled loop for one kernel ``kind`` (DENSE_LOGISTIC, ...), a compile-time constant of
+    the closure: the other kinds' branches are pruned before typing, so only this kernel is
+    linked in. (Numba keys a closure's cache entries by its captured values, so the loops share
+    one index file, not an entry.) NO_KERNEL: the loop without a kernel call."""
 
     @njit(cache=True, nogil=True, fastmath=FASTMATH)
-    def glm_steps(X, y, sw, params, order, starts, s0, s1, lrs, opt_kind, velocity, momentum, nesterov,
-                  m, v, beta1, beta2, bias1, bias2, eps, l2, n_pen, sums, send32, recv32, red, grad,
-                  dtype_h, op_h, comm_h, progress, stats):
+    def steps(data, y, sw, params, order, starts, s0, s1, lrs, opt_kind, velocity, momentum, nesterov,
+              m, v, beta1, beta2, bias1, bias2, eps, l2, n_pen, sums, send32, recv32, red, grad,
+              dtype_h, op_h, comm_h, progress, stats, work, n_classes):
         """Mini-batch steps ``s0 .. s1-1`` of an epoch, each: kernel, Allreduce, gradient finish, update.
 
-        X: (n, D) float32/float64 C-contiguous; y, sw: float64 (n,) / (n,) or size 0;
-        params: float64 (P,) = [w, b], updated in place.
+        data: dense (X,) with X (n, D) float32/float64 C-contiguous, or CSR (indptr, indices,
+        data); y: float64 (n,) (softmax: int64 labels); sw: float64 (n,) or size 0;
+        params: float64 (P,), updated in place; work, n_classes: the softmax kernels' scratch
+        (model._work) and K.
         order, starts: the epoch's batch plan (:class:`mpidml.parallel.allreduce.EpochPlan`):
         step s uses the local rows ``order[starts[s]:starts[s+1]]``. lrs: float64, the learning
         rate of step s at ``lrs[s - s0]``. Optimizer: opt_kind SGD_KIND (velocity: float64 (P,)
@@ -93,10 +98,22 @@ def _make_steps(link: int):
             tk = native.mpi_wtime()
             # with_loss: a run-time False (s1 < s0), not the literal, which would make Numba compile
             # a second specialisation of the kernel for Literal[bool](False) (~6 s)
-            if link == LOGISTIC:
-                sums[P + n_tail - 2] = kernels.logistic_loss_grad(X, y, sw, params, rows, grad_sum, s1 < s0)
-            elif link == LINEAR:
-                sums[P + n_tail - 2] = kernels.linear_loss_grad(X, y, sw, params, rows, grad_sum, s1 < s0)
+            wl = s1 < s0
+            if kind == DENSE_LOGISTIC:
+                sums[P + n_tail - 2] = kernels.logistic_loss_grad(data[0], y, sw, params, rows, grad_sum, wl)
+            elif kind == DENSE_LINEAR:
+                sums[P + n_tail - 2] = kernels.linear_loss_grad(data[0], y, sw, params, rows, grad_sum, wl)
+            elif kind == DENSE_SOFTMAX:
+                sums[P + n_tail - 2] = kernels.softmax_loss_grad_ws(data[0], y, sw, params, rows, grad_sum, wl, work)
+            elif kind == CSR_LOGISTIC:
+                sums[P + n_tail - 2] = kernels.csr_logistic_loss_grad(data[0], data[1], data[2], y, sw, params, rows,
+                                                                      grad_sum, wl)
+            elif kind == CSR_LINEAR:
+                sums[P + n_tail - 2] = kernels.csr_linear_loss_grad(data[0], data[1], data[2], y, sw, params, rows,
+                                                                    grad_sum, wl)
+            elif kind == CSR_SOFTMAX:
+                sums[P + n_tail - 2] = kernels.csr_softmax_loss_grad_ws(data[0], data[1], data[2], y, sw, params,
+                                                                        rows, grad_sum, wl, n_classes, work)
             sums[P + n_tail - 1] = _rows_weight_sum(sw, rows)
             t0 = native.mpi_wtime()
             stats[2] += t0 - tk
@@ -123,26 +140,34 @@ def _make_steps(link: int):
             progress[0] += 1
         return s1 - s0
 
-    return glm_steps
+    return steps
 
 
-logistic_steps = _make_steps(LOGISTIC)
-linear_steps = _make_steps(LINEAR)
-no_kernel_steps = _make_steps(NO_KERNEL)
+_LOOPS = {k: _make_steps(k) for k in (DENSE_LINEAR, DENSE_LOGISTIC, DENSE_SOFTMAX, CSR_LINEAR, CSR_LOGISTIC,
+                                      CSR_SOFTMAX, NO_KERNEL)}
+_COMPILED: set = set()  # (kind, argument dtypes) compiled or loaded by this process
 
 
-_COMPILED: set = set()  # (loop, X dtype) compiled or loaded by this process
-
-
-def _link_of(model) -> int | None:
+def _kind_of(model, shard) -> int | None:
+    from ..data.csr import CSRShard
     from ..models.linear import LinearRegression, LogisticRegression
+    from ..models.softmax import SoftmaxRegression
 
     # exact types: a wrapper (a streamed shard's model, a benchmark's timed model) keeps the Python loop
-    return {LinearRegression: LINEAR, LogisticRegression: LOGISTIC}.get(type(model))
+    dense = {LinearRegression: DENSE_LINEAR, LogisticRegression: DENSE_LOGISTIC, SoftmaxRegression: DENSE_SOFTMAX}
+    kind = dense.get(type(model))
+    if kind is not None and type(shard) is CSRShard:
+        kind += CSR_LINEAR - DENSE_LINEAR
+    return kind
+
+
+def _data_of(shard) -> tuple:
+    return (shard.indptr, shard.indices, shard.data) if hasattr(shard, "indptr") else (shard.X,)
 
 
 def why_not(model, shard, cfg, n_pen: int) -> str | None:
     """Why this rank cannot run the compiled loop (None: it can). Local, no communication."""
+    from ..data.csr import CSRShard
     from ..data.hdf5 import DenseShard
 
     if getattr(cfg, "step_loop", "auto") == "python":
@@ -151,16 +176,23 @@ def why_not(model, shard, cfg, n_pen: int) -> str | None:
         return "MPI symbols not found in mpi4py's module"
     if cfg.optimizer not in ("sgd", "adam"):
         return f"optimizer {cfg.optimizer}"
-    if _link_of(model) is None:
-        return f"model {getattr(model, 'name', type(model).__name__)} (compiled: linear, logistic)"
-    if type(shard) is not DenseShard:
-        return "not a dense in-memory shard"
-    X = shard.X
-    if not (isinstance(X, np.ndarray) and X.ndim == 2 and X.flags.c_contiguous
-            and X.dtype in (np.float32, np.float64)):
-        return "X not a C-contiguous float32/float64 array"
-    if shard.y.dtype != np.float64 or shard.sw.dtype != np.float64:
-        return "labels or weights not float64"
+    kind = _kind_of(model, shard)
+    if kind is None:
+        return f"model {getattr(model, 'name', type(model).__name__)} (compiled: linear, logistic, softmax)"
+    if type(shard) is DenseShard:
+        X = shard.X
+        if not (isinstance(X, np.ndarray) and X.ndim == 2 and X.flags.c_contiguous
+                and X.dtype in (np.float32, np.float64)):
+            return "X not a C-contiguous float32/float64 array"
+    elif type(shard) is CSRShard:
+        if not (shard.indptr.dtype == np.int64 and shard.indices.dtype in (np.int32, np.int64)
+                and shard.data.dtype in (np.float32, np.float64)):
+            return "CSR arrays of unexpected dtypes"
+    else:
+        return "not an in-memory dense or CSR shard"
+    y_dtype = np.int64 if kind in (DENSE_SOFTMAX, CSR_SOFTMAX) else np.float64
+    if shard.y.dtype != y_dtype or shard.sw.dtype != np.float64:
+        return "labels or weights of unexpected dtypes"
     if n_pen < 0:
         return "penalised entries not a leading block"
     return None
@@ -184,8 +216,13 @@ class StepLoop:
 
     def __init__(self, model, shard, comm, n_params: int, n_tail: int, comm_dtype: str, l2: float, n_pen: int,
                  no_kernel: bool = False):
-        self.shard, self.link = shard, _link_of(model)
-        self.fn = no_kernel_steps if no_kernel else logistic_steps if self.link == LOGISTIC else linear_steps
+        self.shard, self.kind = shard, NO_KERNEL if no_kernel else _kind_of(model, shard)
+        self.fn = _LOOPS[self.kind]
+        self.data = _data_of(shard)
+        self.work = getattr(model, "_work", None)
+        if self.work is None:
+            self.work = np.zeros(0)
+        self.n_classes = int(getattr(model, "n_classes", 0) or 0)
         n = n_params + n_tail
         if n >= 2**31:
             raise ValueError(f"{n} values exceed one MPI_Allreduce's int count")
@@ -202,20 +239,20 @@ class StepLoop:
         self.seconds = {"kernel": 0.0, "allreduce": 0.0, "steps": 0}
         self._empty = np.zeros(0)
         # compiled (or loaded) in this process already: for these dtypes, every rank has it too
-        self._key = (self.fn, np.dtype(shard.X.dtype))  # the loop's one specialisation per X dtype
+        self._key = (self.kind, tuple(a.dtype for a in self.data), shard.y.dtype)
         self.compiled = self._key in _COMPILED
 
     def compile(self) -> None:
         """Compile (or load) the loop for this shard's dtypes: a call with no steps (no MPI call).
 
-        Shares no cached function with the kernels' warm-up groups (see the note at
-        ``_loss_grad``), so it is a warm-up group of its own (mpidml.train.warm_up_groups)."""
+        It links the model's loss kernel in, so it runs after that kernel's warm-up on the
+        same rank (mpidml.train.warm_up_groups) and shares no cached function with the rest."""
         P = self.grad.size
         e = self._empty
-        self.fn(self.shard.X, self.shard.y, self.shard.sw, np.zeros(P), np.zeros(0, dtype=np.int64),
-                  np.zeros(1, dtype=np.int64), 0, 0, e, SGD_KIND, e, 0.0, False, e, e, 0.9, 0.999, e, e, 1e-8,
-                  self.l2, self.n_pen, self.sums, self.send32, self.recv32, self.red, self.grad, *self.handles,
-                  self.progress, self.stats)
+        self.fn(self.data, self.shard.y, self.shard.sw, np.zeros(P), np.zeros(0, dtype=np.int64),
+                np.zeros(1, dtype=np.int64), 0, 0, e, SGD_KIND, e, 0.0, False, e, e, 0.9, 0.999, e, e, 1e-8,
+                self.l2, self.n_pen, self.sums, self.send32, self.recv32, self.red, self.grad, *self.handles,
+                self.progress, self.stats, self.work, self.n_classes)
         self.compiled = True
         _COMPILED.add(self._key)
 
@@ -244,9 +281,10 @@ class StepLoop:
                                                        0.9, 0.999, 1e-8)
         self.stats[:] = 0.0
         sh = self.shard
-        done = self.fn(sh.X, sh.y, sh.sw, params, plan.order, plan.starts, s0, s1, lrs, kind, vel, mom,
-                         nest, m, v, b1, b2, bias1, bias2, eps, self.l2, self.n_pen, self.sums, self.send32,
-                         self.recv32, self.red, self.grad, *self.handles, self.progress, self.stats)
+        done = self.fn(self.data, sh.y, sh.sw, params, plan.order, plan.starts, s0, s1, lrs, kind, vel, mom,
+                       nest, m, v, b1, b2, bias1, bias2, eps, self.l2, self.n_pen, self.sums, self.send32,
+                       self.recv32, self.red, self.grad, *self.handles, self.progress, self.stats, self.work,
+                       self.n_classes)
         opt.t += done
         self.seconds["kernel"] += float(self.stats[2])
         self.seconds["allreduce"] += float(self.stats[0])
