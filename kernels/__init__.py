@@ -15,8 +15,8 @@ Conventions (all kernels):
 * ``csr``: the same models on rows stored as CSR (indptr, indices, data) instead of X.
 """
 from .linear import linear_loss_grad, linear_predict
-from .logistic import logistic_decision, logistic_loss_grad, logistic_proba
-from .softmax import argmax_rows, softmax_decision, softmax_loss_grad, softmax_loss_grad_ws
+from .logistic import binary_hits, logistic_decision, logistic_loss_grad, logistic_proba
+from .softmax import argmax_hits, argmax_rows, softmax_decision, softmax_loss_grad, softmax_loss_grad_ws
 from .mlp import mlp_layout, mlp_loss_grad, mlp_predict_proba
 from .shuffle import domain_bits, epoch_batches, epoch_order, row_position, shuffle_keys
 from .preprocess import column_sq_dev, column_sq_sums, column_sums, csr_column_sq_sums, impute_standardize
@@ -35,6 +35,8 @@ __all__ = [
     "softmax_loss_grad_ws",
     "softmax_decision",
     "argmax_rows",
+    "argmax_hits",
+    "binary_hits",
     "mlp_layout",
     "mlp_loss_grad",
     "mlp_predict_proba",

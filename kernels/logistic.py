@@ -49,3 +49,22 @@ def logistic_proba(z, out):
         else:
             out[k, 0] = big
             out[k, 1] = small
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def binary_hits(z, y, sw, rows):
+    """(weighted correct, weight) of a batch: the batch accuracy a mini-batch loop logs.
+
+    z: float64 (m,) margins of the rows ``rows`` (int64 (m,)); y: float64 (n,) labels 0.0 /
+    1.0; sw: float64 (n,) or size 0 (unit weights). The predicted label is 1 where z > 0 (a
+    NaN margin predicts 0), as predict_labels. Sums in row order; one pass, no temporaries."""
+    correct = 0.0
+    weight = 0.0
+    for i in range(rows.size):
+        r = rows[i]
+        w = 1.0 if sw.size == 0 else sw[r]
+        label = 1.0 if z[i] > 0.0 else 0.0
+        if label == y[r]:
+            correct += w
+        weight += w
+    return correct, weight

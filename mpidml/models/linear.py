@@ -68,6 +68,11 @@ class LogisticRegression(Model):
     def predict_labels(self, shard, params, rows) -> np.ndarray:
         return (_margin(shard, params, rows) > 0).astype(np.int64)
 
+    def batch_hits(self, shard, params, rows) -> tuple[float, float]:
+        """(weighted correct, weight) of ``rows`` (see Model.batch_hits): one margin pass and one
+        counting pass, no label or mask temporaries."""
+        return kernels.binary_hits(_margin(shard, params, rows), shard.y, shard.sw, rows)
+
     def predict_proba(self, shard, params, rows) -> np.ndarray:
         """(m, 2) float64: [P(y=0), P(y=1)] = [1 - sigmoid(z), sigmoid(z)], computed stably."""
         out = np.empty((rows.size, 2))

@@ -49,6 +49,11 @@ class SoftmaxRegression(Model):
         kernels.argmax_rows(self.logits(shard, params, rows), out)
         return out
 
+    def batch_hits(self, shard, params, rows) -> tuple[float, float]:
+        """(weighted correct, weight) of ``rows`` (see Model.batch_hits): the logits, then one
+        argmax-and-count pass, no label or mask temporaries."""
+        return kernels.argmax_hits(self.logits(shard, params, rows), shard.y, shard.sw, rows)
+
     def predict_proba(self, shard, params, rows) -> np.ndarray:
         """(m, K) float64 class probabilities (stable softmax of the logits)."""
         z = self.logits(shard, params, rows)
