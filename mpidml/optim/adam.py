@@ -57,9 +57,13 @@ class Adam:
         _check_vectors(self.n_params, params, grad)
         lr = _step_lr(self.lr, lr)
         self.t += 1
-        t = self.t
-        b1, b2 = self.beta1, self.beta2
-        kernels.adam_update(params, grad, self.m, self.v, lr, b1, b2, 1.0 - b1 ** t, 1.0 - b2 ** t, self.eps)
+        bias1, bias2 = self.bias_corrections(self.t)
+        kernels.adam_update(params, grad, self.m, self.v, lr, self.beta1, self.beta2, bias1, bias2, self.eps)
+
+    def bias_corrections(self, t: int) -> tuple[float, float]:
+        """``(1 - beta1**t, 1 - beta2**t)`` of step count ``t`` (Python float powers): what
+        :meth:`step` divides the moments by; the compiled step loop takes the same values."""
+        return 1.0 - self.beta1 ** t, 1.0 - self.beta2 ** t
 
     def state_dict(self) -> dict:
         """Copies of everything needed to resume bitwise: ``m``, ``v`` (shape

@@ -347,9 +347,11 @@ class AllreduceTrainer:
             compile_in_groups(self.ctx, [loop.compile])
         ckpt = self.checkpointer
 
-        def python_only(step):  # step: 0-based; this step logs, checkpoints or has a test fault
-            return ((step + 1) % log_every == 0 or step + 1 == total
-                    or (ckpt is not None and ckpt.due(step + 1)) or (faults.active and faults.at_step(step + 1)))
+        def logs(step):  # step: 0-based
+            return (step + 1) % log_every == 0 or step + 1 == total
+
+        def python_only(step):  # this step logs, checkpoints or has a test fault
+            return logs(step) or (ckpt is not None and ckpt.due(step + 1)) or (faults.active and faults.at_step(step + 1))
 
         for epoch in range(start // steps_per_epoch, cfg.epochs):
             t0 = time.perf_counter()
@@ -375,7 +377,7 @@ class AllreduceTrainer:
                     if s < end:  # the reduced gradient of step s is not finite (loop.red holds its sums)
                         self._raise_diverged(self.steps, plan.rows(s), params)
                     continue
-                log_now = (step + 1) % log_every == 0 or step + 1 == total
+                log_now = logs(step)
                 t0 = time.perf_counter()
                 rows = plan.rows(s)
                 buf[:] = 0.0

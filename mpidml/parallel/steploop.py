@@ -270,10 +270,9 @@ class StepLoop:
             raise ValueError("step lr must be finite and >= 0")
         e = self._empty
         if getattr(opt, "name", "") == "adam":
-            t = opt.t + 1 + np.arange(n, dtype=np.float64)
-            # the Python loop's 1.0 - beta ** t, per step (Python float power, as optim.Adam)
-            bias1 = np.array([1.0 - opt.beta1 ** int(k) for k in t]) if n else e
-            bias2 = np.array([1.0 - opt.beta2 ** int(k) for k in t]) if n else e
+            pairs = [opt.bias_corrections(t) for t in range(opt.t + 1, opt.t + 1 + n)]  # optim.Adam's own values
+            bias1 = np.array([p[0] for p in pairs], dtype=np.float64)
+            bias2 = np.array([p[1] for p in pairs], dtype=np.float64)
             kind, vel, mom, nest, m, v, b1, b2, eps = ADAM_KIND, e, 0.0, False, opt.m, opt.v, opt.beta1, opt.beta2, opt.eps
         else:
             bias1 = bias2 = e
