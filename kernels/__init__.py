@@ -18,7 +18,7 @@ from .linear import linear_loss_grad, linear_predict
 from .logistic import binary_hits, logistic_decision, logistic_loss_grad, logistic_proba
 from .softmax import argmax_hits, argmax_rows, softmax_decision, softmax_loss_grad, softmax_loss_grad_ws
 from .mlp import mlp_layout, mlp_loss_grad, mlp_predict_proba
-from .shuffle import domain_bits, epoch_batches, epoch_order, row_position, shuffle_keys
+from .shuffle import domain_bits, epoch_batches, epoch_order, plan_scratch, row_position, shuffle_keys
 from .preprocess import column_sq_dev, column_sq_sums, column_sums, csr_column_sq_sums, impute_standardize
 from .hashing import fnv1a_32
 from .update import adam_update, mean_gradient_norm2, rows_weight_sum, sgd_update
@@ -42,6 +42,7 @@ __all__ = [
     "mlp_predict_proba",
     "domain_bits",
     "epoch_batches",
+    "plan_scratch",
     "epoch_order",
     "row_position",
     "shuffle_keys",

@@ -19,6 +19,8 @@ pure function of the seed and the epoch number (checkpoints store nothing else).
 import numpy as np
 from numba import njit
 
+from .util import prefetch_l2
+
 N_ROUNDS = 4
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -95,26 +97,44 @@ def _rounds(x, k0, k1, k2, k3, mask, s1, s2):
     return _round(x, k3, mask, s1, s2)
 
 
+PLAN_CHUNK = 2048  # rows hashed at a time: the chunk's values and walk list stay in L1
+
+
+def plan_scratch():
+    """(raw, walk): the scratch arrays :func:`epoch_batches` needs, uint64 and int64 (PLAN_CHUNK,)."""
+    return np.empty(PLAN_CHUNK, dtype=np.uint64), np.empty(PLAN_CHUNK, dtype=np.int64)
+
+
 @njit(cache=True, nogil=True)
-def epoch_batches(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_of, order, starts):
+def epoch_batches(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_of, order, starts, raw, walk):
     """This rank's rows of every step of one epoch, grouped by step.
 
     gids: int64 (n_local,) the global ids of the local rows, or size 0 for the block
     ``lo .. lo + n_local - 1``; n_rows: global N; batch: global batch size B; bits, keys: the
     epoch's order (see :func:`row_position`; keys.size must be N_ROUNDS); identity: True for
-    no shuffle (position = row). step_of: int64 (n_local,) scratch. Writes ``order`` int64
-    (n_local,): local row offsets, those of step 0 first, then step 1, ... (ascending within a
-    step), and ``starts`` int64 (steps + 1,), steps = ceil(N / B): step s takes
+    no shuffle (position = row). step_of: int32 or int64 (n_local,) scratch (int32 needs
+    ceil(N / B) < 2^31); raw, walk: :func:`plan_scratch`. Writes ``order`` int64 (n_local,):
+    local row offsets, those of step 0 first, then step 1, ... (ascending within a step), and
+    ``starts`` int64 (steps + 1,), steps = ceil(N / B): step s takes
     ``order[starts[s]:starts[s+1]]``. O(n_local + steps), no allocation.
 
-    The positions are :func:`row_position`'s, computed in two passes so that the hash
-    vectorises: every row through the rounds once (no branch), then the few values that
-    landed in [N, 2^bits) walk on, scalar. Then a stable counting sort by step; the step
-    pos // B comes from a float64 reciprocal, corrected by one either way (no integer
-    division per row).
+    The positions are :func:`row_position`'s, PLAN_CHUNK rows at a time so that everything
+    but the final scatter stays in L1: every row of the chunk through the rounds (no branch,
+    vectorised); the values that landed in [N, 2^bits) listed without a branch and walked on
+    together, one more round each over the shrinking list (a share f = 1 - N / 2^bits < 1/2
+    of the rows walks, f^2 twice, ...: vector code instead of a mispredicted branch and scalar
+    rounds per walking row); the step pos // B from a float64 reciprocal, corrected by one
+    either way (no integer division). Then a stable counting sort by step, the lines of
+    ``order`` that the ~steps interleaved write streams reach next requested ahead (too many
+    streams for the hardware prefetcher). Side by side with the former one-pass-per-stage
+    version (500 000 rows of 1e6, B = 4096, right after a pass over 512 MiB as in training):
+    7.7 vs 11.3 ns per row; N = 1 048 577 (half the rows walk) 11.9 vs 26.2, N = 1.4e6 10.0 vs
+    15.7.
     """
     if keys.size != N_ROUNDS:
         raise ValueError("epoch_batches: keys must have N_ROUNDS entries")
+    if raw.size < PLAN_CHUNK or walk.size < PLAN_CHUNK:
+        raise ValueError("epoch_batches: raw and walk need PLAN_CHUNK entries")
     steps = starts.size - 1
     for s in range(steps + 1):
         starts[s] = 0
@@ -123,36 +143,46 @@ def epoch_batches(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_o
     s2 = np.uint64(max(1, (bits + 2) // 3))
     k0, k1, k2, k3 = keys[0] & mask, keys[1] & mask, keys[2] & mask, keys[3] & mask
     n = np.uint64(n_rows)
-    raw = step_of.view(np.uint64)  # pass 1 leaves the once-hashed value here
-    if identity:
-        for j in range(n_local):
-            raw[j] = np.uint64(gids[j] if gids.size else lo + j)
-    elif gids.size:
-        for j in range(n_local):
-            raw[j] = _rounds(np.uint64(gids[j]), k0, k1, k2, k3, mask, s1, s2)
-    else:
-        first = np.uint64(lo)
-        for j in range(n_local):
-            raw[j] = _rounds(first + np.uint64(j), k0, k1, k2, k3, mask, s1, s2)
     inv_batch = 1.0 / batch
-    for j in range(n_local):
-        x = raw[j]
-        while x >= n:  # cycle walking (identity: never)
-            x = _rounds(x, k0, k1, k2, k3, mask, s1, s2)
-        pos = np.int64(x)
-        s = np.int64(float(pos) * inv_batch)
-        if s * batch > pos:
-            s -= 1
-        elif (s + 1) * batch <= pos:
-            s += 1
-        step_of[j] = s
-        starts[s + 1] += 1
+    for c0 in range(0, n_local, PLAN_CHUNK):
+        m = min(n_local - c0, PLAN_CHUNK)
+        if identity:
+            for j in range(m):
+                raw[j] = np.uint64(gids[c0 + j] if gids.size else lo + c0 + j)
+        elif gids.size:
+            for j in range(m):
+                raw[j] = _rounds(np.uint64(gids[c0 + j]), k0, k1, k2, k3, mask, s1, s2)
+        else:
+            first = np.uint64(lo + c0)
+            for j in range(m):
+                raw[j] = _rounds(first + np.uint64(j), k0, k1, k2, k3, mask, s1, s2)
+        w = 0  # cycle walking (identity: never): the values still >= N, listed without a branch
+        for j in range(m):
+            walk[w] = j
+            w += raw[j] >= n
+        while w > 0:
+            for t in range(w):
+                raw[walk[t]] = _rounds(raw[walk[t]], k0, k1, k2, k3, mask, s1, s2)
+            left = 0
+            for t in range(w):
+                walk[left] = walk[t]
+                left += raw[walk[t]] >= n
+            w = left
+        for j in range(m):
+            pos = np.int64(raw[j])
+            s = np.int64(float(pos) * inv_batch)
+            step_of[c0 + j] = s - (s * batch > pos) + ((s + 1) * batch <= pos)
+        for j in range(c0, c0 + m):
+            starts[step_of[j] + 1] += 1
     for s in range(steps):  # starts[s] = first slot of step s
         starts[s + 1] += starts[s]
+    last = max(0, n_local - 1)
     for j in range(n_local):  # starts[s] walks to the end of step s
         s = step_of[j]
-        order[starts[s]] = j
-        starts[s] += 1
+        p = starts[s]
+        order[p] = j
+        starts[s] = p + 1
+        prefetch_l2(order, min(p + 32, last))  # 4 lines ahead in this step's stream
     for s in range(steps, 0, -1):  # back to first slots
         starts[s] = starts[s - 1]
     starts[0] = 0

@@ -213,8 +213,8 @@ def warm_up_groups(model, shard, training: bool = True, step_loop=None) -> tuple
         if not training:
             return
         one = np.zeros(1, dtype=np.int64)
-        kernels.epoch_batches(one[:0], 0, 1, 1, 1, 1, kernels.shuffle_keys(0, 0), False, one, one.copy(),
-                              np.zeros(2, dtype=np.int64))
+        kernels.epoch_batches(one[:0], 0, 1, 1, 1, 1, kernels.shuffle_keys(0, 0), False, one.astype(np.int32),
+                              one.copy(), np.zeros(2, dtype=np.int64), *kernels.plan_scratch())  # EpochPlan's
         g = np.zeros(model.n_params)  # the mini-batch loop's fused gradient finish
         kernels.mean_gradient_norm2(g, 1.0, g, 0.0, 0, g.copy())
         kernels.rows_weight_sum(g, one[:0])  # the batch's weight (a mini-batch step in Python)

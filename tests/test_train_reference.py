@@ -169,15 +169,20 @@ def test_epoch_order_looks_random():
 
 
 @pytest.mark.parametrize("shuffle", ["global", "none"])
-def test_epoch_plan_gives_each_rank_its_rows_of_each_global_batch(shuffle):
-    """Block shards and row-set shards: step s on rank r = the rows of perm[s*B:(s+1)*B] it holds."""
+@pytest.mark.parametrize("N", [1003, 4097, 5000])
+def test_epoch_plan_gives_each_rank_its_rows_of_each_global_batch(shuffle, N):
+    """Block shards and row-set shards: step s on rank r = the rows of perm[s*B:(s+1)*B] it holds.
+
+    The reference order is row_position's, one row at a time; the plan hashes PLAN_CHUNK rows at
+    a time and walks the out-of-range values as a list. N = 1003: 2 % of the values walk; 4097
+    (2^12 + 1): half of them, some several times; both > PLAN_CHUNK rows on one rank."""
     from types import SimpleNamespace
 
     from mpidml.data import shard_bounds
     from mpidml.parallel import epoch_permutation
     from mpidml.parallel.allreduce import EpochPlan
 
-    N, B, seed, epoch = 1003, 64, 9, 2
+    B, seed, epoch = 64, 9, 2
     perm = epoch_permutation(N, seed, epoch, shuffle)
     rng = np.random.default_rng(0)
     for P in (1, 2, 3):
@@ -185,7 +190,7 @@ def test_epoch_plan_gives_each_rank_its_rows_of_each_global_batch(shuffle):
             lo, hi = shard_bounds(N, P, r)
             shards = [SimpleNamespace(lo=lo, n_local=hi - lo)]
             if P == 3:
-                gids = np.sort(rng.choice(N, size=300, replace=False)).astype(np.int64)
+                gids = np.sort(rng.choice(N, size=300 if N < 2000 else 2500, replace=False)).astype(np.int64)
                 shards.append(SimpleNamespace(lo=0, n_local=gids.size, gids=gids))
             for sh in shards:
                 plan = EpochPlan(sh, N, B, seed, shuffle)
