@@ -175,15 +175,15 @@ def infer_classes(ctx: Context, cfg: TrainConfig, shard) -> int:
     return int(ctx.allreduce_scalar(local_max, op="max")) + 1
 
 
-def warm_up_groups(model, shard, training: bool = True, step_loop=None) -> tuple:
+def warm_up_groups(model, shard, training: bool = True) -> tuple:
     """The kernels a run calls, as callables that share no compiled Numba function.
 
     The first compiles the model's loss/gradient kernel, the last everything else (the
     evaluation and batch-accuracy kernels and, when ``training``, the batch plan, the gradient
     finish, the optimizer steps, the L-BFGS scaling sums, the sparse parameter server's
-    coordinates). With ``step_loop`` (a :class:`mpidml.parallel.steploop.StepLoop`) the first
-    group also compiles the compiled mini-batch loop, after the loss kernel, which the loop
-    links in (~1.5 s more; the loop shares no cached function with the last group). A model
+    coordinates). The compiled mini-batch loop links kernels of both groups (the loss kernel;
+    the logged steps' margin and batch-accuracy kernels) and compiles after them
+    (:func:`warm_up_kernels`). A model
     whose evaluation shares a compiled function with its loss kernel (``eval_shares_loss_kernel``,
     the MLP's forward pass) has its evaluation calls in the first group. Calling all compiles
     (or loads) everything the training loop (or ``mpidml evaluate``) and the final evaluation call.
@@ -233,12 +233,6 @@ def warm_up_groups(model, shard, training: bool = True, step_loop=None) -> tuple
                                        np.full(D, -1, dtype=np.int64), 0, np.empty(D, dtype=np.int64),
                                        np.empty(model.n_outputs * (D + 1), dtype=np.int64))
 
-    if step_loop is not None:
-        def compile_loss_grad_and_loop():
-            compile_loss_grad()
-            step_loop.compile()
-
-        return compile_loss_grad_and_loop, compile_the_rest
     return compile_loss_grad, compile_the_rest
 
 
@@ -248,14 +242,17 @@ def warm_up_kernels(ctx: Context, model, shard, training: bool = True, step_loop
     With ``cache=True`` every rank would otherwise compile at once and race to write the
     same cache files. The kernels come in two groups that share no compiled function
     (:func:`warm_up_groups`): the model's loss/gradient kernel (the largest: ~5.4 s of a cold
-    start's ~9 s for dense logistic regression), followed by the compiled step loop when the
-    run uses it (``step_loop``), and everything else. On a cold cache rank 0 compiles the
-    first group while rank 1 compiles the second (one rank: both in turn); then every rank
-    calls both groups, which loads what the other rank saved. So each cache file is written by
-    one rank, and a cold start costs the larger group instead of the sum. ``training=False``:
-    only what ``mpidml evaluate`` calls.
+    start's ~9 s for dense logistic regression) and everything else. On a cold cache rank 0
+    compiles the first group while rank 1 compiles the second (one rank: both in turn); then
+    every rank calls both groups, which loads what the other rank saved. So each cache file is
+    written by one rank, and a cold start costs the larger group instead of the sum. Then, when
+    the run uses the compiled step loop (``step_loop``), rank 0 compiles it (~1.5 s; it links
+    kernels of both groups) and the others load it. ``training=False``: only what ``mpidml
+    evaluate`` calls.
     """
-    compile_in_groups(ctx, warm_up_groups(model, shard, training, step_loop))
+    compile_in_groups(ctx, warm_up_groups(model, shard, training))
+    if step_loop is not None:  # links kernels of both groups: compiled after them, on one rank
+        compile_in_groups(ctx, [step_loop.compile])
 
 
 def compile_in_groups(ctx: Context, groups) -> None:

@@ -120,6 +120,7 @@ def worker(args) -> int:
     from mpidml.optim import SGD, make_schedule
     from mpidml.parallel import AllreduceTrainer
     from mpidml.parallel.allreduce import EpochPlan
+    from mpidml.parallel.steploop import StepLoop
     from mpidml.train import warm_up_kernels
 
     ctx = Context()
@@ -172,18 +173,24 @@ def worker(args) -> int:
         trainer = AllreduceTrainer(ctx, model, shard, cfg, Reporter(None, enabled=False), float(N))
         params = model.init_params()
         before = dict(ctx.timers.seconds)
-        ctx.barrier()
-        t0 = time.perf_counter()
-        trainer.fit(params)
-        t = time.perf_counter() - t0
+        spent = {"plan": 0.0, "runs": 0.0}
+        with _timed(EpochPlan, "build", spent, "plan"), _timed(StepLoop, "run", spent, "runs"):
+            ctx.barrier()
+            t0 = time.perf_counter()
+            trainer.fit(params)
+            t = time.perf_counter() - t0
         split = {k: (ctx.timers.seconds[k] - before[k]) / trainer.steps for k in ("compute", "comm")}
         loop = getattr(trainer, "_step_loop", None)
         compiled = loop is not None and loop is not False
         loops_used[step_loop] = "compiled" if compiled else "python"
         if compiled:  # the compiled loop's own timers: per step of the steps it ran
             n = max(1, loop.seconds["steps"])
+            n_py = trainer.steps - loop.seconds["steps"]
             split["in_compiled_loop"] = {"kernel": loop.seconds["kernel"] / n, "allreduce": loop.seconds["allreduce"] / n,
-                                         "share_of_steps": loop.seconds["steps"] / trainer.steps}
+                                         "share_of_steps": loop.seconds["steps"] / trainer.steps,
+                                         "plan": spent["plan"] / trainer.steps, "runs": spent["runs"] / trainer.steps,
+                                         "python_steps": (t - spent["plan"] - spent["runs"]) / trainer.steps,
+                                         "python_step_each": (t - spent["plan"] - spent["runs"]) / n_py if n_py else None}
         return max_over_ranks(t) / trainer.steps, split, params
 
     class NullModel:
@@ -201,7 +208,6 @@ def worker(args) -> int:
         """Seconds per step of the loop with a no-op kernel: the Python loop (NullModel), or
         (compiled) the compiled loop without its kernel call (steploop.NO_KERNEL)."""
         if compiled:
-            from mpidml.parallel.steploop import StepLoop
 
             # the no-op model for the logged steps (Python), the loop without kernel for the others
             trainer = AllreduceTrainer(ctx, NullModel(), shard, cfg_for("float64"), Reporter(None, enabled=False),
@@ -505,16 +511,52 @@ def _python_loop(rec_py, rec_step, kern, ar, opt, in_us) -> dict:
                                                "median": float(np.median(rec_step) / np.median(rec_py))}}
 
 
+class _timed:
+    """Context manager: while active, ``cls.name`` adds its wall seconds to ``spent[key]``."""
+
+    def __init__(self, cls, name, spent, key):
+        self.cls, self.name, self.spent, self.key = cls, name, spent, key
+        self.orig = getattr(cls, name)
+
+    def __enter__(self):
+        orig, spent, key = self.orig, self.spent, self.key
+
+        def timed(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return orig(*a, **k)
+            finally:
+                spent[key] += time.perf_counter() - t0
+
+        setattr(self.cls, self.name, timed)
+        return self
+
+    def __exit__(self, *exc):
+        setattr(self.cls, self.name, self.orig)
+        return False
+
+
 def _in_compiled(recs, rec_kernel_mean, in_us) -> dict:
     """The compiled loop's own timers (MPI_Wtime inside it) from the 'step' runs."""
     import numpy as np
 
     k = [r["kernel"] for r in recs]
     return {"what": "the compiled loop's MPI_Wtime timers in the 'step' runs, rank 0, microseconds per step it "
-                    "ran (share_of_steps: the rest ran in Python: logged steps); kernel includes the batch's "
-                    "weight sum; allreduce includes the wait for the slower rank",
+                    "ran (share_of_steps: the rest ran in Python); kernel includes the batch's weight sum and, "
+                    "on logged steps, the batch accuracy; allreduce includes the wait for the slower rank",
             "kernel": in_us(k), "allreduce": in_us([r["allreduce"] for r in recs]),
             "share_of_steps": float(np.median([r["share_of_steps"] for r in recs])),
+            "fit_split": {
+                "what": "the same fits' wall time on rank 0 (Python timers around EpochPlan.build and "
+                        "StepLoop.run), microseconds per step of the fit: plan (the epoch's batch plan), runs "
+                        "(the compiled loop's calls, logged steps included), python_steps (the rest: the steps run "
+                        "in Python, those with a checkpoint due, and the fit's own bookkeeping: log records, "
+                        "replica checks, set-up); python_step_each: that rest per Python step (None: every "
+                        "step ran compiled)",
+                "plan": in_us([r["plan"] for r in recs]), "runs": in_us([r["runs"] for r in recs]),
+                "python_steps": in_us([r["python_steps"] for r in recs]),
+                "python_step_each": in_us([r["python_step_each"] for r in recs])
+                if all(r["python_step_each"] is not None for r in recs) else None},
             "kernel_in_loop_over_alone": {"min": min(k) / min(rec_kernel_mean),
                                           "median": float(np.median(k) / np.median(rec_kernel_mean))}}
 

@@ -36,7 +36,25 @@ CASES = {
 }
 
 
-def _both(kind, options, X, y, sw=None):
+def _logged(monkeypatch):
+    """Every record the trainers log (Reporter.log), in a list, without the timing field."""
+    from mpidml.metrics import Reporter
+
+    records = []
+    monkeypatch.setattr(Reporter, "log", lambda self, rec: records.append(
+        {k: v for k, v in rec.items() if k != "samples_per_s"}))
+    return records
+
+
+def _both(kind, options, X, y, sw=None, monkeypatch=None):
+    """Train with the compiled loop and with --step-loop python; with ``monkeypatch``, the
+    trainers' log records are attached as ``trainer.logged``."""
+    if monkeypatch is not None:
+        records = _logged(monkeypatch)
+        got, trainer, ref, ref_trainer = _both(kind, options, X, y, sw)
+        n = len(records) // 2
+        trainer.logged, ref_trainer.logged = records[:n], records[n:]
+        return got, trainer, ref, ref_trainer
     ctx = Context(MPI.COMM_WORLD)
     if hasattr(X, "indptr"):  # scipy CSR: the sparse shards and kernels
         from sparse_helpers import csr_shard_of, train_shard
@@ -69,10 +87,10 @@ def _problem(name, x_dtype):
 @pytest.mark.parametrize("name", sorted(CASES))
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("x_dtype", ["float64", "float32", "csr-float64", "csr-float32"])
-def test_compiled_loop_equals_python_loop_bitwise(name, weighted, x_dtype):
+def test_compiled_loop_equals_python_loop_bitwise(name, weighted, x_dtype, monkeypatch):
     kind, options, X, y = _problem(name, x_dtype)
     sw = np.random.default_rng(5).uniform(0.1, 3.0, len(y)) if weighted else None
-    got, trainer, ref, ref_trainer = _both(kind, options, X, y, sw)
+    got, trainer, ref, ref_trainer = _both(kind, options, X, y, sw, monkeypatch)
     assert trainer.summary_section()["step_loop"]["loop"] == "compiled"
     assert ref_trainer.summary_section()["step_loop"] == {"loop": "python", "python_because": "--step-loop python"}
     loop = trainer._step_loop
@@ -80,6 +98,12 @@ def test_compiled_loop_equals_python_loop_bitwise(name, weighted, x_dtype):
     assert loop.seconds["steps"] >= 0.5 * trainer.steps and int(loop.progress[0]) == loop.seconds["steps"]
     assert trainer.steps == ref_trainer.steps
     assert np.array_equal(got, ref), f"max |diff| {np.max(np.abs(got - ref))}"
+    # the logged steps ran in the compiled loop too (all steps did: no checkpoints here), and
+    # their records (loss, batch accuracy, lr, step, epoch) are the Python loop's, bit for bit
+    assert loop.seconds["steps"] == trainer.steps
+    assert len(trainer.logged) == len(ref_trainer.logged) >= trainer.steps // options["log_every"]
+    assert trainer.logged == ref_trainer.logged
+    assert all(("accuracy" in r) == (kind != "linear") for r in trainer.logged)
     # ... and the replicas are bitwise identical on every rank
     world = MPI.COMM_WORLD
     gathered = world.allgather(got.tobytes())

@@ -5,11 +5,15 @@ second (mpidml.train.warm_up_kernels). A Numba function both groups reach would 
 saved by both ranks, unless one rank happened to save it before the other looked it up: a
 2-rank run shows such a race only by chance (the MLP's forward pass did not show it). Here each
 group compiles alone, in its own process with its own empty cache, and the cache files the two
-save must be disjoint. ``-loop``: a mini-batch run of a dense GLM, whose first group also
-compiles the compiled step loop (mpidml.parallel.steploop).
+save must be disjoint. ``-loop``: a mini-batch run with the compiled step loop
+(mpidml.parallel.steploop), which warm_up_kernels compiles after both groups, on one rank: it
+links kernels of both (the loss kernel; the logged steps' margins and batch accuracy), and with
+both groups' cache files present it must compile nothing but itself (a call with other argument
+types than the groups' would compile a second specialisation of a kernel, seconds of start-up).
 """
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -24,7 +28,7 @@ sys.path.insert(0, {here!r})
 from mpidml.models import make_model
 from mpidml.train import warm_up_groups
 kind, group = {kind!r}, {group}
-with_loop = kind.endswith("-loop")  # the run uses the compiled step loop (first group)
+with_loop = kind.endswith("-loop")  # the run uses the compiled step loop (group "loop")
 kind = kind[:-len("-loop")] if with_loop else kind
 if kind.startswith("csr"):
     from sparse_helpers import csr_shard_of, sparse_problem
@@ -40,12 +44,15 @@ else:
     shard = shard_of(X, y, 0, 1)
     model = make_model(name, 16, k if name in ("softmax", "mlp") else 2,
                        **({{"hidden": "8"}} if name == "mlp" else {{}}))
-step_loop = None
-if with_loop:
+if group == "loop":  # both groups (loading their cache files), then the loop
     from mpi4py import MPI
     from mpidml.parallel.steploop import StepLoop
-    step_loop = StepLoop(model, shard, MPI.COMM_SELF, model.n_params, 4, "float64", 1e-4, model.penalized.stop)
-warm_up_groups(model, shard, step_loop=step_loop)[group]()
+    for g in warm_up_groups(model, shard):
+        g()
+    print("[groups loaded]", flush=True)
+    StepLoop(model, shard, MPI.COMM_SELF, model.n_params, 4, "float64", 1e-4, model.penalized.stop).compile()
+else:
+    warm_up_groups(model, shard)[group]()
 """
 
 
@@ -69,3 +76,15 @@ def test_warm_up_groups_compile_disjoint_kernels(tmp_path, kind):
         saved.append({os.path.basename(m) for m in re.findall(r"\[cache\] data saved to '([^']+)'", out)})
     assert saved[0] and saved[1], saved  # each group compiled something: the cache was cold
     assert not saved[0] & saved[1], f"compiled by both groups: {sorted(saved[0] & saved[1])}"
+    if not kind.endswith("-loop"):
+        return
+    merged = tmp_path / "merged"
+    for g in (0, 1):
+        shutil.copytree(tmp_path / f"cache{g}", merged, dirs_exist_ok=True)
+    p = _saved(kind, '"loop"', merged, env)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:]
+    after = out.split("[groups loaded]", 1)[1]
+    loop_saved = {os.path.basename(m) for m in re.findall(r"\[cache\] data saved to '([^']+)'", after)}
+    assert loop_saved, out[-3000:]  # the loop itself was compiled
+    assert all(name.startswith("steploop.") for name in loop_saved), sorted(loop_saved)

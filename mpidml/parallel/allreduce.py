@@ -338,8 +338,9 @@ class AllreduceTrainer:
         n_cls = getattr(model, "n_classes", 0) if model.is_classifier else 0
         P = self.n_params
         n_pen = self._n_pen()
-        # Runs of steps that neither log nor checkpoint go through the compiled loop (steploop)
-        # where every rank can; the rest, and every step of other models, through Python below.
+        # Runs of steps up to the next logged one go through the compiled loop (steploop) where
+        # every rank can; steps with a checkpoint or test fault due, and every step of other
+        # models, through Python below.
         loop = self.step_loop()
         if loop is not None and not loop.compiled:  # not warmed up by mpidml.train: one rank first
             from ..train import compile_in_groups
@@ -350,8 +351,23 @@ class AllreduceTrainer:
         def logs(step):  # step: 0-based
             return (step + 1) % log_every == 0 or step + 1 == total
 
-        def python_only(step):  # this step logs, checkpoints or has a test fault
-            return logs(step) or (ckpt is not None and ckpt.due(step + 1)) or (faults.active and faults.at_step(step + 1))
+        def python_only(step):  # this step checkpoints or has a test fault
+            return (ckpt is not None and ckpt.due(step + 1)) or (faults.active and faults.at_step(step + 1))
+
+        def log_step(step, epoch, s, lr, red):
+            """The log record of 0-based ``step`` (step s of its epoch, taken with ``lr``; params
+            already updated) from its reduced [grad_sum, correct, counted, loss, weight] ``red``."""
+            nonlocal samples_since, t_log
+            f = red[-2] / red[-1] + l2_penalty(params, l2, pen)
+            if not math.isfinite(f):
+                raise _diverged(step + 1, "loss", f, self.checkpointer)
+            now = time.perf_counter()
+            rec = {"step": step + 1, "epoch": epoch + (s + 1) / steps_per_epoch, "loss": f, "lr": lr,
+                   "samples_per_s": samples_since / max(now - t_log, 1e-12)}
+            if n_cls and red[P + 1] > 0:
+                rec["accuracy"] = float(red[P] / red[P + 1])
+            self.reporter.log(rec)
+            samples_since, t_log = 0, now
 
         for epoch in range(start // steps_per_epoch, cfg.epochs):
             t0 = time.perf_counter()
@@ -362,20 +378,31 @@ class AllreduceTrainer:
             while s < steps_per_epoch:
                 step = epoch * steps_per_epoch + s
                 if loop is not None and not python_only(step):
-                    end = s + 1
-                    while end < steps_per_epoch and not python_only(epoch * steps_per_epoch + end):
-                        end += 1
+                    # a run of steps up to the next one that logs (its loss and batch accuracy
+                    # are reduced in the loop too) or the one before a checkpoint or test fault
+                    base = epoch * steps_per_epoch
+                    next_log = (step // log_every + 1) * log_every - 1  # the first step >= step that logs
+                    end = min(next_log - base + 1, steps_per_epoch)  # (an epoch's last step ends it too)
+                    if ckpt is not None or faults.active:
+                        stop = s + 1
+                        while stop < end and not python_only(base + stop):
+                            stop += 1
+                        end = stop
+                    log_last = logs(base + end - 1)
+                    lrs = [schedule(step + k) for k in range(end - s)]
                     t0 = time.perf_counter()
-                    done, comm_s = loop.run(params, plan, s, end, [schedule(step + k) for k in range(end - s)], opt)
+                    done, comm_s = loop.run(params, plan, s, end, lrs, opt, log_last)
                     t_run = time.perf_counter() - t0
                     t_compute += t_run - comm_s
                     t_comm += comm_s
-                    samples_since += sum(plan.global_count(k) for k in range(s, s + done))
+                    samples_since += min((s + done) * B, N) - s * B  # plan.global_count(s .. s+done-1)
                     self.steps = step + done
                     self.ctx.beat()
                     s += done
                     if s < end:  # the reduced gradient of step s is not finite (loop.red holds its sums)
                         self._raise_diverged(self.steps, plan.rows(s), params)
+                    if log_last:
+                        log_step(self.steps - 1, epoch, s - 1, lrs[-1], loop.red)
                     continue
                 log_now = logs(step)
                 t0 = time.perf_counter()
@@ -403,16 +430,7 @@ class AllreduceTrainer:
                 samples_since += plan.global_count(s)
                 self.steps = step + 1
                 if log_now:
-                    f = buf[-2] / buf[-1] + l2_penalty(params, l2, pen)
-                    if not math.isfinite(f):
-                        raise _diverged(step + 1, "loss", f, self.checkpointer)
-                    now = time.perf_counter()
-                    rec = {"step": step + 1, "epoch": epoch + (s + 1) / steps_per_epoch, "loss": f, "lr": lr,
-                           "samples_per_s": samples_since / max(now - t_log, 1e-12)}
-                    if n_cls and buf[P + 1] > 0:
-                        rec["accuracy"] = float(buf[P] / buf[P + 1])
-                    self.reporter.log(rec)
-                    samples_since, t_log = 0, now
+                    log_step(step, epoch, s, lr, buf)
                 self._step_done(step + 1, epoch, params, state)
                 s += 1
             self.epochs_done = epoch + 1

@@ -7,11 +7,14 @@ optimizer update. In Python each step also ran the interpreter, mpi4py's and Num
 overhead and the trainer's bookkeeping, all cache-cold after the kernel's sweep through L2
 (``scripts/bench_step.py``: ~50 us per step at a global batch of 4096, a sixth of the step).
 :func:`_make_steps`' loops run a whole run of such steps in one Numba call that calls MPI itself
-(:mod:`mpidml.parallel.native`); Python takes over at the steps that log, checkpoint or
-end an epoch, and for every model, shard or option the compiled loop does not cover.
+(:mod:`mpidml.parallel.native`), up to and including the next step that logs (its loss sum and
+a classifier's batch accuracy are reduced with its gradient; Python writes the record from the
+reduced sums); Python takes over at steps with a checkpoint or test fault due, and for every
+model, shard or option the compiled loop does not cover.
 
 It is the Python loop's arithmetic in the same order with the same kernels (the model's
-``loss_grad`` kernel: ``logistic_loss_grad``, ``softmax_loss_grad_ws``, ``csr_...``; ``rows_weight_sum``,
+``loss_grad`` kernel: ``logistic_loss_grad``, ``softmax_loss_grad_ws``, ``csr_...``; on logged
+steps its margin or logit kernel and ``binary_hits`` / ``argmax_hits``; ``rows_weight_sum``,
 ``mean_gradient_norm2``, ``sgd_update`` / ``adam_update``) and the same reduction (one
 MPI_Allreduce of the same buffer, float64 or float32 on the wire), so both loops give
 bitwise the same parameters (``tests/test_steploop_mpi.py``); ``--step-loop python``
@@ -42,11 +45,11 @@ ADAM_KIND = 1
 DENSE_LINEAR, DENSE_LOGISTIC, DENSE_SOFTMAX, CSR_LINEAR, CSR_LOGISTIC, CSR_SOFTMAX = LINEAR, LOGISTIC, 2, 3, 4, 5
 NO_KERNEL = -1  # no kernel call: the loop's own cost (scripts/bench_step.py)
 
-# The loop calls the model's loss kernel (the dispatcher the Python loop calls: its compiled code
-# is linked in) and private, uncached copies of the strict per-step kernels (same source,
-# fastmath=False). So its cache entry shares files only with the loss kernel's warm-up group,
-# which compiles first on the same rank (mpidml.train.warm_up_groups); calling the shared
-# update kernels instead would have the rank that compiles the other group write them too.
+# The loop calls the model's loss kernel and, on logged steps, its margin / logit and batch-
+# accuracy kernels (the dispatchers the Python loop calls: their compiled code is linked in), so
+# it compiles after both warm-up groups (mpidml.train.warm_up_kernels), on one rank. The strict
+# per-step kernels are private, uncached copies (same source, fastmath=False): the loop's
+# cache entry is then the only file it writes.
 _rows_weight_sum = njit(nogil=True, fastmath=False)(update.rows_weight_sum.py_func)
 _mean_gradient_norm2 = njit(nogil=True, fastmath=False)(update.mean_gradient_norm2.py_func)
 _sgd_update = njit(nogil=True, fastmath=False)(update.sgd_update.py_func)
@@ -62,7 +65,7 @@ def _make_steps(kind: int):
     @njit(cache=True, nogil=True, fastmath=FASTMATH)
     def steps(data, y, sw, params, order, starts, s0, s1, lrs, opt_kind, velocity, momentum, nesterov,
               m, v, beta1, beta2, bias1, bias2, eps, l2, n_pen, sums, send32, recv32, red, grad,
-              dtype_h, op_h, comm_h, progress, stats, work, n_classes):
+              dtype_h, op_h, comm_h, progress, stats, work, n_classes, log_last, zbuf):
         """Mini-batch steps ``s0 .. s1-1`` of an epoch, each: kernel, Allreduce, gradient finish, update.
 
         data: dense (X,) with X (n, D) float32/float64 C-contiguous, or CSR (indptr, indices,
@@ -83,6 +86,11 @@ def _make_steps(kind: int):
         stats[1] = the MPI error code of a failed call (0 otherwise), stats[2] += seconds in the
         kernel and the batch's weight sum (MPI_Wtime, ~20 ns a call).
 
+        log_last: the last step logs: its kernel adds the loss sum, and a classifier's batch
+        accuracy goes into the reduced [correct, counted] (the model's margins or logits into
+        zbuf, float64 of at least the step's rows x max(1, n_classes), then binary_hits /
+        argmax_hits: what ``model.batch_hits`` calls); red keeps that step's sums.
+
         Returns the number of steps completed. Fewer than ``s1 - s0``: the reduced gradient of
         step ``s0 + returned`` was not finite (red holds its sums; params not updated) or the
         Allreduce failed (stats[1] != 0).
@@ -96,9 +104,9 @@ def _make_steps(kind: int):
                 sums[j] = 0.0
             grad_sum = sums[:P]
             tk = native.mpi_wtime()
-            # with_loss: a run-time False (s1 < s0), not the literal, which would make Numba compile
-            # a second specialisation of the kernel for Literal[bool](False) (~6 s)
-            wl = s1 < s0
+            # with_loss: a run-time bool, never a literal False, which would make Numba compile a
+            # second specialisation of the kernel for Literal[bool](False) (~6 s)
+            wl = log_last and s == s1 - 1
             if kind == DENSE_LOGISTIC:
                 sums[P + n_tail - 2] = kernels.logistic_loss_grad(data[0], y, sw, params, rows, grad_sum, wl)
             elif kind == DENSE_LINEAR:
@@ -115,6 +123,24 @@ def _make_steps(kind: int):
                 sums[P + n_tail - 2] = kernels.csr_softmax_loss_grad_ws(data[0], data[1], data[2], y, sw, params,
                                                                         rows, grad_sum, wl, n_classes, work)
             sums[P + n_tail - 1] = _rows_weight_sum(sw, rows)
+            if wl:  # a logged step: the batch accuracy at the parameters the loss is computed at
+                nr = rows.size
+                if kind == DENSE_LOGISTIC:
+                    z = zbuf[:nr]
+                    kernels.linear_predict(data[0], params, rows, z)
+                    sums[P], sums[P + 1] = kernels.binary_hits(z, y, sw, rows)
+                elif kind == CSR_LOGISTIC:
+                    z = zbuf[:nr]
+                    kernels.csr_glm_margin(data[0], data[1], data[2], params, rows, z)
+                    sums[P], sums[P + 1] = kernels.binary_hits(z, y, sw, rows)
+                elif kind == DENSE_SOFTMAX:
+                    z2 = zbuf[:nr * n_classes].reshape((nr, n_classes))
+                    kernels.softmax_decision(data[0], params, rows, z2)
+                    sums[P], sums[P + 1] = kernels.argmax_hits(z2, y, sw, rows)
+                elif kind == CSR_SOFTMAX:
+                    z2 = zbuf[:nr * n_classes].reshape((nr, n_classes))
+                    kernels.csr_softmax_decision(data[0], data[1], data[2], params, rows, n_classes, z2)
+                    sums[P], sums[P + 1] = kernels.argmax_hits(z2, y, sw, rows)
             t0 = native.mpi_wtime()
             stats[2] += t0 - tk
             if wire32:
@@ -238,6 +264,7 @@ class StepLoop:
         self.stats = np.zeros(3)
         self.seconds = {"kernel": 0.0, "allreduce": 0.0, "steps": 0}
         self._empty = np.zeros(0)
+        self.zbuf = np.zeros(0)  # a logged step's margins or logits (grown to the step's rows x K)
         # compiled (or loaded) in this process already: for these dtypes, every rank has it too
         self._key = (self.kind, tuple(a.dtype for a in self.data), shard.y.dtype)
         self.compiled = self._key in _COMPILED
@@ -252,19 +279,24 @@ class StepLoop:
         self.fn(self.data, self.shard.y, self.shard.sw, np.zeros(P), np.zeros(0, dtype=np.int64),
                 np.zeros(1, dtype=np.int64), 0, 0, e, SGD_KIND, e, 0.0, False, e, e, 0.9, 0.999, e, e, 1e-8,
                 self.l2, self.n_pen, self.sums, self.send32, self.recv32, self.red, self.grad, *self.handles,
-                self.progress, self.stats, self.work, self.n_classes)
+                self.progress, self.stats, self.work, self.n_classes, False, self.zbuf)
         self.compiled = True
         _COMPILED.add(self._key)
 
-    def run(self, params, plan, s0: int, s1: int, lrs, opt) -> tuple[int, float]:
+    def run(self, params, plan, s0: int, s1: int, lrs, opt, log_last: bool = False) -> tuple[int, float]:
         """Steps s0 .. s1-1 of ``plan``'s epoch with ``opt`` (optim.SGD or optim.Adam, updated in place).
 
-        ``lrs``: the learning rates of those steps. Returns (steps completed, seconds in
-        MPI_Allreduce); raises mpi4py.MPI.Exception if an Allreduce failed. Fewer steps than
-        asked and no exception: the next step's reduced gradient is not finite (``self.red``
-        holds its sums).
+        ``lrs``: the learning rates of those steps. ``log_last``: step s1-1 logs (its loss sum and
+        a classifier's [correct, counted] are reduced with its gradient; ``self.red`` keeps them).
+        Returns (steps completed, seconds in MPI_Allreduce); raises mpi4py.MPI.Exception if an
+        Allreduce failed. Fewer steps than asked and no exception: the next step's reduced
+        gradient is not finite (``self.red`` holds its sums).
         """
         n = s1 - s0
+        if log_last and n > 0:
+            need = int(plan.starts[s1] - plan.starts[s1 - 1]) * max(1, self.n_classes)
+            if self.zbuf.size < need:
+                self.zbuf = np.zeros(need)
         lrs = np.asarray(lrs, dtype=np.float64)
         if not (lrs.shape == (n,) and np.all(np.isfinite(lrs)) and np.all(lrs >= 0.0)):
             raise ValueError("step lr must be finite and >= 0")
@@ -283,7 +315,7 @@ class StepLoop:
         done = self.fn(self.data, sh.y, sh.sw, params, plan.order, plan.starts, s0, s1, lrs, kind, vel, mom,
                        nest, m, v, b1, b2, bias1, bias2, eps, self.l2, self.n_pen, self.sums, self.send32,
                        self.recv32, self.red, self.grad, *self.handles, self.progress, self.stats, self.work,
-                       self.n_classes)
+                       self.n_classes, bool(log_last), self.zbuf)
         opt.t += done
         self.seconds["kernel"] += float(self.stats[2])
         self.seconds["allreduce"] += float(self.stats[0])
