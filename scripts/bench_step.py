@@ -31,6 +31,10 @@ runs in the loop, the wait for the slowest rank, the Allreduce after the last ra
 and the rest. It shows what the subtraction below cannot: whether a part runs slower inside
 the loop than alone.
 
+``allreduce_after_kernel``: the step's Allreduce timed right after the kernel ran on a step's rows
+(after a barrier, so no waiting is counted) and at once again: the MPI library's own path run
+cache-cold, which every step of the compiled loop pays and the back-to-back ``allreduce`` does not.
+
 ``after_kernel_probe``: the loop's own work after the Allreduce (gradient finish + SGD step)
 timed right after the kernel ran on a step's rows and then at once again: how much slower code
 runs after the kernel has swept its rows through L1/L2 (a cost every part of ``other`` pays
@@ -336,6 +340,30 @@ def worker(args) -> int:
                 k += 1
         return max_over_ranks(cold / k), max_over_ranks(warm / k)
 
+    def allreduce_after_kernel(params):
+        """The step's Allreduce of the (P+4)-long buffer timed right after the kernel ran on the
+        step's rows (the ranks first meet in a barrier, so no waiting for a slower rank is
+        counted), and then at once again: what the kernel's sweep through the cache costs the
+        MPI library's own path. Mean seconds per call, max over ranks."""
+        grad_sum = np.zeros(P)
+        buf = np.zeros(P + 4)
+        cold = warm = 0.0
+        k = 0
+        for epoch in range(args.epochs):
+            plan.build(epoch)
+            for s in range(steps_per_epoch):
+                model.loss_grad(shard, params, plan.rows(s), grad_sum, False)
+                comm.Barrier()
+                t0 = time.perf_counter()
+                comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+                t1 = time.perf_counter()
+                comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+                t2 = time.perf_counter()
+                cold += t1 - t0
+                warm += t2 - t1
+                k += 1
+        return max_over_ranks(cold / k), max_over_ranks(warm / k)
+
     def allreduce_alone(n, dtype, calls):
         buf = np.ones(n, dtype=dtype)
         comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)  # warm
@@ -358,7 +386,7 @@ def worker(args) -> int:
     rec = {d: {"step": [], "compute": [], "comm": [], "in_compiled_loop": []} for d in dtypes}
     rec_py, rec_null_compiled = [], []
     rec_kernel, rec_kernel_mean, rec_ar, rec_ar32, rec_opt, rec_null, rec_perm = [], [], [], [], [], [], []
-    rec_loop, rec_probe = [], []
+    rec_loop, rec_probe, rec_ar_cold = [], [], []
     sizes = [int(s) for s in args.comm_sizes.split(",") if s]
     rec_sizes = {n: {"float64": [], "float32": []} for n in sizes}
     params_end = model.init_params()
@@ -389,6 +417,7 @@ def worker(args) -> int:
         rec_null.append(null_steps())
         rec_perm.append(permutation_alone())
         rec_probe.append(after_kernel_probe(params_end))
+        rec_ar_cold.append(allreduce_after_kernel(params_end))
         if one_node:
             rec_loop.append(in_loop_steps())
         for n in sizes:
@@ -452,6 +481,14 @@ def worker(args) -> int:
             "again": in_us([w for _, w in rec_probe]),
             "ratio": {"min": min(c for c, _ in rec_probe) / min(w for _, w in rec_probe),
                       "median": float(np.median([c for c, _ in rec_probe]) / np.median([w for _, w in rec_probe]))},
+        },
+        "allreduce_after_kernel": {
+            "what": "the step's Allreduce (same buffer) right after the kernel ran on the step's rows, the "
+                    "ranks first met in a barrier (no waiting counted), and at once again; mean per call, max "
+                    "over ranks: the MPI library's path run cache-cold, a cost inside every step of the loop "
+                    "that the raw back-to-back 'allreduce' does not see",
+            "after_kernel": in_us([c for c, _ in rec_ar_cold]),
+            "again": in_us([w for _, w in rec_ar_cold]),
         },
         "python_loop": _python_loop(rec_py, rec["float64"]["step"], kern, ar, opt, in_us) if rec_py else None,
         "in_compiled_loop": _in_compiled(rec["float64"]["in_compiled_loop"], rec_kernel_mean, in_us)
