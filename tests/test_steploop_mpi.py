@@ -1,9 +1,10 @@
 """The compiled mini-batch loop (mpidml.parallel.steploop) gives bitwise the Python loop's result.
 
 Run under mpirun -n 1, 2, 3 (uneven shards: N = 1003). Each case trains twice on all ranks, with
-``--step-loop auto`` (the compiled loop between log points) and ``--step-loop python`` (every
-step in Python, the loop the other tests check against NumPy and the one-rank result), and
-requires the same bits, plus that the compiled loop really ran most of the steps.
+``--step-loop auto`` (the compiled loop, logged steps included) and ``--step-loop python``
+(every step in Python, the loop the other tests check against NumPy and the one-rank result),
+and requires the same bits and the same log records, plus that the compiled loop really ran
+every step.
 """
 
 import numpy as np
@@ -94,7 +95,7 @@ def test_compiled_loop_equals_python_loop_bitwise(name, weighted, x_dtype, monke
     assert trainer.summary_section()["step_loop"]["loop"] == "compiled"
     assert ref_trainer.summary_section()["step_loop"] == {"loop": "python", "python_because": "--step-loop python"}
     loop = trainer._step_loop
-    # most steps ran compiled (the logged ones, and the last, in Python), and were counted
+    # the compiled loop ran and counted its steps (all of them here: see below)
     assert loop.seconds["steps"] >= 0.5 * trainer.steps and int(loop.progress[0]) == loop.seconds["steps"]
     assert trainer.steps == ref_trainer.steps
     assert np.array_equal(got, ref), f"max |diff| {np.max(np.abs(got - ref))}"
