@@ -206,15 +206,17 @@ def warm_up_groups(model, shard, training: bool = True) -> tuple:
     def compile_the_rest():
         # what the first mini-batch step and the final evaluation call, which every rank
         # would otherwise compile at once on a cold cache (seen with NUMBA_DEBUG_CACHE=1).
+        from types import SimpleNamespace
+
         from . import kernels
+        from .parallel.allreduce import EpochPlan
 
         if not shared:
             evaluation()
         if not training:
             return
         one = np.zeros(1, dtype=np.int64)
-        kernels.epoch_batches(one[:0], 0, 1, 1, 1, 1, kernels.shuffle_keys(0, 0), False, one.astype(np.int32),
-                              one.copy(), np.zeros(2, dtype=np.int64), *kernels.plan_scratch())  # EpochPlan's
+        EpochPlan(SimpleNamespace(lo=0, n_local=1), 1, 1, 0, "global").build(0)  # the batch plan, its dtypes
         g = np.zeros(model.n_params)  # the mini-batch loop's fused gradient finish
         kernels.mean_gradient_norm2(g, 1.0, g, 0.0, 0, g.copy())
         kernels.rows_weight_sum(g, one[:0])  # the batch's weight (a mini-batch step in Python)

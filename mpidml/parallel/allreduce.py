@@ -554,11 +554,6 @@ def epoch_permutation(n_rows: int, seed: int, epoch: int, shuffle: str = "global
     return kernels.epoch_order(n_rows, seed, epoch, shuffle == "none")
 
 
-def plan_step_dtype(steps: int):
-    """The dtype of :class:`EpochPlan`'s per-row step scratch for ``steps`` steps per epoch."""
-    return np.int32 if steps < 2**31 else np.int64
-
-
 class EpochPlan:
     """This rank's rows of each mini-batch step of an epoch, for one global order of all N rows.
 
@@ -579,7 +574,7 @@ class EpochPlan:
         self.bits = kernels.domain_bits(self.n_rows)
         # each row's step: int32 halves that scratch's memory traffic (the int64 variant is a
         # second compiled specialisation, for more than 2^31 - 1 steps per epoch only)
-        self.step_of = np.empty(self.n_local, dtype=plan_step_dtype(self.steps))
+        self.step_of = np.empty(self.n_local, dtype=np.int32 if self.steps < 2**31 else np.int64)
         self.order = np.empty(self.n_local, dtype=np.int64)
         self.starts = np.zeros(self.steps + 1, dtype=np.int64)
         self.raw, self.walk = kernels.plan_scratch()

@@ -249,6 +249,9 @@ class StepLoop:
         if self.work is None:
             self.work = np.zeros(0)
         self.n_classes = int(getattr(model, "n_classes", 0) or 0)
+        # values per row of a logged step's margins (logistic) or logits (softmax) in zbuf
+        self.z_width = {DENSE_LOGISTIC: 1, CSR_LOGISTIC: 1, DENSE_SOFTMAX: self.n_classes,
+                        CSR_SOFTMAX: self.n_classes}.get(self.kind, 0)
         n = n_params + n_tail
         if n >= 2**31:
             raise ValueError(f"{n} values exceed one MPI_Allreduce's int count")
@@ -264,7 +267,7 @@ class StepLoop:
         self.stats = np.zeros(3)
         self.seconds = {"kernel": 0.0, "allreduce": 0.0, "steps": 0}
         self._empty = np.zeros(0)
-        self.zbuf = np.zeros(0)  # a logged step's margins or logits (grown to the step's rows x K)
+        self.zbuf = np.zeros(0)  # a logged step's margins or logits (grown to its rows x z_width)
         # compiled (or loaded) in this process already: for these dtypes, every rank has it too
         self._key = (self.kind, tuple(a.dtype for a in self.data), shard.y.dtype)
         self.compiled = self._key in _COMPILED
@@ -294,7 +297,7 @@ class StepLoop:
         """
         n = s1 - s0
         if log_last and n > 0:
-            need = int(plan.starts[s1] - plan.starts[s1 - 1]) * max(1, self.n_classes)
+            need = int(plan.starts[s1] - plan.starts[s1 - 1]) * self.z_width
             if self.zbuf.size < need:
                 self.zbuf = np.zeros(need)
         lrs = np.asarray(lrs, dtype=np.float64)
