@@ -7,8 +7,8 @@ loss_i = logsumexp(z_i) - z_i[y_i] with logits z_i = W x_i + c.
 import numpy as np
 from numba import njit
 
-from .simd import align_offset, ld, vload_n, vadd, vbload, vdiv, vexp_nonpos, vfma, vlane, vload, vmax, vmul, vselect_eq, vset8, \
-    vsplat, vstore, vstore_t8, vsub
+from .simd import align_offset, ld, vload_n, vadd, vbload, vdiv, vexp_nonpos, vfma, vlane, vload, vmax, vmul, vselect_eq, \
+    vfence, vlog_ge1, vselect_gt, vset8, vsplat, vstore, vstore_t8, vsub
 from .glm import linear_scores
 from .util import (CACHE_LINE, FASTMATH, PREFETCH_BYTES, exp_nonpos, log_strict, next_run, prefetch_ahead, prefetch_l2,
                    prefetch_scattered)
@@ -27,14 +27,14 @@ def work_size(n_classes, n_features):
     """float64 workspace that enables the vector path of softmax_loss_grad_ws.
 
     Holds the coefficients transposed and padded to a multiple of CLASS_TILE classes, a
-    padded gradient, the logits of 8 rows and 8 rows of X transposed, plus up to 7
+    padded gradient, the logits of 16 rows and 16 rows of X transposed, plus up to 7
     elements to start on a 64-byte boundary. Enough for the scalar paths too.
     Plain Python (models call it on every rank before the kernels are warmed up, which
     must not compile anything); the kernels use its compiled twin _work_size.
     """
     kq = -(-n_classes // CLASS_TILE) * CLASS_TILE
     dp = n_features + (-n_features) % 8
-    return max(2 * kq * dp + 17 * kq + 8 * dp + 7, WORK_ROWS * n_classes)
+    return max(2 * kq * dp + 25 * kq + 16 * dp + 7, WORK_ROWS * n_classes)
 
 
 _work_size = njit(cache=True, nogil=True)(work_size)
@@ -80,8 +80,8 @@ def softmax_loss_grad_ws(X, y, sw, params, rows, grad, with_loss, work):
     """Same as :func:`softmax_loss_grad` with a caller-provided workspace (no allocation).
 
     work: float64 scratch, >= 2*K elements. With K >= VECTOR_MIN_CLASSES,
-    work.size >= work_size(K, D) and a C-contiguous X, rows are taken 8 at a time in explicit vectors
-    (_vector_path, ~1.5x faster than the scalar path at D=64, K=10); otherwise the scalar
+    work.size >= work_size(K, D) and a C-contiguous X, rows are taken 16 at a time in explicit vectors
+    (_vector_path, ~2.4x faster than the scalar path at D=64, K=10); otherwise the scalar
     path below. The two give the same sums up to rounding (they add in different orders).
     """
     D = X.shape[1]
@@ -192,205 +192,331 @@ def _scalar_path(X, y, sw, params, rows, grad, with_loss, work):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def _row_id(rows, i, r, t, run):
-    """Row of X for lane t of the block: r + t within a run of consecutive rows, else rows[i + t]."""
-    return r + t if run else ld(rows, i + t)
+def _row_id(rows, i, r, t, run, nvalid):
+    """Row of X for lane t (0..15) of the block: r + t within a run of consecutive rows, else
+    rows[i + t]; past the nvalid entries left, rows[i] again (a padding lane, weight 0)."""
+    if run:
+        return r + t
+    return ld(rows, i + t) if t < nvalid else ld(rows, i)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def _block8(X, y, sw, rows, i, r, run, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss, nb):
-    """Loss and gradient terms of 8 rows (ids from _row_id), added to the padded sums in work.
-
-    1. X rows transposed into work[oT:] (8 at a time), so that lane t holds row t;
-    2. logits, CLASS_TILE classes per register tile: z_k += x_j * coef[k, j] (coef read
-       transposed, one broadcast per class and feature), stored to work[oZ + 8k:];
-    3. softmax across the lanes: max, exp (vexp_nonpos), sum, the weighted residual
-       s (p_k - [k == y]) and the loss s (log(sum) + max - z_y);
-    4. gradient G[k, j:j+8] += sum_t R[k, t] X[row t, j:j+8] in 5-class x 16-feature
-       register tiles (features in the lanes); the intercepts' residual sums per lane.
-    """
+def _transpose8(X, rows, i, r, run, nvalid, h, work, o):
+    """Rows 8h..8h+7 of the block transposed into work[o:]: work[o + 8 j + t] = X[row t, j]
+    (the last features of each row read with masked loads: nothing past a row's end)."""
     D = X.shape[1]
-    i0 = _row_id(rows, i, r, 0, run)
-    i1 = _row_id(rows, i, r, 1, run)
-    i2 = _row_id(rows, i, r, 2, run)
-    i3 = _row_id(rows, i, r, 3, run)
-    i4 = _row_id(rows, i, r, 4, run)
-    i5 = _row_id(rows, i, r, 5, run)
-    i6 = _row_id(rows, i, r, 6, run)
-    i7 = _row_id(rows, i, r, 7, run)
-    a0, a1, a2, a3, a4, a5, a6, a7 = i0 * D, i1 * D, i2 * D, i3 * D, i4 * D, i5 * D, i6 * D, i7 * D
+    a0 = _row_id(rows, i, r, 8 * h, run, nvalid) * D
+    a1 = _row_id(rows, i, r, 8 * h + 1, run, nvalid) * D
+    a2 = _row_id(rows, i, r, 8 * h + 2, run, nvalid) * D
+    a3 = _row_id(rows, i, r, 8 * h + 3, run, nvalid) * D
+    a4 = _row_id(rows, i, r, 8 * h + 4, run, nvalid) * D
+    a5 = _row_id(rows, i, r, 8 * h + 5, run, nvalid) * D
+    a6 = _row_id(rows, i, r, 8 * h + 6, run, nvalid) * D
+    a7 = _row_id(rows, i, r, 8 * h + 7, run, nvalid) * D
     D8 = D - D % 8
     for j in range(0, D8, 8):
-        vstore_t8(work, oT + 8 * j, vload(X, a0 + j), vload(X, a1 + j), vload(X, a2 + j), vload(X, a3 + j),
+        vstore_t8(work, o + 8 * j, vload(X, a0 + j), vload(X, a1 + j), vload(X, a2 + j), vload(X, a3 + j),
                   vload(X, a4 + j), vload(X, a5 + j), vload(X, a6 + j), vload(X, a7 + j))
-    if D8 < D:  # the last features of each row, masked: nothing past a row's end is read
+    if D8 < D:
         n = D - D8
-        vstore_t8(work, oT + 8 * D8, vload_n(X, a0 + D8, n), vload_n(X, a1 + D8, n), vload_n(X, a2 + D8, n),
+        vstore_t8(work, o + 8 * D8, vload_n(X, a0 + D8, n), vload_n(X, a1 + D8, n), vload_n(X, a2 + D8, n),
                   vload_n(X, a3 + D8, n), vload_n(X, a4 + D8, n), vload_n(X, a5 + D8, n), vload_n(X, a6 + D8, n),
                   vload_n(X, a7 + D8, n))
-    step = CACHE_LINE // X.itemsize
-    nlines = 8 * D // step if nb >= 0 else 0
-    for k in range(0, kq, CLASS_TILE):
-        z0 = vbload(work, oB + k)
-        z1 = vbload(work, oB + k + 1)
-        z2 = vbload(work, oB + k + 2)
-        z3 = vbload(work, oB + k + 3)
-        z4 = vbload(work, oB + k + 4)
-        z5 = vbload(work, oB + k + 5)
-        z6 = vbload(work, oB + k + 6)
-        z7 = vbload(work, oB + k + 7)
-        z8 = vbload(work, oB + k + 8)
-        z9 = vbload(work, oB + k + 9)
-        for j in range(D):
-            if k == 0 and j < nlines:  # one line of the next block per step: see _vector_path
-                prefetch_l2(X, nb + j * step)
-            x = vload(work, oT + 8 * j)
-            q = oW + j * kq + k
-            z0 = vfma(x, vbload(work, q), z0)
-            z1 = vfma(x, vbload(work, q + 1), z1)
-            z2 = vfma(x, vbload(work, q + 2), z2)
-            z3 = vfma(x, vbload(work, q + 3), z3)
-            z4 = vfma(x, vbload(work, q + 4), z4)
-            z5 = vfma(x, vbload(work, q + 5), z5)
-            z6 = vfma(x, vbload(work, q + 6), z6)
-            z7 = vfma(x, vbload(work, q + 7), z7)
-            z8 = vfma(x, vbload(work, q + 8), z8)
-            z9 = vfma(x, vbload(work, q + 9), z9)
-        oz = oZ + 8 * k
-        vstore(work, oz, z0)
-        vstore(work, oz + 8, z1)
-        vstore(work, oz + 16, z2)
-        vstore(work, oz + 24, z3)
-        vstore(work, oz + 32, z4)
-        vstore(work, oz + 40, z5)
-        vstore(work, oz + 48, z6)
-        vstore(work, oz + 56, z7)
-        vstore(work, oz + 64, z8)
-        vstore(work, oz + 72, z9)
-    m = vload(work, oZ)
-    for k in range(1, K):
-        m = vmax(m, vload(work, oZ + 8 * k))
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _softmax8(y, sw, rows, i, r, run, nvalid, h, K, work, oZ, oGB, with_loss):
+    """Softmax across the lanes of rows 8h..8h+7: the logits work[oZ + 16 k + 8 h:][:8] of each
+    class k become the weighted residuals s (p_k - [k == y]); the intercepts' per-lane sums in
+    work[oGB + 8 k:] grow by them. Returns the rows' loss sum s (log(sum) - (z_y - max))
+    (0.0 unless with_loss). Padding lanes (past nvalid) have weight 0: residuals and loss 0."""
+    ids = (_row_id(rows, i, r, 8 * h, run, nvalid), _row_id(rows, i, r, 8 * h + 1, run, nvalid),
+           _row_id(rows, i, r, 8 * h + 2, run, nvalid), _row_id(rows, i, r, 8 * h + 3, run, nvalid),
+           _row_id(rows, i, r, 8 * h + 4, run, nvalid), _row_id(rows, i, r, 8 * h + 5, run, nvalid),
+           _row_id(rows, i, r, 8 * h + 6, run, nvalid), _row_id(rows, i, r, 8 * h + 7, run, nvalid))
     # labels and weights as lanes, built in registers (no scalar stores into vectors)
-    yv = vset8(float(ld(y, i0)), float(ld(y, i1)), float(ld(y, i2)), float(ld(y, i3)),
-               float(ld(y, i4)), float(ld(y, i5)), float(ld(y, i6)), float(ld(y, i7)))
+    yv = vset8(float(ld(y, ids[0])), float(ld(y, ids[1])), float(ld(y, ids[2])), float(ld(y, ids[3])),
+               float(ld(y, ids[4])), float(ld(y, ids[5])), float(ld(y, ids[6])), float(ld(y, ids[7])))
     if sw.size == 0:
         s = vsplat(1.0)
     else:
-        s = vset8(ld(sw, i0), ld(sw, i1), ld(sw, i2), ld(sw, i3), ld(sw, i4), ld(sw, i5), ld(sw, i6), ld(sw, i7))
+        s = vset8(ld(sw, ids[0]), ld(sw, ids[1]), ld(sw, ids[2]), ld(sw, ids[3]), ld(sw, ids[4]), ld(sw, ids[5]),
+                  ld(sw, ids[6]), ld(sw, ids[7]))
+    if nvalid < 8 * h + 8:  # a padding lane repeats a row: weight 0
+        s = vselect_gt(vsplat(float(nvalid - 8 * h)), vset8(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0), s, vsplat(0.0))
+    oz = oZ + 8 * h
+    m = vload(work, oz)
+    for k in range(1, K):
+        m = vmax(m, vload(work, oz + 16 * k))
     zero = vsplat(0.0)
+    one = vsplat(1.0)
     zy = zero
     ssum = zero
+    kv = zero  # the class index k in every lane (counted up: no int -> float conversion per class)
     for k in range(K):
-        zk = vsub(vload(work, oZ + 8 * k), m)
+        zk = vsub(vload(work, oz + 16 * k), m)
         if with_loss:  # the shifted logit of the label
-            zy = vselect_eq(yv, vsplat(float(k)), zk, zy)
+            zy = vselect_eq(yv, kv, zk, zy)
         e = vexp_nonpos(zk)
-        vstore(work, oZ + 8 * k, e)
+        vstore(work, oz + 16 * k, e)
         ssum = vadd(ssum, e)
+        kv = vadd(kv, one)
     loss = 0.0
-    if with_loss:  # s (log(sum) - (z_y - max))
+    if with_loss:  # s (log(sum) - (z_y - max)); sum >= 1 (the max term is exp(0)) or NaN
+        lv = vmul(s, vsub(vlog_ge1(ssum), zy))
         for t in range(8):
-            loss += vlane(s, t) * (log_strict(vlane(ssum, t)) - vlane(zy, t))
-    c = vdiv(s, ssum)
+            loss += vlane(lv, t)
+    c = vfence(vdiv(s, ssum))  # one division per 8 rows: see vfence
+    kv = zero
     for k in range(K):
-        q = vsub(vmul(vload(work, oZ + 8 * k), c), vselect_eq(yv, vsplat(float(k)), s, zero))
-        vstore(work, oZ + 8 * k, q)
+        q = vsub(vmul(vload(work, oz + 16 * k), c), vselect_eq(yv, kv, s, zero))
+        vstore(work, oz + 16 * k, q)
         vstore(work, oGB + 8 * k, vadd(vload(work, oGB + 8 * k), q))
-    # Padding classes (k >= K) keep their logits as residuals; their rows of G are never read.
-    # Gradient tiles: 5 classes x 16 features (10 accumulators), so each load of X feeds 5 FMAs.
-    Dp = D8 if D8 == D else D8 + 8  # G's rows are padded to whole vectors
-    D16 = D8 - D8 % 16
-    for k in range(0, kq, 5):
-        z0 = oZ + 8 * k
-        for j in range(0, D16, 16):
+        kv = vadd(kv, one)
+    return loss
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _block16(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss, nb):
+    """Loss and gradient terms of 16 rows (ids from _row_id), added to the padded sums in work.
+
+    1. X rows transposed into work[oT:] (rows 0-7) and work[oT + 8 Dp:] (rows 8-15), so that
+       lane t of a vector holds row t (or t + 8);
+    2. logits, CLASS_TILE classes x 16 rows per register tile (20 accumulators): z_k += x_j *
+       coef[k, j], each broadcast of coef[k, j] feeding two FMAs; stored to work[oZ + 16 k:];
+    3. softmax across the lanes (_softmax8, each half);
+    4. gradient G[k, j:j+16] += sum_t R[k, t] X[row t, j:j+16] in CLASS_TILE-class x
+       16-feature register tiles (features in the lanes), 16 rows per tile load and store.
+    Sixteen rows instead of eight halve the broadcasts per FMA of the logits and the loads and
+    stores of G per row: 1e6 x 64, K = 10, X in L2: 45 vs 61 ns per row (see _vector_path).
+    """
+    D = X.shape[1]
+    Dp = D + (-D) % 8
+    _transpose8(X, rows, i, r, run, nvalid, 0, work, oT)
+    _transpose8(X, rows, i, r, run, nvalid, 1, work, oT + 8 * Dp)
+    step = CACHE_LINE // X.itemsize
+    lines_per_j = 16 * X.itemsize // CACHE_LINE  # the next block's 16 rows: D lines (float32) or 2 D (float64)
+    for k in range(0, kq, CLASS_TILE):
+        a0 = vbload(work, oB + k)
+        a1 = vbload(work, oB + k + 1)
+        a2 = vbload(work, oB + k + 2)
+        a3 = vbload(work, oB + k + 3)
+        a4 = vbload(work, oB + k + 4)
+        a5 = vbload(work, oB + k + 5)
+        a6 = vbload(work, oB + k + 6)
+        a7 = vbload(work, oB + k + 7)
+        a8 = vbload(work, oB + k + 8)
+        a9 = vbload(work, oB + k + 9)
+        b0, b1, b2, b3, b4, b5, b6, b7, b8, b9 = a0, a1, a2, a3, a4, a5, a6, a7, a8, a9
+        for j in range(D):
+            if k == 0 and nb >= 0:  # the next block's first D lines, one per step: see _vector_path
+                prefetch_l2(X, nb + j * step)
+            xa = vload(work, oT + 8 * j)
+            xb = vload(work, oT + 8 * Dp + 8 * j)
+            q = oW + j * kq + k
+            w = vbload(work, q)
+            a0 = vfma(xa, w, a0)
+            b0 = vfma(xb, w, b0)
+            w = vbload(work, q + 1)
+            a1 = vfma(xa, w, a1)
+            b1 = vfma(xb, w, b1)
+            w = vbload(work, q + 2)
+            a2 = vfma(xa, w, a2)
+            b2 = vfma(xb, w, b2)
+            w = vbload(work, q + 3)
+            a3 = vfma(xa, w, a3)
+            b3 = vfma(xb, w, b3)
+            w = vbload(work, q + 4)
+            a4 = vfma(xa, w, a4)
+            b4 = vfma(xb, w, b4)
+            w = vbload(work, q + 5)
+            a5 = vfma(xa, w, a5)
+            b5 = vfma(xb, w, b5)
+            w = vbload(work, q + 6)
+            a6 = vfma(xa, w, a6)
+            b6 = vfma(xb, w, b6)
+            w = vbload(work, q + 7)
+            a7 = vfma(xa, w, a7)
+            b7 = vfma(xb, w, b7)
+            w = vbload(work, q + 8)
+            a8 = vfma(xa, w, a8)
+            b8 = vfma(xb, w, b8)
+            w = vbload(work, q + 9)
+            a9 = vfma(xa, w, a9)
+            b9 = vfma(xb, w, b9)
+        oz = oZ + 16 * k
+        vstore(work, oz, a0)
+        vstore(work, oz + 8, b0)
+        vstore(work, oz + 16, a1)
+        vstore(work, oz + 24, b1)
+        vstore(work, oz + 32, a2)
+        vstore(work, oz + 40, b2)
+        vstore(work, oz + 48, a3)
+        vstore(work, oz + 56, b3)
+        vstore(work, oz + 64, a4)
+        vstore(work, oz + 72, b4)
+        vstore(work, oz + 80, a5)
+        vstore(work, oz + 88, b5)
+        vstore(work, oz + 96, a6)
+        vstore(work, oz + 104, b6)
+        vstore(work, oz + 112, a7)
+        vstore(work, oz + 120, b7)
+        vstore(work, oz + 128, a8)
+        vstore(work, oz + 136, b8)
+        vstore(work, oz + 144, a9)
+        vstore(work, oz + 152, b9)
+    loss = _softmax8(y, sw, rows, i, r, run, nvalid, 0, K, work, oZ, oGB, with_loss)
+    loss += _softmax8(y, sw, rows, i, r, run, nvalid, 1, K, work, oZ, oGB, with_loss)
+    # Padding classes (k >= K) keep their logits (0: zero coefficients and intercepts) as
+    # residuals; their rows of G are never read.
+    D16 = D - D % 16
+    for k in range(0, kq, CLASS_TILE):
+        for j in range(0, Dp, 16):
             p = oG + k * Dp + j
-            g00 = vload(work, p)
-            g01 = vload(work, p + 8)
-            g10 = vload(work, p + Dp)
-            g11 = vload(work, p + Dp + 8)
-            g20 = vload(work, p + 2 * Dp)
-            g21 = vload(work, p + 2 * Dp + 8)
-            g30 = vload(work, p + 3 * Dp)
-            g31 = vload(work, p + 3 * Dp + 8)
-            g40 = vload(work, p + 4 * Dp)
-            g41 = vload(work, p + 4 * Dp + 8)
-            for t in range(8):
-                a = _row_id(rows, i, r, t, run) * D + j
-                x0 = vload(X, a)
-                x1 = vload(X, a + 8)
-                q = z0 + t
-                r0 = vbload(work, q)
-                g00 = vfma(x0, r0, g00)
-                g01 = vfma(x1, r0, g01)
-                r1 = vbload(work, q + 8)
-                g10 = vfma(x0, r1, g10)
-                g11 = vfma(x1, r1, g11)
-                r2 = vbload(work, q + 16)
-                g20 = vfma(x0, r2, g20)
-                g21 = vfma(x1, r2, g21)
-                r3 = vbload(work, q + 24)
-                g30 = vfma(x0, r3, g30)
-                g31 = vfma(x1, r3, g31)
-                r4 = vbload(work, q + 32)
-                g40 = vfma(x0, r4, g40)
-                g41 = vfma(x1, r4, g41)
-            vstore(work, p, g00)
-            vstore(work, p + 8, g01)
-            vstore(work, p + Dp, g10)
-            vstore(work, p + Dp + 8, g11)
-            vstore(work, p + 2 * Dp, g20)
-            vstore(work, p + 2 * Dp + 8, g21)
-            vstore(work, p + 3 * Dp, g30)
-            vstore(work, p + 3 * Dp + 8, g31)
-            vstore(work, p + 4 * Dp, g40)
-            vstore(work, p + 4 * Dp + 8, g41)
-        for j in range(D16, Dp, 8):  # the last one or two chunks of 8 features (masked past D)
-            n = min(8, D - j)
-            p = oG + k * Dp + j
-            g00 = vload(work, p)
-            g10 = vload(work, p + Dp)
-            g20 = vload(work, p + 2 * Dp)
-            g30 = vload(work, p + 3 * Dp)
-            g40 = vload(work, p + 4 * Dp)
-            for t in range(8):
-                x0 = vload_n(X, _row_id(rows, i, r, t, run) * D + j, n)
-                q = z0 + t
-                g00 = vfma(x0, vbload(work, q), g00)
-                g10 = vfma(x0, vbload(work, q + 8), g10)
-                g20 = vfma(x0, vbload(work, q + 16), g20)
-                g30 = vfma(x0, vbload(work, q + 24), g30)
-                g40 = vfma(x0, vbload(work, q + 32), g40)
-            vstore(work, p, g00)
-            vstore(work, p + Dp, g10)
-            vstore(work, p + 2 * Dp, g20)
-            vstore(work, p + 3 * Dp, g30)
-            vstore(work, p + 4 * Dp, g40)
+            if j < D16:  # 16 features: two vectors
+                g0a = vload(work, p)
+                g0b = vload(work, p + 8)
+                g1a = vload(work, p + Dp)
+                g1b = vload(work, p + Dp + 8)
+                g2a = vload(work, p + 2 * Dp)
+                g2b = vload(work, p + 2 * Dp + 8)
+                g3a = vload(work, p + 3 * Dp)
+                g3b = vload(work, p + 3 * Dp + 8)
+                g4a = vload(work, p + 4 * Dp)
+                g4b = vload(work, p + 4 * Dp + 8)
+                g5a = vload(work, p + 5 * Dp)
+                g5b = vload(work, p + 5 * Dp + 8)
+                g6a = vload(work, p + 6 * Dp)
+                g6b = vload(work, p + 6 * Dp + 8)
+                g7a = vload(work, p + 7 * Dp)
+                g7b = vload(work, p + 7 * Dp + 8)
+                g8a = vload(work, p + 8 * Dp)
+                g8b = vload(work, p + 8 * Dp + 8)
+                g9a = vload(work, p + 9 * Dp)
+                g9b = vload(work, p + 9 * Dp + 8)
+                for t in range(16):
+                    if k == 0 and nb >= 0 and lines_per_j == 2:  # float64: the next block's other D lines
+                        prefetch_l2(X, nb + (D + j + t) * step)
+                    a = _row_id(rows, i, r, t, run, nvalid) * D + j
+                    x0 = vload(X, a)
+                    x1 = vload(X, a + 8)
+                    q = oZ + 16 * k + t
+                    c = vbload(work, q)
+                    g0a = vfma(x0, c, g0a)
+                    g0b = vfma(x1, c, g0b)
+                    c = vbload(work, q + 16)
+                    g1a = vfma(x0, c, g1a)
+                    g1b = vfma(x1, c, g1b)
+                    c = vbload(work, q + 32)
+                    g2a = vfma(x0, c, g2a)
+                    g2b = vfma(x1, c, g2b)
+                    c = vbload(work, q + 48)
+                    g3a = vfma(x0, c, g3a)
+                    g3b = vfma(x1, c, g3b)
+                    c = vbload(work, q + 64)
+                    g4a = vfma(x0, c, g4a)
+                    g4b = vfma(x1, c, g4b)
+                    c = vbload(work, q + 80)
+                    g5a = vfma(x0, c, g5a)
+                    g5b = vfma(x1, c, g5b)
+                    c = vbload(work, q + 96)
+                    g6a = vfma(x0, c, g6a)
+                    g6b = vfma(x1, c, g6b)
+                    c = vbload(work, q + 112)
+                    g7a = vfma(x0, c, g7a)
+                    g7b = vfma(x1, c, g7b)
+                    c = vbload(work, q + 128)
+                    g8a = vfma(x0, c, g8a)
+                    g8b = vfma(x1, c, g8b)
+                    c = vbload(work, q + 144)
+                    g9a = vfma(x0, c, g9a)
+                    g9b = vfma(x1, c, g9b)
+                vstore(work, p, g0a)
+                vstore(work, p + 8, g0b)
+                vstore(work, p + Dp, g1a)
+                vstore(work, p + Dp + 8, g1b)
+                vstore(work, p + 2 * Dp, g2a)
+                vstore(work, p + 2 * Dp + 8, g2b)
+                vstore(work, p + 3 * Dp, g3a)
+                vstore(work, p + 3 * Dp + 8, g3b)
+                vstore(work, p + 4 * Dp, g4a)
+                vstore(work, p + 4 * Dp + 8, g4b)
+                vstore(work, p + 5 * Dp, g5a)
+                vstore(work, p + 5 * Dp + 8, g5b)
+                vstore(work, p + 6 * Dp, g6a)
+                vstore(work, p + 6 * Dp + 8, g6b)
+                vstore(work, p + 7 * Dp, g7a)
+                vstore(work, p + 7 * Dp + 8, g7b)
+                vstore(work, p + 8 * Dp, g8a)
+                vstore(work, p + 8 * Dp + 8, g8b)
+                vstore(work, p + 9 * Dp, g9a)
+                vstore(work, p + 9 * Dp + 8, g9b)
+            else:  # the last one or two chunks of 8 features (masked past D)
+                for jj in range(j, Dp, 8):
+                    n = min(8, D - jj)
+                    pp = oG + k * Dp + jj
+                    g0a = vload(work, pp)
+                    g1a = vload(work, pp + Dp)
+                    g2a = vload(work, pp + 2 * Dp)
+                    g3a = vload(work, pp + 3 * Dp)
+                    g4a = vload(work, pp + 4 * Dp)
+                    g5a = vload(work, pp + 5 * Dp)
+                    g6a = vload(work, pp + 6 * Dp)
+                    g7a = vload(work, pp + 7 * Dp)
+                    g8a = vload(work, pp + 8 * Dp)
+                    g9a = vload(work, pp + 9 * Dp)
+                    for t in range(16):
+                        if k == 0 and nb >= 0 and lines_per_j == 2 and t < 8 and jj + t < D:
+                            prefetch_l2(X, nb + (D + jj + t) * step)
+                        x0 = vload_n(X, _row_id(rows, i, r, t, run, nvalid) * D + jj, n)
+                        q = oZ + 16 * k + t
+                        g0a = vfma(x0, vbload(work, q), g0a)
+                        g1a = vfma(x0, vbload(work, q + 16), g1a)
+                        g2a = vfma(x0, vbload(work, q + 32), g2a)
+                        g3a = vfma(x0, vbload(work, q + 48), g3a)
+                        g4a = vfma(x0, vbload(work, q + 64), g4a)
+                        g5a = vfma(x0, vbload(work, q + 80), g5a)
+                        g6a = vfma(x0, vbload(work, q + 96), g6a)
+                        g7a = vfma(x0, vbload(work, q + 112), g7a)
+                        g8a = vfma(x0, vbload(work, q + 128), g8a)
+                        g9a = vfma(x0, vbload(work, q + 144), g9a)
+                    vstore(work, pp, g0a)
+                    vstore(work, pp + Dp, g1a)
+                    vstore(work, pp + 2 * Dp, g2a)
+                    vstore(work, pp + 3 * Dp, g3a)
+                    vstore(work, pp + 4 * Dp, g4a)
+                    vstore(work, pp + 5 * Dp, g5a)
+                    vstore(work, pp + 6 * Dp, g6a)
+                    vstore(work, pp + 7 * Dp, g7a)
+                    vstore(work, pp + 8 * Dp, g8a)
+                    vstore(work, pp + 9 * Dp, g9a)
     return loss
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _vector_path(X, y, sw, params, rows, grad, with_loss, work):
-    """softmax_loss_grad_ws 8 rows at a time in explicit vectors (work >= work_size).
+    """softmax_loss_grad_ws 16 rows at a time in explicit vectors (work >= work_size).
 
-    Blocks are 8 consecutive rows inside a run of ``rows`` (the next block prefetched
-    during this one's logits) or else the next 8 entries of ``rows`` (a mini-batch; prefetched
-    ROWS_AHEAD rows ahead); the last rows.size % 8 rows go through the scalar path. work holds, from
-    its first 64-byte boundary on: coef transposed (D, kq) with zero padding classes (room
-    for (Dp, kq)), the padded gradient sums (kq, Dp), per-lane intercept sums (kq, 8),
-    logits (kq, 8), X transposed (Dp, 8), intercepts (kq,); Dp is D rounded
-    up to a multiple of 8 (the last features are read with masked loads).
+    Blocks are 16 consecutive rows inside a run of ``rows`` (the next block prefetched
+    during this one's logits) or else the next 16 entries of ``rows`` (a mini-batch, the
+    rows prefetched a block ahead); the last block of a call may have fewer than 16 entries
+    left, its other lanes repeat a row with weight 0. work holds, from its first 64-byte
+    boundary on: coef transposed (D, kq) with zero padding classes (room for (Dp, kq)), the
+    padded gradient sums (kq, Dp), per-lane intercept sums (kq, 8), logits (kq, 16), X
+    transposed (2, Dp, 8), intercepts (kq,); Dp is D rounded up to a multiple of 8 (the last
+    features are read with masked loads).
     """
     D = X.shape[1]
     K = params.size // (D + 1)
     KD = K * D
     kq = -(-K // CLASS_TILE) * CLASS_TILE
-    Dp = D + (-D) % 8  # rows of G and of X transposed padded to whole vectors
+    Dp = D + (-D) % 8
     oW = align_offset(work)
     oG = oW + kq * Dp
     oGB = oG + kq * Dp
     oZ = oGB + 8 * kq
-    oT = oZ + 8 * kq
-    oB = oT + 8 * Dp
+    oT = oZ + 16 * kq
+    oB = oT + 16 * Dp
     for q in range(oW, oZ):
         work[q] = 0.0
     for k in range(K):
@@ -403,25 +529,31 @@ def _vector_path(X, y, sw, params, rows, grad, with_loss, work):
     loss = 0.0
     i = 0
     pr = 0
-    while i + 8 <= m:
+    while i < m:
         lo, cnt = next_run(rows, i)
-        if cnt >= 8:
+        if cnt >= 16:
             r = lo
-            for _ in range(cnt // 8):
-                # The next 8 rows of the run are prefetched into L2, one cache line per step of this
-                # block's logits loop. The hardware prefetcher stops at every 4 KiB page (every block
-                # at D = 64) and, with ~600 cycles of arithmetic per block, memory and compute did not
-                # overlap (a pass cost about compute + read time). Spread out, the requests overlap the
-                # arithmetic: 1e6 x 64, 72.8 ms vs 78.9 (into L1) and 75.6 (none); a burst of 8 KiB
-                # ahead at each block's start was slower (91).
-                nb = (r + 8) * D if r + 16 <= lo + cnt else -1
-                loss += _block8(X, y, sw, rows, i, r, True, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss, nb)
-                r += 8
-                i += 8
+            for _ in range(cnt // 16):
+                # The next 16 rows of the run are prefetched into L2, one cache line per step of
+                # this block's logits loop and (float64: 2 D lines) one per row step of its first
+                # gradient tiles. The hardware prefetcher stops at every 4 KiB page and, with ~2000
+                # cycles of arithmetic per block, memory and compute did not overlap (a pass cost
+                # about compute + read time). Spread out, the requests overlap the arithmetic:
+                # 1e6 x 64 float64 (ad-hoc, X in L2 vs 1e6 rows, ns per row) 57 in L2, 73-74 with
+                # all 2 D lines requested in the logits loop, 68 spread over both loops; further
+                # ahead (2 blocks) was no better. (8-row blocks: into L1 and none were slower, as
+                # was a burst at each block's start.)
+                nb = (r + 16) * D if r + 32 <= lo + cnt else -1
+                loss += _block16(X, y, sw, rows, i, r, True, 16, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss,
+                                 nb)
+                r += 16
+                i += 16
         else:
-            pr = prefetch_scattered(X, rows, pr, i, 8)
-            loss += _block8(X, y, sw, rows, i, 0, False, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss, -1)
-            i += 8
+            nvalid = min(16, m - i)
+            pr = prefetch_scattered(X, rows, pr, i + 16, 8)  # the next block's rows (ROWS_AHEAD = 8 per call)
+            loss += _block16(X, y, sw, rows, i, 0, False, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss,
+                             -1)
+            i += nvalid
     for k in range(K):
         for j in range(D):
             grad[k * D + j] += work[oG + k * Dp + j]
@@ -429,8 +561,6 @@ def _vector_path(X, y, sw, params, rows, grad, with_loss, work):
         for t in range(8):
             gb += work[oGB + 8 * k + t]
         grad[KD + k] += gb
-    if i < m:  # the last < 8 rows (work is free again: the scalar path may overwrite it)
-        loss += _scalar_path(X, y, sw, params, rows[i:], grad, with_loss, work)
     return loss if with_loss else 0.0
 
 

@@ -189,11 +189,12 @@ def test_softmax_ws_matches_allocating_version():
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("rows_kind", ["full", "scattered", "mixed"])
 def test_softmax_vector_path_matches_numpy_and_scalar_path(d, k, dtype, rows_kind):
-    """The 8-rows-at-a-time vector path (D % 8 == 0, work >= work_size) against NumPy and the scalar path.
+    """The 16-rows-at-a-time vector path (work >= work_size) against NumPy and the scalar path.
 
     Class counts (>= VECTOR_MIN_CLASSES) below, at and above the 10-class register tile; feature
-    counts that are and are not multiples of 8 (masked last chunk); row counts not divisible by
-    8; blocks of consecutive rows, of scattered rows (a mini-batch) and both mixed.
+    counts that are and are not multiples of 8 (masked last chunk) and of 16; row counts not
+    divisible by 16 (the last block's padding lanes, weight 0); blocks of consecutive rows, of
+    scattered rows (a mini-batch) and both mixed.
     """
     rng = np.random.default_rng(d * 100 + k)
     n = 203

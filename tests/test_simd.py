@@ -2,8 +2,8 @@
 import numpy as np
 from numba import njit
 
-from mpidml.kernels.simd import (align_offset, vabs, vbload, vexp_nonpos, vfma, vhsum8, vload, vload_n, vlog1p_unit, vmax,
-                                 vselect_ge, vselect_gt, vset8, vstore, vstore_t8)
+from mpidml.kernels.simd import (align_offset, vabs, vbload, vexp_nonpos, vfma, vhsum8, vload, vload_n, vlog1p_unit, vlog_ge1,
+                                 vmax, vselect_ge, vselect_gt, vset8, vstore, vstore_t8)
 from mpidml.kernels.util import log1p_unit
 
 
@@ -48,6 +48,12 @@ def _log1p_all(e, out):
 
 
 @njit
+def _log_ge1_all(x, out):
+    for i in range(0, x.size, 8):
+        vstore(out, i, vlog_ge1(vload(x, i)))
+
+
+@njit
 def _abs_select(a, b, x, y, out):
     vstore(out, 0, vabs(vload(a, 0)))
     vstore(out, 8, vselect_ge(vload(a, 0), vload(b, 0), vload(x, 0), vload(y, 0)))
@@ -57,6 +63,23 @@ def _abs_select(a, b, x, y, out):
 @njit
 def _offset(a):
     return align_offset(a)
+
+
+def test_vlog_ge1_accuracy_and_edges():
+    # the softmax's log(sum of exp): sums in [1, K]; wider for the function's own contract
+    rng = np.random.default_rng(3)
+    x = np.concatenate([1.0 + rng.random(8000) * 20.0, 1.0 + rng.random(4000) * 1e-6, np.exp(rng.uniform(0.0, 700.0, 4000)),
+                        [1.0, np.nextafter(1.0, 2.0), 2.0, np.nextafter(2.0, 1.0), 1.5, 10.0, np.sqrt(2.0), 1.7976931348623157e308,
+                         np.inf, np.nan]])
+    x = np.concatenate([x, np.ones((-x.size) % 8)])
+    out = np.empty_like(x)
+    _log_ge1_all(x, out)
+    ref = np.log(x)
+    finite = np.isfinite(x)
+    ulps = np.abs(out[finite] - ref[finite]) / np.spacing(ref[finite])
+    assert ulps.max() <= 1.0, (ulps.max(), x[finite][np.argmax(ulps)])
+    assert out[x == 1.0].tolist() == [0.0] * int(np.sum(x == 1.0))
+    assert np.isposinf(out[np.isposinf(x)]).all() and np.isnan(out[np.isnan(x)]).all()
 
 
 def test_vexp_nonpos_accuracy_and_edges():
