@@ -288,7 +288,9 @@ def _block16(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT
     4. gradient G[k, j:j+16] += sum_t R[k, t] X[row t, j:j+16] in CLASS_TILE-class x
        16-feature register tiles (features in the lanes), 16 rows per tile load and store.
     Sixteen rows instead of eight halve the broadcasts per FMA of the logits and the loads and
-    stores of G per row: 1e6 x 64, K = 10, X in L2: 45 vs 61 ns per row (see _vector_path).
+    stores of G per row, and a short last block needs no scalar tail; alone that gained little
+    (1e6 x 64, K = 10, ad-hoc, X in L2: 58 vs 60 ns per row): the fenced division and the
+    vector log in _softmax8 and the spread prefetch (_vector_path) made the difference.
     """
     D = X.shape[1]
     Dp = D + (-D) % 8
