@@ -11,7 +11,7 @@ from .simd import align_offset, ld, vload_n, vadd, vbload, vdiv, vexp_nonpos, vf
     vfence, vlog_ge1, vselect_gt, vset8, vsplat, vstore, vstore_t8, vsub
 from .glm import linear_scores
 from .util import (CACHE_LINE, FASTMATH, PREFETCH_BYTES, exp_nonpos, log_strict, next_run, prefetch_ahead, prefetch_l2,
-                   prefetch_scattered)
+                   prefetch_rows, prefetch_scattered)
 
 # Workspace (in units of K float64) that enables the four-rows-at-a-time scalar path.
 WORK_ROWS = 4
@@ -495,29 +495,6 @@ def _block16(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT
     return loss
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def _prefetch_rows_l2(X, rows, pr, hi):
-    """Request the whole rows X[rows[pr:hi]] into L2; returns hi (the new prefetch frontier).
-
-    Scattered blocks (a mini-batch) call it with hi = the block's start + 48: the rows of the
-    block after next (at a call's first block, its first 48 rows). Into L2 and this far ahead
-    because util.prefetch_scattered's 8 rows ahead into L1 (the 8-row blocks' choice) made
-    16-row blocks slower: its lines evicted the block's own scratch. 2048 scattered rows of a
-    1e6 x 64 float64 X, K = 10, ad-hoc, us per batch min (fresh rows / the same rows again):
-    462 / 241 with it vs 421 / 185 with no prefetch (one run); 384 / 187 with this vs 413 / 183
-    for the former 8-row kernel (another run).
-    """
-    step = CACHE_LINE // X.itemsize
-    D = X.shape[1]
-    while pr < hi:
-        base = rows[pr] * D
-        for k in range(0, D, step):
-            prefetch_l2(X, base + k)
-        prefetch_l2(X, base + D - 1)  # a row need not start on a cache line
-        pr += 1
-    return pr
-
-
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _vector_path(X, y, sw, params, rows, grad, with_loss, work):
     """softmax_loss_grad_ws 16 rows at a time in explicit vectors (work >= work_size).
@@ -575,7 +552,13 @@ def _vector_path(X, y, sw, params, rows, grad, with_loss, work):
                 i += 16
         else:
             nvalid = min(16, m - i)
-            pr = _prefetch_rows_l2(X, rows, max(pr, i), min(m, i + 48))
+            # The rows of the block after next (at a call's first block, its first 48 rows), into
+            # L2: util.prefetch_scattered's 8 rows ahead into L1 (the 8-row blocks' choice) made
+            # 16-row blocks slower, its lines evicting the block's own scratch. 2048 scattered rows
+            # of a 1e6 x 64 float64 X, ad-hoc, us per batch min (fresh rows / the same rows again):
+            # 462 / 241 with it vs 421 / 185 with no prefetch (one run); 355 / 158 with this vs
+            # 386 / 163 for the former 8-row kernel (another run).
+            pr = prefetch_rows(X, rows, max(pr, i), min(m, i + 48), True)
             loss += _block16(X, y, sw, rows, i, 0, False, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss,
                              -1)
             i += nvalid

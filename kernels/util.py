@@ -126,17 +126,28 @@ def prefetch_scattered(X, rows, pr, i, cnt):
     index of ``rows`` not yet prefetched; returns the new one. Long runs (full passes) are
     left to prefetch_ahead: at most 2 * ROWS_AHEAD rows are requested beyond ``i``.
     """
-    m = rows.size
+    return prefetch_rows(X, rows, max(pr, i + 1), min(rows.size, i + ROWS_AHEAD + min(cnt, ROWS_AHEAD)), False)
+
+
+@njit(cache=True, nogil=True, fastmath=False, inline="always")
+def prefetch_rows(X, rows, pr, stop, into_l2):
+    """Request the whole rows X[rows[pr:stop]] into L1 (into_l2 False) or L2; returns max(pr, stop).
+
+    into_l2 is a constant at each call site (the branch folds away once inlined).
+    """
     D = X.shape[1]
     step = CACHE_LINE // X.itemsize
-    if pr < i + 1:
-        pr = i + 1
-    stop = min(m, i + ROWS_AHEAD + min(cnt, ROWS_AHEAD))
     while pr < stop:
         base = rows[pr] * D
         for k in range(0, D, step):
-            _prefetch(X, base + k)
-        _prefetch(X, base + D - 1)  # a row need not start on a cache line
+            if into_l2:
+                prefetch_l2(X, base + k)
+            else:
+                _prefetch(X, base + k)
+        if into_l2:  # a row need not start on a cache line
+            prefetch_l2(X, base + D - 1)
+        else:
+            _prefetch(X, base + D - 1)
         pr += 1
     return pr
 
