@@ -200,6 +200,8 @@ def test_epoch_plan_gives_each_rank_its_rows_of_each_global_batch(shuffle, N):
                     want = np.flatnonzero(np.isin(held, perm[s * B:(s + 1) * B]))
                     assert np.array_equal(plan.rows(s), want), (P, r, s)
                     assert plan.global_count(s) == perm[s * B:(s + 1) * B].size
+                for s0, s1 in ((0, plan.steps), (1, plan.steps - 1), (plan.steps - 2, plan.steps), (2, 2)):
+                    assert plan.global_count(s0, s1) == perm[s0 * B:s1 * B].size  # a run of steps
 
 
 def test_model_lbfgs_h0_layout():

@@ -395,7 +395,7 @@ class AllreduceTrainer:
                     t_run = time.perf_counter() - t0
                     t_compute += t_run - comm_s
                     t_comm += comm_s
-                    samples_since += min((s + done) * B, N) - s * B  # plan.global_count(s .. s+done-1)
+                    samples_since += plan.global_count(s, s + done)
                     self.steps = step + done
                     self.ctx.beat()
                     s += done
@@ -590,9 +590,11 @@ class EpochPlan:
     def rows(self, s: int) -> np.ndarray:
         return self.order[self.starts[s]:self.starts[s + 1]]
 
-    def global_count(self, s: int) -> int:
-        """Rows of step s over all ranks (B, or fewer in an epoch's last step)."""
-        return min(self.batch, self.n_rows - s * self.batch)
+    def global_count(self, s: int, s_end: int | None = None) -> int:
+        """Rows of step s over all ranks (B, or fewer in an epoch's last step); with ``s_end``,
+        of steps s .. s_end-1 together (a run of the compiled loop: no per-step sum)."""
+        s_end = s + 1 if s_end is None else s_end
+        return min(s_end * self.batch, self.n_rows) - s * self.batch
 
 
 def _diverged(step, what, value, checkpointer=None):
