@@ -28,6 +28,7 @@ _M2 = np.uint64(0x94D049BB133111EB)
 # Odd multipliers for the rounds (any odd number is a bijection modulo 2^bits).
 _MUL_A = np.uint64(0xE170893D)
 _MUL_B = np.uint64(0x0929EB3F)
+_LOW32 = np.uint64(0xFFFFFFFF)
 
 
 def _splitmix64(state: int) -> tuple[int, int]:
@@ -77,24 +78,61 @@ def row_position(row, n_rows, bits, keys):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _round(x, key, mask, s1, s2):
-    """One round of :func:`row_position` (key already masked): invertible on [0, 2^bits)."""
+def _round(x, key, mask, s1, s2, narrow):
+    """One round of :func:`row_position` (key already masked): invertible on [0, 2^bits).
+
+    narrow (a literal at every call site, so the branches fold away): bits <= 32. Then x < 2^32
+    and the multipliers are 32-bit, so the explicit ``& _LOW32`` lets LLVM use the 32 x 32 ->
+    64-bit vector multiply (vpmuludq, one uop) instead of the full 64-bit one (vpmullq, three);
+    the product is the same, so is the result."""
     x ^= key
+    if narrow:
+        x &= _LOW32
     x = (x * _MUL_A) & mask
     x ^= x >> s1
+    if narrow:
+        x &= _LOW32
     x = (x * _MUL_B) & mask
     return x ^ (x >> s2)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _rounds(x, k0, k1, k2, k3, mask, s1, s2):
+def _rounds(x, k0, k1, k2, k3, mask, s1, s2, narrow):
     """The N_ROUNDS (= 4) rounds of :func:`row_position` on one value, without the walking:
     straight-line uint64 arithmetic, so a loop over rows vectorises (AVX-512 multiplies
-    eight 64-bit lanes at once). k0..k3: the round keys already masked."""
-    x = _round(x, k0, mask, s1, s2)
-    x = _round(x, k1, mask, s1, s2)
-    x = _round(x, k2, mask, s1, s2)
-    return _round(x, k3, mask, s1, s2)
+    eight 64-bit lanes at once). k0..k3: the round keys already masked; narrow: see _round."""
+    x = _round(x, k0, mask, s1, s2, narrow)
+    x = _round(x, k1, mask, s1, s2, narrow)
+    x = _round(x, k2, mask, s1, s2, narrow)
+    return _round(x, k3, mask, s1, s2, narrow)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _hash_chunk(gids, first, c0, m, n, k0, k1, k2, k3, mask, s1, s2, narrow, raw, walk):
+    """raw[:m] = row_position's values of the chunk's rows (gids[c0:c0+m], or first + 0..m-1
+    when gids is empty): every row through the rounds (no branch, vectorised), then the values
+    that landed in [N, 2^bits) listed without a branch and walked on together, one more round
+    each over the shrinking list (a share f = 1 - N / 2^bits < 1/2 of the rows walks, f^2
+    twice, ...: vector code instead of a mispredicted branch and scalar rounds per walking
+    row). narrow: a literal (see _round)."""
+    if gids.size:
+        for j in range(m):
+            raw[j] = _rounds(np.uint64(gids[c0 + j]), k0, k1, k2, k3, mask, s1, s2, narrow)
+    else:
+        for j in range(m):
+            raw[j] = _rounds(first + np.uint64(j), k0, k1, k2, k3, mask, s1, s2, narrow)
+    w = 0
+    for j in range(m):
+        walk[w] = j
+        w += raw[j] >= n
+    while w > 0:
+        for t in range(w):
+            raw[walk[t]] = _rounds(raw[walk[t]], k0, k1, k2, k3, mask, s1, s2, narrow)
+        left = 0
+        for t in range(w):
+            walk[left] = walk[t]
+            left += raw[walk[t]] >= n
+        w = left
 
 
 PLAN_CHUNK = 2048  # rows hashed at a time: the chunk's values and walk list stay in L1
@@ -129,7 +167,10 @@ def epoch_batches(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_o
     streams for the hardware prefetcher). Side by side with the former one-pass-per-stage
     version (500 000 rows of 1e6, B = 4096, right after a pass over 512 MiB as in training):
     7.7 vs 11.3 ns per row; N = 1 048 577 (half the rows walk) 11.9 vs 26.2, N = 1.4e6 10.0 vs
-    15.7.
+    15.7. The 32-bit multiplies of the rounds while N <= 2^32 (``_round``'s narrow) then took
+    it from 7.0-7.1 to 5.2-5.3 ns per row at N = 1e6 (15 rounds each, two orders; 11.2 -> 10.0
+    at N = 2^20 + 1, 8.9 -> 8.1 at 1.4e6; the parts at N = 1e6 before: hashing 2.7, walk list
+    0.6, step 1.0, count 0.7, scatter 2.2-3.0).
     """
     if keys.size != N_ROUNDS:
         raise ValueError("epoch_batches: keys must have N_ROUNDS entries")
@@ -143,31 +184,17 @@ def epoch_batches(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_o
     s2 = np.uint64(max(1, (bits + 2) // 3))
     k0, k1, k2, k3 = keys[0] & mask, keys[1] & mask, keys[2] & mask, keys[3] & mask
     n = np.uint64(n_rows)
+    narrow = bits <= 32
     inv_batch = 1.0 / batch
     for c0 in range(0, n_local, PLAN_CHUNK):
         m = min(n_local - c0, PLAN_CHUNK)
         if identity:
             for j in range(m):
                 raw[j] = np.uint64(gids[c0 + j] if gids.size else lo + c0 + j)
-        elif gids.size:
-            for j in range(m):
-                raw[j] = _rounds(np.uint64(gids[c0 + j]), k0, k1, k2, k3, mask, s1, s2)
+        elif narrow:
+            _hash_chunk(gids, np.uint64(lo + c0), c0, m, n, k0, k1, k2, k3, mask, s1, s2, True, raw, walk)
         else:
-            first = np.uint64(lo + c0)
-            for j in range(m):
-                raw[j] = _rounds(first + np.uint64(j), k0, k1, k2, k3, mask, s1, s2)
-        w = 0  # cycle walking (identity: never): the values still >= N, listed without a branch
-        for j in range(m):
-            walk[w] = j
-            w += raw[j] >= n
-        while w > 0:
-            for t in range(w):
-                raw[walk[t]] = _rounds(raw[walk[t]], k0, k1, k2, k3, mask, s1, s2)
-            left = 0
-            for t in range(w):
-                walk[left] = walk[t]
-                left += raw[walk[t]] >= n
-            w = left
+            _hash_chunk(gids, np.uint64(lo + c0), c0, m, n, k0, k1, k2, k3, mask, s1, s2, False, raw, walk)
         for j in range(m):
             pos = np.int64(raw[j])
             s = np.int64(float(pos) * inv_batch)

@@ -204,6 +204,30 @@ def test_epoch_plan_gives_each_rank_its_rows_of_each_global_batch(shuffle, N):
                     assert plan.global_count(s0, s1) == perm[s0 * B:s1 * B].size  # a run of steps
 
 
+@pytest.mark.parametrize("N", [2**32, 2**32 + 1, 2**33 + 5])
+def test_epoch_plan_of_huge_datasets_matches_row_position(N):
+    """The plan's hash takes a 32 x 32 -> 64-bit multiply path while the domain has <= 32 bits
+    (N <= 2^32) and the full 64-bit one beyond: both against row_position, one row at a time,
+    for a row-set shard of a few rows spread over the whole range (N = 2^33 + 5: half of the
+    values walk)."""
+    from types import SimpleNamespace
+
+    from mpidml import kernels
+    from mpidml.parallel.allreduce import EpochPlan
+
+    B, seed, epoch = 2**27, 3, 1
+    rng = np.random.default_rng(N % 1000)
+    gids = np.unique(np.concatenate([rng.integers(0, N, 3000), [0, N - 1, 2**32 - 1]])).astype(np.int64)
+    gids = gids[gids < N]
+    plan = EpochPlan(SimpleNamespace(lo=0, n_local=gids.size, gids=gids), N, B, seed, "global")
+    plan.build(epoch)
+    assert (plan.bits <= 32) == (N <= 2**32)
+    keys = kernels.shuffle_keys(seed, epoch)
+    step = np.array([kernels.row_position(int(g), N, plan.bits, keys) // B for g in gids])
+    for s in range(plan.steps):
+        assert np.array_equal(plan.rows(s), np.flatnonzero(step == s)), s
+
+
 def test_model_lbfgs_h0_layout():
     from mpidml.models import make_model
 
