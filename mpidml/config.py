@@ -43,6 +43,7 @@ SCHEDULES = ("constant", "inverse_sqrt", "step", "cosine")
 SHUFFLES = ("global", "none")
 COMM_DTYPES = ("float64", "float32")
 STEP_LOOPS = ("auto", "python")
+REDUCTIONS = ("auto", "mpi")
 IMPUTE = ("none", "mean")
 
 
@@ -72,6 +73,7 @@ class TrainConfig:
     strategy: str = "allreduce"
     comm_dtype: str = "float64"  # allreduce: dtype of the reduced gradient on the wire (parameters stay float64)
     step_loop: str = "auto"  # allreduce sgd/adam: auto (compiled where the model allows) | python (same result)
+    reduction: str = "auto"  # allreduce sgd/adam steps: auto (shared memory on a node) | mpi (MPI_Allreduce)
     optimizer: str = "lbfgs"
     lr: float = 0.1
     lr_schedule: str = "constant"
@@ -124,6 +126,7 @@ class TrainConfig:
         choice("progress", ("auto", "bar", "log", "none"))
         choice("comm_dtype", COMM_DTYPES)
         choice("step_loop", STEP_LOOPS)
+        choice("reduction", REDUCTIONS)
         choice("impute", IMPUTE)
         choice("lbfgs_scaling", LBFGS_SCALINGS)
         if self.model == "mf" or self.optimizer == "als" or self.rank or self.holdout:

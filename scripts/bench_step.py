@@ -22,6 +22,9 @@ interleaved so that machine noise hits all parts alike:
   mean is reported as ``kernel_mean_rank``;
 * ``allreduce``: a raw ``comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)`` of the same
   (P+4)-long float64 buffer ([gradient sum, correct, counted, loss sum, weight sum]), back to back, once per step;
+* ``reduction``: how the step sums that buffer (``--reduction auto``: through the node's shared
+  memory when ranks share a node, :mod:`mpidml.parallel.nodereduce`), alone back to back (the part
+  subtracted for ``other``) and right after the kernel;
 * ``optimizer``: ``opt.step(params, grad, lr=...)`` alone.
 
 ``in_loop``: the same trainer (Python loop) run once more per repeat with timers inside the loop (the
@@ -40,7 +43,7 @@ timed right after the kernel ran on a step's rows and then at once again: how mu
 runs after the kernel has swept its rows through L1/L2 (a cost every part of ``other`` pays
 inside the loop and none pays when timed alone).
 
-``other = step - kernel - allreduce - optimizer`` is everything else (Python in the loop,
+``other = step - kernel - reduction - optimizer`` is everything else (Python in the loop,
 the shuffle, row selection, load imbalance beyond the per-step max, ...), reported in
 microseconds per step and as a fraction of the step; the target (issue 6, item 2) is
 ``other <= 5%`` of the step at a global batch >= 4096 on 2 ranks. ``trainer_timers`` is the
@@ -170,6 +173,7 @@ def worker(args) -> int:
         return ctx.allreduce_scalar(x, op="max")
 
     loops_used = {}
+    reductions_used = {}
 
     def real_steps(dtype, step_loop="auto"):
         """Wall seconds per step of AllreduceTrainer.fit, plus the trainer's own split."""
@@ -187,6 +191,8 @@ def worker(args) -> int:
         loop = getattr(trainer, "_step_loop", None)
         compiled = loop is not None and loop is not False
         loops_used[step_loop] = "compiled" if compiled else "python"
+        if hasattr(trainer, "summary_section"):
+            reductions_used[(dtype, step_loop)] = trainer.summary_section()["comm"].get("reduction", "mpi")
         if compiled:  # the compiled loop's own timers: per step of the steps it ran
             n = max(1, loop.seconds["steps"])
             n_py = trainer.steps - loop.seconds["steps"]
@@ -216,7 +222,8 @@ def worker(args) -> int:
             # the no-op model for the logged steps (Python), the loop without kernel for the others
             trainer = AllreduceTrainer(ctx, NullModel(), shard, cfg_for("float64"), Reporter(None, enabled=False),
                                        float(N))
-            null = StepLoop(model, shard, comm, P, 4, "float64", trainer.l2, model.penalized.stop, no_kernel=True)
+            null = StepLoop(model, shard, comm, P, 4, "float64", trainer.l2, model.penalized.stop,
+                            reducer=trainer.node_reducer(), no_kernel=True)
             null.compile()
             trainer._step_loop = null
         else:
@@ -364,6 +371,36 @@ def worker(args) -> int:
                 k += 1
         return max_over_ranks(cold / k), max_over_ranks(warm / k)
 
+    def node_reduce_after_kernel(params):
+        """As allreduce_after_kernel, for the node reducer the step uses (shared memory)."""
+        grad_sum = np.zeros(P)
+        buf = np.zeros(P + 4)
+        cold = warm = 0.0
+        k = 0
+        for epoch in range(args.epochs):
+            plan.build(epoch)
+            for s in range(steps_per_epoch):
+                model.loss_grad(shard, params, plan.rows(s), grad_sum, False)
+                comm.Barrier()
+                t0 = time.perf_counter()
+                node_red.allreduce(buf, buf)
+                t1 = time.perf_counter()
+                node_red.allreduce(buf, buf)
+                t2 = time.perf_counter()
+                cold += t1 - t0
+                warm += t2 - t1
+                k += 1
+        return max_over_ranks(cold / k), max_over_ranks(warm / k)
+
+    def node_reduce_alone(calls):
+        buf = np.ones(P + 4)
+        node_red.allreduce(buf, buf)  # warm
+        ctx.barrier()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            node_red.allreduce(buf, buf)
+        return max_over_ranks((time.perf_counter() - t0) / calls)
+
     def allreduce_alone(n, dtype, calls):
         buf = np.ones(n, dtype=dtype)
         comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)  # warm
@@ -392,6 +429,13 @@ def worker(args) -> int:
     params_end = model.init_params()
     real_steps("float64")  # warm-up (first-touch of pages, caches; compiles the step loop)
     compiled = loops_used["auto"] == "compiled"
+    shm = reductions_used.get(("float64", "auto")) == "shared memory"
+    node_red = None
+    if shm:  # the step sums through the node's shared memory: time that reduction alone too
+        from mpidml.parallel.nodereduce import NodeReducer
+
+        node_red = NodeReducer(comm, P + 4)
+    rec_node, rec_node_cold = [], []
     if has_step_loop:
         real_steps("float64", "python")
     if compiled:
@@ -412,6 +456,9 @@ def worker(args) -> int:
         rec_kernel.append(kmax)
         rec_kernel_mean.append(kmean)
         rec_ar.append(allreduce_alone(P + 4, np.float64, total))
+        if shm:
+            rec_node.append(node_reduce_alone(total))
+            rec_node_cold.append(node_reduce_after_kernel(params_end))
         rec_ar32.append(allreduce_alone(P + 4, np.float32, total))
         rec_opt.append(optimizer_alone(params_end))
         rec_null.append(null_steps())
@@ -435,9 +482,12 @@ def worker(args) -> int:
         return {"min": s["min"] * us, "median": s["median"] * us}
 
     step = S(rec["float64"]["step"])
-    kern, ar, opt = S(rec_kernel), S(rec_ar), S(rec_opt)
+    # the step's reduction alone: the node reducer where the step sums through shared memory,
+    # else the raw MPI_Allreduce ("allreduce" below is MPI's in either case)
+    rec_red = rec_node if shm else rec_ar
+    kern, ar, opt = S(rec_kernel), S(rec_red), S(rec_opt)
     # "other" per repeat (same-repeat parts), then min/median over repeats
-    other = [s - k - a - o for s, k, a, o in zip(rec["float64"]["step"], rec_kernel, rec_ar, rec_opt)]
+    other = [s - k - a - o for s, k, a, o in zip(rec["float64"]["step"], rec_kernel, rec_red, rec_opt)]
     frac = [x / s for x, s in zip(other, rec["float64"]["step"])]
     by_sub = (step["min"] - kern["min"] - ar["min"] - opt["min"]) / step["min"]
     null_default = rec_null_compiled if compiled else rec_null  # the no-op-kernel twin of the loop "step" ran
@@ -453,6 +503,17 @@ def worker(args) -> int:
         "kernel": in_us(rec_kernel),
         "kernel_mean_rank": in_us(rec_kernel_mean),
         "allreduce": in_us(rec_ar),
+        "reduction": {
+            "used": "shared memory" if shm else "mpi",
+            "what": "how the step sums [gradient, 4 scalars] over the ranks (--reduction auto: the node's shared "
+                    "memory where ranks share a node, mpidml.parallel.nodereduce; else MPI_Allreduce), alone and "
+                    "back to back (alone: the part subtracted for 'other'), and right after the kernel ran on a "
+                    "step's rows vs at once again (as allreduce_after_kernel); 'allreduce' is MPI's raw "
+                    "Allreduce of the same buffer in any case",
+            "alone": in_us(rec_red),
+            **({"after_kernel": in_us([c for c, _ in rec_node_cold]),
+                "again": in_us([w for _, w in rec_node_cold])} if shm else {}),
+        },
         "optimizer": in_us(rec_opt),
         "other": in_us(other),
         "other_fraction_of_step": S(frac),
@@ -465,11 +526,11 @@ def worker(args) -> int:
             "epoch_permutation": in_us(rec_perm),
             "null_model_loop": in_us(rec_null),
             "null_model_loop_minus_shuffle_allreduce_optimizer": in_us(
-                [n - p - a - o for n, p, a, o in zip(rec_null, rec_perm, rec_ar, rec_opt)]),
+                [n - p - a - o for n, p, a, o in zip(rec_null, rec_perm, rec_red, rec_opt)]),
             "epoch_permutation_fraction_of_step": S([p / s for p, s in zip(rec_perm, rec["float64"]["step"])]),
             **({"null_model_compiled_loop": in_us(rec_null_compiled),
                 "null_model_compiled_loop_minus_shuffle_allreduce_optimizer": in_us(
-                    [n - p - a - o for n, p, a, o in zip(rec_null_compiled, rec_perm, rec_ar, rec_opt)])}
+                    [n - p - a - o for n, p, a, o in zip(rec_null_compiled, rec_perm, rec_red, rec_opt)])}
                if compiled else {}),
         },
         "after_kernel_probe": {
@@ -502,10 +563,10 @@ def worker(args) -> int:
             "other_fraction_max": 0.05, "batch_global_min": 4096, "ranks": 2,
             "applies": bool(B >= 4096 and size == 2),
             "how": "two estimates of 'other' / step, each from the minimum (least disturbed) time of every "
-                   "part: by subtraction, min(step) - min(kernel) - min(allreduce) - min(optimizer); and "
+                   "part: by subtraction, min(step) - min(kernel) - min(reduction alone) - min(optimizer); and "
                    "from the no-op-kernel twin of the loop that 'step' ran (step_loop: the compiled loop "
                    "without its kernel call, or the Python loop with a no-op model), min(null) - "
-                   "min(allreduce) - min(optimizer). Met only if both are <= 5%; noisy when they differ by "
+                   "min(reduction alone) - min(optimizer). Met only if both are <= 5%; noisy when they differ by "
                    "more than 5% of the step or one is < 0.",
             "other_fraction_by_subtraction": by_sub,
             "other_fraction_from_null_model": by_null,

@@ -104,6 +104,15 @@ def test_step_loop_option_end_to_end(logistic_h5, tmp_path):
     assert np.array_equal(coefs[0][0], coefs[1][0]) and np.array_equal(coefs[0][1], coefs[1][1])
     assert summaries[0]["objective"] == summaries[1]["objective"]
     assert summaries[0]["config_hash"] == summaries[1]["config_hash"]  # a run-only option
+    # both loops summed each step through the node's shared memory (2 ranks on one node)
+    assert summaries[0]["comm"]["reduction"] == summaries[1]["comm"]["reduction"] == "shared memory"
+    out = tmp_path / "mpi"
+    run(MPIDML + ["train", str(logistic_h5), "--optimizer", "sgd", "--momentum", "0.9", "--batch-size", "256",
+                  "--epochs", "2", "--reduction", "mpi", "--out", str(out)], ranks=2)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["comm"]["reduction"] == "mpi" and summary["comm"]["mpi_because"] == "--reduction mpi"
+    with h5py.File(out / "model.h5") as f:  # the same sums in another order: the same model to rounding
+        np.testing.assert_allclose(f["coef"][...], coefs[0][0], rtol=1e-9, atol=1e-12)
     proc = run(MPIDML + ["train", str(logistic_h5), "--optimizer", "sgd", "--step-loop", "fast",
                          "--out", str(tmp_path / "bad")], ranks=2, check=False)
     assert proc.returncode == 2 and "step_loop" in proc.stderr

@@ -31,6 +31,8 @@ CASES = {
                                                      comm_dtype="float32", shuffle="none", log_every=5)),
     "logistic-logevery3": ("logistic", dict(optimizer="sgd", lr=0.2, batch_size=40, epochs=2, log_every=3,
                                             momentum=0.5)),
+    "logistic-momentum-mpireduce": ("logistic", dict(optimizer="sgd", lr=0.1, batch_size=100, epochs=2, momentum=0.9,
+                                                     reduction="mpi", log_every=5)),
     "softmax-sgd": ("softmax", dict(optimizer="sgd", lr=0.2, batch_size=64, epochs=2, momentum=0.9, log_every=7)),
     "softmax-adam-f32wire": ("softmax", dict(optimizer="adam", lr=0.02, batch_size=100, epochs=2,
                                              comm_dtype="float32", log_every=4)),
@@ -93,6 +95,11 @@ def test_compiled_loop_equals_python_loop_bitwise(name, weighted, x_dtype, monke
     sw = np.random.default_rng(5).uniform(0.1, 3.0, len(y)) if weighted else None
     got, trainer, ref, ref_trainer = _both(kind, options, X, y, sw, monkeypatch)
     assert trainer.summary_section()["step_loop"]["loop"] == "compiled"
+    # several ranks, float64 sums: both loops sum through the node's shared memory (else MPI)
+    shm = MPI.COMM_WORLD.size > 1 and options.get("comm_dtype", "float64") == "float64" \
+        and options.get("reduction", "auto") == "auto"
+    for t in (trainer, ref_trainer):
+        assert t.summary_section()["comm"]["reduction"] == ("shared memory" if shm else "mpi")
     assert ref_trainer.summary_section()["step_loop"] == {"loop": "python", "python_because": "--step-loop python"}
     loop = trainer._step_loop
     # the compiled loop ran and counted its steps (all of them here: see below)

@@ -87,6 +87,8 @@ class AllreduceTrainer:
         self.checkpointer = None  # set by the caller (mpidml.train) to write checkpoints
         self._step_loop = False  # not decided yet (step_loop())
         self.step_loop_reason = "not a mini-batch run"
+        self._reducer = False  # not decided yet (node_reducer())
+        self.reduction_reason = "not a mini-batch run"
 
     @staticmethod
     def data_parts(ctx, cfg):
@@ -97,7 +99,11 @@ class AllreduceTrainer:
         """Strategy-specific entries merged into summary.json (collective-free)."""
         itemsize = 4 if self.buf32 is not None else 8
         loop = "compiled" if self._step_loop not in (None, False) else "python"
-        return {"comm": {"dtype": self.comm_dtype, "gradient_bytes_per_reduction": self.n_params * itemsize},
+        red = self._reducer if self._reducer not in (None, False) else None
+        reduction = ({"reduction": "shared memory", "nodes": red.n_nodes, "ranks_per_node_here": red.local_size}
+                     if red is not None else {"reduction": "mpi", "mpi_because": self.reduction_reason})
+        return {"comm": {"dtype": self.comm_dtype, "gradient_bytes_per_reduction": self.n_params * itemsize,
+                         **reduction},
                 "step_loop": {"loop": loop, "python_because": self.step_loop_reason if loop == "python" else None}}
 
     # -- the objective ----------------------------------------------------
@@ -192,9 +198,14 @@ class AllreduceTrainer:
         buf[P:] = sums
 
     def _allreduce_sums(self) -> None:
-        """Sum self.buf over all ranks in place: one Allreduce (of float32 with --comm-dtype float32)."""
+        """Sum self.buf over all ranks in place (a mini-batch step's sums): through the node
+        reducer where the run has one (:meth:`node_reducer`; the compiled loop sums the same
+        way), else one Allreduce (of float32 with --comm-dtype float32)."""
         b32 = self.buf32
-        if b32 is None:
+        red = self._reducer if self._reducer is not False else None
+        if red is not None:
+            red.allreduce(self.buf, self.buf)
+        elif b32 is None:
             self.comm.Allreduce(MPI.IN_PLACE, self.buf, op=MPI.SUM)
         else:
             b32[:] = self.buf
@@ -341,6 +352,7 @@ class AllreduceTrainer:
         # Runs of steps up to the next logged one go through the compiled loop (steploop) where
         # every rank can; steps with a checkpoint or test fault due, and every step of other
         # models, through Python below.
+        self.node_reducer()  # collective, once: how the steps' sums are reduced (both loops)
         loop = self.step_loop()
         if loop is not None and not loop.compiled:  # not warmed up by mpidml.train: one rank first
             from ..train import compile_in_groups
@@ -451,6 +463,47 @@ class AllreduceTrainer:
             return pen.stop
         return -1
 
+    def node_reducer(self):
+        """Collective (once): the shared-memory reducer of the mini-batch steps' sums
+        (:mod:`.nodereduce`), or None (MPI_Allreduce; ``reduction_reason`` says why).
+
+        Used with ``--reduction auto`` when several ranks share a node and the gradient travels
+        as float64 (float32 on the wire is for the network: it keeps MPI_Allreduce). Both step
+        loops sum through it, so they still give bitwise the same parameters."""
+        if self._reducer is not False:
+            return self._reducer
+        from . import native
+
+        cfg = self.cfg
+        reason = None
+        if getattr(cfg, "reduction", "auto") != "auto":
+            reason = f"--reduction {cfg.reduction}"
+        elif self.ctx.size == 1:
+            reason = "one rank"
+        elif self.comm_dtype != "float64":
+            reason = f"--comm-dtype {self.comm_dtype}"
+        elif not isinstance(self.comm, MPI.Comm):  # e.g. a test's wrapper that records calls
+            reason = "the communicator is not an mpi4py Comm"
+        elif not native.AVAILABLE:
+            reason = "MPI symbols not found in mpi4py's module"
+        self._reducer = None
+        if reason is not None:  # the same on every rank (options, size, build)
+            self.reduction_reason = reason
+            return None
+        from .nodereduce import NodeReducer
+
+        red = NodeReducer(self.comm, self.n_params + _N_TAIL)
+        if not red.available:
+            self.reduction_reason = f"no shared segment: {red.why_not}"
+            return None
+        if self.ctx.allreduce_scalar(float(red.local_size), op="max") < 2:
+            red.close()
+            self.reduction_reason = "one rank per node"
+            return None
+        self.reduction_reason = None
+        self._reducer = red
+        return red
+
     def step_loop(self):
         """Collective (once): the compiled mini-batch loop (:mod:`.steploop`) if every rank can run it, else None.
 
@@ -473,7 +526,7 @@ class AllreduceTrainer:
             self.step_loop_reason = reason or "another rank cannot run it"
             return None
         loop = StepLoop(self.model, self.shard, self.comm, self.n_params, _N_TAIL, self.comm_dtype, self.l2,
-                        self._n_pen())
+                        self._n_pen(), reducer=self.node_reducer())
         if self.ctx.watchdog is not None:
             self.ctx.watchdog.watch(loop.progress)
         self.step_loop_reason = None

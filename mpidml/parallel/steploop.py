@@ -15,7 +15,8 @@ model, shard or option the compiled loop does not cover.
 It is the Python loop's arithmetic in the same order with the same kernels (the model's
 ``loss_grad`` kernel: ``logistic_loss_grad``, ``softmax_loss_grad_ws``, ``csr_...``; on logged
 steps its margin or logit kernel and ``binary_hits`` / ``argmax_hits``; ``rows_weight_sum``,
-``mean_gradient_norm2``, ``sgd_update`` / ``adam_update``) and the same reduction (one
+``mean_gradient_norm2``, ``sgd_update`` / ``adam_update``) and the same reduction (the
+trainer's node reducer, :mod:`mpidml.parallel.nodereduce`, where ranks share a node, else one
 MPI_Allreduce of the same buffer, float64 or float32 on the wire), so both loops give
 bitwise the same parameters (``tests/test_steploop_mpi.py``); ``--step-loop python``
 keeps the Python loop. Heartbeats: the loop counts finished steps in ``progress[0]``,
@@ -35,6 +36,7 @@ from .. import kernels
 from ..kernels import update
 from ..kernels.util import FASTMATH, LINEAR, LOGISTIC
 from . import native
+from . import nodereduce
 
 __all__ = ["StepLoop", "why_not", "SGD_KIND", "ADAM_KIND"]
 
@@ -44,6 +46,9 @@ ADAM_KIND = 1
 # (indptr, indices, data)).
 DENSE_LINEAR, DENSE_LOGISTIC, DENSE_SOFTMAX, CSR_LINEAR, CSR_LOGISTIC, CSR_SOFTMAX = LINEAR, LOGISTIC, 2, 3, 4, 5
 NO_KERNEL = -1  # no kernel call: the loop's own cost (scripts/bench_step.py)
+# The loop's ``node`` argument without a node reducer (local_size 0: MPI_Allreduce); the same
+# types as NodeReducer.args, so both share one compiled loop.
+NO_NODE = (np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64), 0, 0, 0, 0, 0, 0, 0)
 
 # The loop calls the model's loss kernel and, on logged steps, its margin / logit and batch-
 # accuracy kernels (the dispatchers the Python loop calls: their compiled code is linked in), so
@@ -54,6 +59,7 @@ _rows_weight_sum = njit(nogil=True, fastmath=False)(update.rows_weight_sum.py_fu
 _mean_gradient_norm2 = njit(nogil=True, fastmath=False)(update.mean_gradient_norm2.py_func)
 _sgd_update = njit(nogil=True, fastmath=False)(update.sgd_update.py_func)
 _adam_update = njit(nogil=True, fastmath=False)(update.adam_update.py_func)
+_node_allreduce = njit(nogil=True)(nodereduce.node_allreduce.py_func)  # the Python loop's sum, same source
 
 
 def _make_steps(kind: int):
@@ -65,7 +71,7 @@ def _make_steps(kind: int):
     @njit(cache=True, nogil=True, fastmath=FASTMATH)
     def steps(data, y, sw, params, order, starts, s0, s1, lrs, opt_kind, velocity, momentum, nesterov,
               m, v, beta1, beta2, bias1, bias2, eps, l2, n_pen, sums, send32, recv32, red, grad,
-              dtype_h, op_h, comm_h, progress, stats, work, n_classes, log_last, zbuf):
+              dtype_h, op_h, comm_h, progress, stats, work, n_classes, log_last, zbuf, node):
         """Mini-batch steps ``s0 .. s1-1`` of an epoch, each: kernel, Allreduce, gradient finish, update.
 
         data: dense (X,) with X (n, D) float32/float64 C-contiguous, or CSR (indptr, indices,
@@ -80,9 +86,11 @@ def _make_steps(kind: int):
         Buffers: sums, red float64 (P+4,) (local and reduced [grad_sum, correct, counted,
         loss_sum, weight_sum]); send32/recv32 float32 (P+4,) for float32 on the wire, else size
         0 (float64: sums -> red directly); grad float64 (P,). dtype_h, op_h, comm_h: MPI handles
-        (the datatype matches the wire buffers, the op is MPI_SUM).
+        (the datatype matches the wire buffers, the op is MPI_SUM). node: the node reducer's
+        arguments (:class:`mpidml.parallel.nodereduce.NodeReducer`'s ``args``: sums -> red through
+        shared memory, float64) or :data:`NO_NODE` (MPI_Allreduce).
         progress: int64 (1,), incremented after each step (the watchdog's heartbeat);
-        stats: float64 (3,): stats[0] += seconds inside MPI_Allreduce (with the float32 casts),
+        stats: float64 (3,): stats[0] += seconds inside the reduction (with the float32 casts),
         stats[1] = the MPI error code of a failed call (0 otherwise), stats[2] += seconds in the
         kernel and the batch's weight sum (MPI_Wtime, ~20 ns a call).
 
@@ -143,7 +151,9 @@ def _make_steps(kind: int):
                     sums[P], sums[P + 1] = kernels.argmax_hits(z2, y, sw, rows)
             t0 = native.mpi_wtime()
             stats[2] += t0 - tk
-            if wire32:
+            if node[4] > 0:  # local_size: the node reducer
+                rc = _node_allreduce(sums, red, *node)
+            elif wire32:
                 for j in range(sums.size):
                     send32[j] = sums[j]
                 rc = native.mpi_allreduce(send32, recv32, sums.size, dtype_h, op_h, comm_h)
@@ -234,6 +244,7 @@ class StepLoop:
     n_params, n_tail : lengths of the gradient and of the reduced scalars after it
     comm_dtype : "float64" or "float32" (on the wire)
     l2, n_pen : the penalty on params[:n_pen]
+    reducer : the trainer's :class:`mpidml.parallel.nodereduce.NodeReducer` or None (MPI_Allreduce)
     no_kernel : benchmarks only: the loop without its kernel (its own cost; wrong gradients)
 
     ``seconds``: totals over all :meth:`run` calls: "kernel" (the kernel and the batch's weight
@@ -241,7 +252,7 @@ class StepLoop:
     """
 
     def __init__(self, model, shard, comm, n_params: int, n_tail: int, comm_dtype: str, l2: float, n_pen: int,
-                 no_kernel: bool = False):
+                 reducer=None, no_kernel: bool = False):
         self.shard, self.kind = shard, NO_KERNEL if no_kernel else _kind_of(model, shard)
         self.fn = _LOOPS[self.kind]
         self.data = _data_of(shard)
@@ -262,6 +273,9 @@ class StepLoop:
         self.send32 = np.zeros(n if wire == np.float32 else 0, dtype=np.float32)
         self.recv32 = np.zeros_like(self.send32)
         self.handles = (native.dtype_handle(wire), native.handle(MPI.SUM), native.handle(comm))
+        if reducer is not None and (wire != np.float64 or reducer.n != n):
+            raise ValueError("StepLoop: the node reducer sums float64 buffers of n_params + n_tail values")
+        self.node = reducer.args if reducer is not None else NO_NODE
         self.l2, self.n_pen = float(l2), int(n_pen)
         self.progress = np.zeros(1, dtype=np.int64)
         self.stats = np.zeros(3)
@@ -282,7 +296,7 @@ class StepLoop:
         self.fn(self.data, self.shard.y, self.shard.sw, np.zeros(P), np.zeros(0, dtype=np.int64),
                 np.zeros(1, dtype=np.int64), 0, 0, e, SGD_KIND, e, 0.0, False, e, e, 0.9, 0.999, e, e, 1e-8,
                 self.l2, self.n_pen, self.sums, self.send32, self.recv32, self.red, self.grad, *self.handles,
-                self.progress, self.stats, self.work, self.n_classes, False, self.zbuf)
+                self.progress, self.stats, self.work, self.n_classes, False, self.zbuf, self.node)
         self.compiled = True
         _COMPILED.add(self._key)
 
@@ -318,7 +332,7 @@ class StepLoop:
         done = self.fn(self.data, sh.y, sh.sw, params, plan.order, plan.starts, s0, s1, lrs, kind, vel, mom,
                        nest, m, v, b1, b2, bias1, bias2, eps, self.l2, self.n_pen, self.sums, self.send32,
                        self.recv32, self.red, self.grad, *self.handles, self.progress, self.stats, self.work,
-                       self.n_classes, bool(log_last), self.zbuf)
+                       self.n_classes, bool(log_last), self.zbuf, self.node)
         opt.t += done
         self.seconds["kernel"] += float(self.stats[2])
         self.seconds["allreduce"] += float(self.stats[0])

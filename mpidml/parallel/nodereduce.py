@@ -1,0 +1,265 @@
+"""The mini-batch step's sum over ranks, on a node through shared memory instead of MPI_Allreduce.
+
+A mini-batch step reduces a small buffer (P + 4 float64: the gradient sum and four scalars)
+right after the kernel has swept ~1 MB of rows through this core's L2. MPI_Allreduce then runs
+cache-cold: its code and state (collective selection, free lists, the shared-memory transport's
+queues) come back from L3, ~11-15 us after the kernel vs ~1.5 us back to back
+(``scripts/bench_step.py``'s ``allreduce_after_kernel``). Here the ranks of a node sum through
+one shared segment with a handful of cache lines and a few dozen instructions on the path.
+
+Algorithm (``node_allreduce``; ``seq`` counts the calls, the same on every rank):
+
+* every rank writes its buffer into its slot of the segment (two sets of slots, by the parity
+  of ``seq``) and then publishes ``seq`` in its own flag line (a release store);
+* one node: every rank waits until all flags reach ``seq`` (acquire loads) and sums the slots
+  in local-rank order: every rank computes the same sum in the same order, so all ranks get
+  bitwise the same result (MPI_Allreduce promises no fixed order);
+* several nodes: the node's first rank (its leader) sums its node's slots in that order, then
+  one MPI_Allreduce runs among the leaders, and the leader publishes the result in the
+  segment for the rest of its node (result slot and flag, also by parity).
+
+Two sets of slots are enough: a rank writes the set of call ``seq`` only after it has seen
+every flag of call ``seq - 1``, which each rank publishes after it finished reading call
+``seq - 2``'s set. Nothing waits without bound on its own: a rank that fails or exits makes
+the MPI runtime end the job (as with a blocking MPI_Allreduce), and ``--timeout``'s watchdog
+sees no step finish.
+
+The segment is a file in ``/dev/shm`` that the node's first rank creates and removes as soon as
+every rank of the node has mapped it, so nothing is left behind after a crash. Where it cannot
+be made (no ``/dev/shm``, too little space), every rank uses MPI_Allreduce (a collective
+decision).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import platform
+import uuid
+
+import numpy as np
+from llvmlite import ir
+from mpi4py import MPI
+from numba import njit
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from . import native
+
+__all__ = ["NodeReducer", "node_allreduce"]
+
+LINE = 8  # float64 / int64 words per cache line: every flag has a line of its own
+
+
+@intrinsic
+def _load_acquire(typingctx, arr, idx):
+    """arr[idx] (int64 array) as an atomic load with acquire ordering: later loads stay after it."""
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [args[1]])
+        return builder.load_atomic(ptr, "acquire", 8)
+
+    return types.int64(arr, idx), codegen
+
+
+@intrinsic
+def _store_release(typingctx, arr, idx, val):
+    """arr[idx] = val (int64 array) as an atomic store with release ordering: earlier stores
+    become visible to another core no later than this one."""
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [args[1]])
+        builder.store_atomic(args[2], ptr, "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(arr, idx, types.int64), codegen
+
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+
+@intrinsic
+def _spin_pause(typingctx):
+    """The CPU's spin-wait hint (x86 ``pause``: less power, no memory-order flush when the flag
+    changes); nothing on other architectures."""
+
+    def codegen(context, builder, sig, args):
+        if _X86:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@njit(nogil=True, inline="always")
+def _wait_for(flags, idx, seq):
+    while _load_acquire(flags, idx) < seq:
+        _spin_pause()
+
+
+@njit(cache=True, nogil=True)
+def node_allreduce(mine, out, seg, flags, state, local_rank, local_size, stride, n_nodes, dtype_h, op_h,
+                   leaders_h):
+    """out = the sum of ``mine`` over all ranks (see the module docstring). Returns the MPI error
+    code of the leaders' MPI_Allreduce (0: success; always 0 on one node).
+
+    mine, out: float64 (n,), n <= stride; seg: float64 view of the node's segment, flags: int64
+    view of the same memory (:class:`NodeReducer`'s layout); state: int64 (1,), the call count
+    (incremented here); local_rank, local_size: this rank's place in its node; n_nodes: nodes in
+    the job; dtype_h, op_h, leaders_h: MPI_DOUBLE, MPI_SUM and the leaders' communicator
+    (leaders only; used when n_nodes > 1).
+    """
+    n = mine.size
+    seq = state[0] + 1
+    state[0] = seq
+    par = seq & 1
+    data0 = LINE * (local_size + 1) + par * local_size * stride  # this call's set of slots
+    mine_at = data0 + local_rank * stride
+    for i in range(n):
+        seg[mine_at + i] = mine[i]
+    _store_release(flags, LINE * local_rank, seq)
+    if n_nodes == 1 or local_rank == 0:
+        for q in range(local_size):
+            _wait_for(flags, LINE * q, seq)
+        for i in range(n):
+            out[i] = seg[data0 + i]
+        for q in range(1, local_size):
+            at = data0 + q * stride
+            for i in range(n):
+                out[i] += seg[at + i]
+        if n_nodes == 1:
+            return 0
+    res0 = LINE * (local_size + 1) + 2 * local_size * stride + par * stride  # this call's result slot
+    rc = 0
+    if local_rank == 0:
+        rc = native.mpi_allreduce(out, seg[res0:res0 + n], n, dtype_h, op_h, leaders_h)
+        for i in range(n):
+            out[i] = seg[res0 + i]
+        _store_release(flags, LINE * local_size, seq)  # the node's result flag (also on error: no one waits)
+    else:
+        _wait_for(flags, LINE * local_size, seq)
+        for i in range(n):
+            out[i] = seg[res0 + i]
+    return rc
+
+
+def _compile(comm) -> None:
+    """Collective: compile (or load) :func:`node_allreduce` on rank 0 first, then on the others,
+    which load what it saved (no two ranks write a cache file at once). The call sums over a
+    private one-rank segment: no communication."""
+
+    def local_call():
+        seg = np.zeros(LINE * 2 + 2 * LINE + 2 * LINE)
+        one = np.zeros(1)
+        node_allreduce(one, one, seg, seg.view(np.int64), np.zeros(1, dtype=np.int64), 0, 1, LINE, 1, 0, 0, 0)
+
+    if comm.rank == 0:
+        local_call()
+    comm.Barrier()
+    if comm.rank != 0:
+        local_call()
+
+
+class NodeReducer:
+    """Sums of a float64 buffer of ``n`` values over ``comm``: shared memory on each node, one
+    MPI_Allreduce among the nodes' first ranks. Collective to construct (over ``comm``).
+
+    ``node_comm``: the ranks that share memory (default ``comm.Split_type(COMM_TYPE_SHARED)``;
+    tests pass a split of one node's ranks to exercise the several-node path). After
+    construction ``available`` says whether every rank got the segment; if not, nobody uses it.
+    ``args``: the trailing arguments of :func:`node_allreduce` after ``mine, out`` (for the
+    compiled step loop, which calls it directly).
+    """
+
+    def __init__(self, comm, n: int, node_comm=None):
+        self.comm = comm
+        self.n = int(n)
+        self.stride = -(-self.n // LINE) * LINE
+        self.node = node_comm if node_comm is not None else comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_rank, self.local_size = self.node.rank, self.node.size
+        is_leader = self.local_rank == 0
+        leaders = comm.Split(0 if is_leader else MPI.UNDEFINED, comm.rank)
+        n_nodes = leaders.size if is_leader else 0
+        self.n_nodes = int(self.node.bcast(n_nodes, root=0))
+        if is_leader and self.n_nodes == 1:  # one node: no MPI call after this
+            leaders.Free()
+            leaders = MPI.COMM_NULL
+        self.leaders = leaders
+        words = LINE * (self.local_size + 1) + 2 * self.local_size * self.stride + 2 * self.stride
+        self._map = None
+        err = ""
+        path = None
+        try:
+            if is_leader:
+                path = os.path.join("/dev/shm", f"mpidml-{uuid.uuid4().hex}")
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    os.posix_fallocate(fd, 0, words * 8)  # the pages exist now: no SIGBUS later
+                except OSError:
+                    os.unlink(path)
+                    raise
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            err, path = f"{type(e).__name__}: {e}", None
+        path = self.node.bcast(path, root=0)
+        if path is not None:
+            try:
+                fd = os.open(path, os.O_RDWR)
+                try:
+                    self._map = mmap.mmap(fd, words * 8)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                err = f"{type(e).__name__}: {e}"
+        self.node.Barrier()
+        if node_comm is None:  # ours: only needed to set up
+            self.node.Free()
+            self.node = None
+        if is_leader and path is not None:
+            try:
+                os.unlink(path)  # every rank of the node has it mapped
+            except OSError:
+                pass
+        ok = self._map is not None
+        self.available = bool(comm.allreduce(1 if ok else 0, op=MPI.MIN))
+        self.why_not = None if self.available else (err or "another rank could not map the shared segment")
+        if not self.available:
+            self.close()
+            return
+        self.seg = np.frombuffer(self._map, dtype=np.float64)
+        self.flags = np.frombuffer(self._map, dtype=np.int64)
+        self.state = np.zeros(1, dtype=np.int64)
+        leaders_h = native.handle(self.leaders) if self.leaders != MPI.COMM_NULL else 0
+        self.args = (self.seg, self.flags, self.state, self.local_rank, self.local_size, self.stride,
+                     self.n_nodes, native.dtype_handle(np.float64), native.handle(MPI.SUM), leaders_h)
+        _compile(comm)
+        zeros = np.zeros(self.n)
+        self.allreduce(zeros, zeros)  # the first sum, checked
+        if zeros.any():
+            raise RuntimeError("NodeReducer: the first sum of zeros is not zero")
+
+    def allreduce(self, mine: np.ndarray, out: np.ndarray) -> None:
+        """out = sum of mine over all ranks (float64 (n,) each; mine and out may be the same
+        array). Raises mpi4py.MPI.Exception if the leaders' MPI_Allreduce failed."""
+        if mine.size != self.n or out.size != self.n:
+            raise ValueError(f"NodeReducer: buffers of {self.n} values expected, got {mine.size} and {out.size}")
+        rc = node_allreduce(mine, out, *self.args)
+        if rc != 0:
+            raise MPI.Exception(int(rc))
+
+    def close(self) -> None:
+        """Unmap the segment (no collective). The reducer is unusable afterwards."""
+        self.seg = self.flags = None
+        self.args = None
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a view of it is still alive somewhere: the mapping goes with the process
+                pass
+            self._map = None
+        self.available = False
