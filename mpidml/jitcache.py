@@ -25,9 +25,9 @@ def _kernels_dir() -> str:
     return os.path.dirname(spec.origin) if spec and spec.origin else ""
 
 
-# Numba-compiled code outside kernels/: the compiled step loop and its MPI intrinsics, which
-# inline kernels and whose cached code must follow a change to either.
-_COMPILED_ELSEWHERE = (("parallel", "steploop.py"), ("parallel", "native.py"))
+# Numba-compiled code outside kernels/: the compiled step loop, its MPI intrinsics and the node
+# reducer it links, which inline kernels and whose cached code must follow a change to either.
+_COMPILED_ELSEWHERE = (("parallel", "steploop.py"), ("parallel", "native.py"), ("parallel", "nodereduce.py"))
 
 
 def kernels_source_hash() -> str:

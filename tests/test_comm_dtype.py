@@ -95,7 +95,8 @@ def test_lbfgs_with_float32_comm_reaches_float64_optimum(scales):
     # The gradient went over the wire as float32, the loss and weight sums as float64.
     assert sum(dt == np.float32 for dt in spy.reduced) == trainer.n_evals
     assert sum(dt == np.float64 for dt in spy.reduced) == trainer.n_evals
-    assert trainer.summary_section()["comm"] == {"dtype": "float32", "gradient_bytes_per_reduction": 4 * 9}
+    assert trainer.summary_section()["comm"] == {"dtype": "float32", "gradient_bytes_per_reduction": 4 * 9,
+                                                 "reduction": "mpi", "mpi_because": "not a mini-batch run"}
     _assert_replicas_identical(world.comm, params)
 
 

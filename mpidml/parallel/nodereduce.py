@@ -18,6 +18,10 @@ Algorithm (``node_allreduce``; ``seq`` counts the calls, the same on every rank)
   one MPI_Allreduce runs among the leaders, and the leader publishes the result in the
   segment for the rest of its node (result slot and flag, also by parity).
 
+Waiting spins on the flag with the CPU's pause hint, and after ~50 us gives the core away
+(``sched_yield``) at each poll: where ranks outnumber cores (``--oversubscribe``) the rank
+being waited for needs it, as Open MPI's own progress loop yields when oversubscribed.
+
 Two sets of slots are enough: a rank writes the set of call ``seq`` only after it has seen
 every flag of call ``seq - 1``, which each rank publishes after it finished reading call
 ``seq - 2``'s set. Nothing waits without bound on its own: a rank that fails or exits makes
@@ -95,10 +99,44 @@ def _spin_pause(typingctx):
     return types.void(), codegen
 
 
+def _register_sched_yield() -> None:
+    """Make libc's sched_yield known to LLVM by name (as native.py does for MPI's symbols), so
+    the cached machine code refers to it by name, not by an address of one process."""
+    import ctypes
+
+    import llvmlite.binding as llvm
+
+    llvm.add_symbol("sched_yield", ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value)
+
+
+_register_sched_yield()
+
+
+@intrinsic
+def _sched_yield(typingctx):
+    """``sched_yield()``: give the core to another runnable process (the one being waited for,
+    when ranks outnumber cores)."""
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+SPINS_BEFORE_YIELD = 1000  # ~50 us of spinning; then every poll yields the core (oversubscribed ranks)
+
+
 @njit(nogil=True, inline="always")
 def _wait_for(flags, idx, seq):
+    spins = 0
     while _load_acquire(flags, idx) < seq:
-        _spin_pause()
+        if spins < SPINS_BEFORE_YIELD:
+            spins += 1
+            _spin_pause()
+        else:
+            _sched_yield()
 
 
 @njit(cache=True, nogil=True)
@@ -183,8 +221,9 @@ class NodeReducer:
         self.local_rank, self.local_size = self.node.rank, self.node.size
         is_leader = self.local_rank == 0
         leaders = comm.Split(0 if is_leader else MPI.UNDEFINED, comm.rank)
-        n_nodes = leaders.size if is_leader else 0
-        self.n_nodes = int(self.node.bcast(n_nodes, root=0))
+        count = np.array([leaders.size if is_leader else 0], dtype=np.int64)
+        self.node.Bcast(count, root=0)  # the buffer API throughout: nothing received is unpickled
+        self.n_nodes = int(count[0])
         if is_leader and self.n_nodes == 1:  # one node: no MPI call after this
             leaders.Free()
             leaders = MPI.COMM_NULL
@@ -206,7 +245,11 @@ class NodeReducer:
                     os.close(fd)
         except OSError as e:
             err, path = f"{type(e).__name__}: {e}", None
-        path = self.node.bcast(path, root=0)
+        name = np.zeros(256, dtype=np.uint8)  # the segment's path, or empty: the leader could not make it
+        if path is not None:
+            name[:len(path)] = np.frombuffer(path.encode(), dtype=np.uint8)
+        self.node.Bcast(name, root=0)
+        path = bytes(name).rstrip(b"\0").decode() or None
         if path is not None:
             try:
                 fd = os.open(path, os.O_RDWR)
@@ -226,7 +269,9 @@ class NodeReducer:
             except OSError:
                 pass
         ok = self._map is not None
-        self.available = bool(comm.allreduce(1 if ok else 0, op=MPI.MIN))
+        every = np.array([1 if ok else 0], dtype=np.int32)
+        comm.Allreduce(MPI.IN_PLACE, every, op=MPI.MIN)
+        self.available = bool(every[0])
         self.why_not = None if self.available else (err or "another rank could not map the shared segment")
         if not self.available:
             self.close()
