@@ -21,7 +21,7 @@ from .mlp import mlp_layout, mlp_loss_grad, mlp_predict_proba
 from .shuffle import domain_bits, epoch_batches, epoch_order, plan_scratch, row_position, shuffle_keys
 from .preprocess import column_sq_dev, column_sq_sums, column_sums, csr_column_sq_sums, impute_standardize
 from .hashing import fnv1a_32
-from .update import adam_update, mean_gradient_norm2, rows_weight_sum, sgd_update
+from .update import adam_update, mean_gradient_norm2, penalty_norm2, rows_weight_sum, sgd_update
 from .csr import (csr_glm_margin, csr_linear_loss_grad, csr_logistic_loss_grad, csr_softmax_decision,
                   csr_softmax_loss_grad_ws, csr_touched_coords)
 
@@ -59,6 +59,7 @@ __all__ = [
     "csr_touched_coords",
     "fnv1a_32",
     "mean_gradient_norm2",
+    "penalty_norm2",
     "sgd_update",
     "rows_weight_sum",
     "adam_update",

@@ -28,6 +28,19 @@ def mean_gradient_norm2(grad_sum, inv_weight, params, l2, n_pen, out):
 
 
 @njit(cache=True, nogil=True, fastmath=False)
+def penalty_norm2(params, n_pen):
+    """||params[:n_pen]||^2 (float64 (P,), the penalised leading block), summed in order.
+
+    The mini-batch log record's penalty (l2/2 times this): the compiled step loop computes it
+    after its last update with the same function, so both loops log bitwise the same loss, and
+    no cache-cold NumPy/BLAS call runs between two runs of the loop."""
+    s = 0.0
+    for j in range(n_pen):
+        s += params[j] * params[j]
+    return s
+
+
+@njit(cache=True, nogil=True, fastmath=False)
 def rows_weight_sum(sw, rows):
     """The weight of a batch: sum of sw[rows] (float64 (n,), int64 (m,)) added in the order of
     rows, or float(m) when sw has size 0 (unit weights). One call instead of NumPy's gather into

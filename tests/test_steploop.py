@@ -164,3 +164,28 @@ def test_step_loop_reduces_in_the_wire_dtype(wire):
         assert dtype_h == native.handle(MPI.FLOAT) and loop.send32.size == loop.recv32.size == 10
     else:
         assert dtype_h == native.handle(MPI.DOUBLE) and loop.send32.size == 0
+
+
+def test_step_loop_refuses_bad_learning_rates_before_any_step():
+    """The loop checks the run's learning rates itself (no NumPy call per run): a NaN or a
+    negative one raises ValueError and no step is taken."""
+    from mpidml.optim import SGD
+    from mpidml.parallel.allreduce import EpochPlan
+    from mpidml.parallel.steploop import StepLoop
+
+    X, y = make_problem("logistic", n=40, d=5)
+    shard = shard_of(X, y, 0, 1)
+    model = make_model("logistic", 5, 2)
+    loop = StepLoop(model, shard, MPI.COMM_SELF, 6, 4, "float64", 1e-4, 5)
+    plan = EpochPlan(shard, 40, 8, 0, "global")
+    plan.build(0)
+    params = model.init_params(0)
+    before = params.copy()
+    for bad in (np.nan, -0.1, np.inf):
+        with pytest.raises(ValueError, match="finite and >= 0"):
+            loop.run(params, plan, 0, 3, np.array([0.1, bad, 0.1]), SGD(6, 0.1))
+        assert np.array_equal(params, before) and int(loop.progress[0]) == 0
+    with pytest.raises(ValueError, match="3 learning rates"):
+        loop.run(params, plan, 0, 3, [0.1, 0.1], SGD(6, 0.1))
+    assert loop.run(params, plan, 0, 3, [0.1, 0.1, 0.1], SGD(6, 0.1))[0] == 3
+    assert not np.array_equal(params, before)

@@ -366,11 +366,17 @@ class AllreduceTrainer:
         def python_only(step):  # this step checkpoints or has a test fault
             return (ckpt is not None and ckpt.due(step + 1)) or (faults.active and faults.at_step(step + 1))
 
-        def log_step(step, epoch, s, lr, red):
+        def penalty():
+            """The objective's penalty at params: in the order the compiled loop sums it
+            (kernels.penalty_norm2) where the penalised entries lead, so both loops log the same bits."""
+            return 0.5 * l2 * kernels.penalty_norm2(params, n_pen) if n_pen >= 0 else l2_penalty(params, l2, pen)
+
+        def log_step(step, epoch, s, lr, red, pen_value):
             """The log record of 0-based ``step`` (step s of its epoch, taken with ``lr``; params
-            already updated) from its reduced [grad_sum, correct, counted, loss, weight] ``red``."""
+            already updated, their penalty ``pen_value``) from its reduced [grad_sum, correct,
+            counted, loss, weight] ``red``."""
             nonlocal samples_since, t_log
-            f = red[-2] / red[-1] + l2_penalty(params, l2, pen)
+            f = red[-2] / red[-1] + pen_value
             if not math.isfinite(f):
                 raise _diverged(step + 1, "loss", f, self.checkpointer)
             now = time.perf_counter()
@@ -385,6 +391,9 @@ class AllreduceTrainer:
             t0 = time.perf_counter()
             plan.build(epoch)
             t_compute += time.perf_counter() - t0
+            base = epoch * steps_per_epoch
+            if loop is not None:  # the epoch's learning rates at once: the loop's runs take views
+                lrs_epoch = np.array([schedule(base + k) for k in range(steps_per_epoch)], dtype=np.float64)
             first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
             s = first
             while s < steps_per_epoch:
@@ -392,7 +401,6 @@ class AllreduceTrainer:
                 if loop is not None and not python_only(step):
                     # a run of steps up to the next one that logs (its loss and batch accuracy
                     # are reduced in the loop too) or the one before a checkpoint or test fault
-                    base = epoch * steps_per_epoch
                     next_log = (step // log_every + 1) * log_every - 1  # the first step >= step that logs
                     end = min(next_log - base + 1, steps_per_epoch)  # (an epoch's last step ends it too)
                     if ckpt is not None or faults.active:
@@ -401,9 +409,8 @@ class AllreduceTrainer:
                             stop += 1
                         end = stop
                     log_last = logs(base + end - 1)
-                    lrs = [schedule(step + k) for k in range(end - s)]
                     t0 = time.perf_counter()
-                    done, comm_s = loop.run(params, plan, s, end, lrs, opt, log_last)
+                    done, comm_s = loop.run(params, plan, s, end, lrs_epoch[s:end], opt, log_last)
                     t_run = time.perf_counter() - t0
                     t_compute += t_run - comm_s
                     t_comm += comm_s
@@ -414,7 +421,8 @@ class AllreduceTrainer:
                     if s < end:  # the reduced gradient of step s is not finite (loop.red holds its sums)
                         self._raise_diverged(self.steps, plan.rows(s), params)
                     if log_last:
-                        log_step(self.steps - 1, epoch, s - 1, lrs[-1], loop.red)
+                        log_step(self.steps - 1, epoch, s - 1, float(lrs_epoch[s - 1]), loop.red,
+                                 0.5 * l2 * loop.penalty_norm2)
                     continue
                 log_now = logs(step)
                 t0 = time.perf_counter()
@@ -442,7 +450,7 @@ class AllreduceTrainer:
                 samples_since += plan.global_count(s)
                 self.steps = step + 1
                 if log_now:
-                    log_step(step, epoch, s, lr, buf)
+                    log_step(step, epoch, s, lr, buf, penalty())
                 self._step_done(step + 1, epoch, params, state)
                 s += 1
             self.epochs_done = epoch + 1

@@ -59,6 +59,7 @@ _rows_weight_sum = njit(nogil=True, fastmath=False)(update.rows_weight_sum.py_fu
 _mean_gradient_norm2 = njit(nogil=True, fastmath=False)(update.mean_gradient_norm2.py_func)
 _sgd_update = njit(nogil=True, fastmath=False)(update.sgd_update.py_func)
 _adam_update = njit(nogil=True, fastmath=False)(update.adam_update.py_func)
+_penalty_norm2 = njit(nogil=True, fastmath=False)(update.penalty_norm2.py_func)
 _node_allreduce = njit(nogil=True)(nodereduce.node_allreduce.py_func)  # the Python loop's sum, same source
 
 
@@ -90,9 +91,11 @@ def _make_steps(kind: int):
         arguments (:class:`mpidml.parallel.nodereduce.NodeReducer`'s ``args``: sums -> red through
         shared memory, float64) or :data:`NO_NODE` (MPI_Allreduce).
         progress: int64 (1,), incremented after each step (the watchdog's heartbeat);
-        stats: float64 (3,): stats[0] += seconds inside the reduction (with the float32 casts),
-        stats[1] = the MPI error code of a failed call (0 otherwise), stats[2] += seconds in the
-        kernel and the batch's weight sum (MPI_Wtime, ~20 ns a call).
+        stats: float64 (4,): stats[0] += seconds inside the reduction (with the float32 casts),
+        stats[1] = the MPI error code of a failed call (0 otherwise; -1: an lr is negative or not
+        finite, no step taken), stats[2] += seconds in the kernel and the batch's weight sum
+        (MPI_Wtime, ~20 ns a call), stats[3] = ||params[:n_pen]||^2 after the last step when it
+        logs (``kernels.penalty_norm2``: the log record's penalty, as the Python loop computes it).
 
         log_last: the last step logs: its kernel adds the loss sum, and a classifier's batch
         accuracy goes into the reduced [correct, counted] (the model's margins or logits into
@@ -106,6 +109,10 @@ def _make_steps(kind: int):
         P = params.size
         n_tail = sums.size - P
         wire32 = send32.size != 0
+        for k in range(s1 - s0):  # checked here: no NumPy call per run between two kernels
+            if not (lrs[k] >= 0.0 and math.isfinite(lrs[k])):
+                stats[1] = -1.0
+                return 0
         for s in range(s0, s1):
             rows = order[starts[s]:starts[s + 1]]
             for j in range(sums.size):
@@ -174,6 +181,8 @@ def _make_steps(kind: int):
             else:
                 _sgd_update(params, grad, velocity, lrs[k], momentum, nesterov)
             progress[0] += 1
+        if log_last and s1 > s0:
+            stats[3] = _penalty_norm2(params, n_pen)
         return s1 - s0
 
     return steps
@@ -278,7 +287,7 @@ class StepLoop:
         self.node = reducer.args if reducer is not None else NO_NODE
         self.l2, self.n_pen = float(l2), int(n_pen)
         self.progress = np.zeros(1, dtype=np.int64)
-        self.stats = np.zeros(3)
+        self.stats = np.zeros(4)
         self.seconds = {"kernel": 0.0, "allreduce": 0.0, "steps": 0}
         self._empty = np.zeros(0)
         self.zbuf = np.zeros(0)  # a logged step's margins or logits (grown to its rows x z_width)
@@ -305,7 +314,9 @@ class StepLoop:
 
         ``lrs``: the learning rates of those steps. ``log_last``: step s1-1 logs (its loss sum and
         a classifier's [correct, counted] are reduced with its gradient; ``self.red`` keeps them).
-        Returns (steps completed, seconds in MPI_Allreduce); raises mpi4py.MPI.Exception if an
+        Returns (steps completed, seconds in MPI_Allreduce); after a logged last step,
+        ``self.penalty_norm2`` is ||params[:n_pen]||^2 (``kernels.penalty_norm2``). Raises
+        ValueError for a negative or non-finite lr (no step taken), mpi4py.MPI.Exception if an
         Allreduce failed. Fewer steps than asked and no exception: the next step's reduced
         gradient is not finite (``self.red`` holds its sums).
         """
@@ -314,9 +325,9 @@ class StepLoop:
             need = int(plan.starts[s1] - plan.starts[s1 - 1]) * self.z_width
             if self.zbuf.size < need:
                 self.zbuf = np.zeros(need)
-        lrs = np.asarray(lrs, dtype=np.float64)
-        if not (lrs.shape == (n,) and np.all(np.isfinite(lrs)) and np.all(lrs >= 0.0)):
-            raise ValueError("step lr must be finite and >= 0")
+        lrs = np.asarray(lrs, dtype=np.float64)  # the caller's float64 array itself: no copy
+        if lrs.shape != (n,):
+            raise ValueError(f"run: {n} learning rates expected, got shape {lrs.shape}")
         e = self._empty
         if getattr(opt, "name", "") == "adam":
             pairs = [opt.bias_corrections(t) for t in range(opt.t + 1, opt.t + 1 + n)]  # optim.Adam's own values
@@ -334,9 +345,12 @@ class StepLoop:
                        self.recv32, self.red, self.grad, *self.handles, self.progress, self.stats, self.work,
                        self.n_classes, bool(log_last), self.zbuf, self.node)
         opt.t += done
+        self.penalty_norm2 = float(self.stats[3])  # after a run that ended with a logged step
         self.seconds["kernel"] += float(self.stats[2])
         self.seconds["allreduce"] += float(self.stats[0])
         self.seconds["steps"] += int(done)
+        if self.stats[1] == -1.0:
+            raise ValueError("step lr must be finite and >= 0")
         if self.stats[1] != 0:
             raise MPI.Exception(int(self.stats[1]))
         return int(done), float(self.stats[0])
