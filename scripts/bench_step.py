@@ -157,10 +157,12 @@ def worker(args) -> int:
 
     has_step_loop = "step_loop" in TrainConfig.__dataclass_fields__
 
-    def cfg_for(dtype, step_loop="auto"):
+    def cfg_for(dtype, step_loop="auto", reduction="auto"):
         extra = {"comm_dtype": dtype} if has_comm_dtype else {}
         if has_step_loop:
             extra["step_loop"] = step_loop
+        if reduction != "auto":
+            extra["reduction"] = reduction
         return TrainConfig(data="<memory>", out="<none>", progress="none", model=args.model, optimizer="sgd",
                            lr=lr, momentum=args.momentum, batch_size=B, epochs=args.epochs, seed=0, l2=1e-4,
                            **extra)
@@ -175,9 +177,9 @@ def worker(args) -> int:
     loops_used = {}
     reductions_used = {}
 
-    def real_steps(dtype, step_loop="auto"):
+    def real_steps(dtype, step_loop="auto", reduction="auto"):
         """Wall seconds per step of AllreduceTrainer.fit, plus the trainer's own split."""
-        cfg = cfg_for(dtype, step_loop)
+        cfg = cfg_for(dtype, step_loop, reduction)
         trainer = AllreduceTrainer(ctx, model, shard, cfg, Reporter(None, enabled=False), float(N))
         params = model.init_params()
         before = dict(ctx.timers.seconds)
@@ -421,7 +423,7 @@ def worker(args) -> int:
         return max_over_ranks((time.perf_counter() - t0) / total)
 
     rec = {d: {"step": [], "compute": [], "comm": [], "in_compiled_loop": []} for d in dtypes}
-    rec_py, rec_null_compiled = [], []
+    rec_py, rec_null_compiled, rec_mpi_red = [], [], []
     rec_kernel, rec_kernel_mean, rec_ar, rec_ar32, rec_opt, rec_null, rec_perm = [], [], [], [], [], [], []
     rec_loop, rec_probe, rec_ar_cold = [], [], []
     sizes = [int(s) for s in args.comm_sizes.split(",") if s]
@@ -450,6 +452,8 @@ def worker(args) -> int:
                 rec[d]["in_compiled_loop"].append(split["in_compiled_loop"])
         if has_step_loop:
             rec_py.append(real_steps("float64", "python")[0])
+        if shm:  # the same fit summing through MPI_Allreduce (--reduction mpi), side by side
+            rec_mpi_red.append(real_steps("float64", "auto", "mpi")[0])
         if compiled:
             rec_null_compiled.append(null_steps(compiled=True))
         kmax, kmean = kernel_alone(params_end)
@@ -511,6 +515,11 @@ def worker(args) -> int:
                     "step's rows vs at once again (as allreduce_after_kernel); 'allreduce' is MPI's raw "
                     "Allreduce of the same buffer in any case",
             "alone": in_us(rec_red),
+            **({"step_with_reduction_mpi": in_us(rec_mpi_red),
+                "step_ratio_shared_memory_over_mpi": {
+                    "min": min(rec["float64"]["step"]) / min(rec_mpi_red),
+                    "median": float(np.median(rec["float64"]["step"]) / np.median(rec_mpi_red))}}
+               if rec_mpi_red else {}),
             **({"after_kernel": in_us([c for c, _ in rec_node_cold]),
                 "again": in_us([w for _, w in rec_node_cold])} if shm else {}),
         },

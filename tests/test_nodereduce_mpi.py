@@ -114,9 +114,37 @@ def test_no_shared_segment_means_mpi_on_every_rank(monkeypatch):
     assert not any(f.startswith("mpidml-") for f in os.listdir("/dev/shm"))  # nothing left behind
     assert "No space left" in red.why_not if comm.rank == 0 else red.why_not
     X, y = make_problem("logistic", n=301, d=5, seed=1)
-    got, trainer = train(Context(comm), X, y, model="logistic", optimizer="sgd", lr=0.2, batch_size=32, epochs=1)
+    mine = comm.Dup()  # the trainer's reducer is cached on its communicator: keep this one apart
+    got, trainer = train(Context(mine), X, y, model="logistic", optimizer="sgd", lr=0.2, batch_size=32, epochs=1)
     section = trainer.summary_section()["comm"]
     assert section["reduction"] == "mpi"
     if comm.size > 1:
         assert section["mpi_because"].startswith("no shared segment")
     assert np.all(np.isfinite(got))
+    monkeypatch.undo()  # the failure is not cached: the next trainer gets the segment
+    _, trainer = train(Context(mine), X, y, model="logistic", optimizer="sgd", lr=0.2, batch_size=32, epochs=1)
+    assert trainer.summary_section()["comm"]["reduction"] == ("shared memory" if comm.size > 1 else "mpi")
+    mine.Free()
+
+
+def test_reducer_is_cached_on_its_communicator():
+    """NodeReducer.shared: one reducer per communicator and size (trainers share it), a new
+    one for another size or communicator, closed when its communicator is freed."""
+    world = MPI.COMM_WORLD
+    comm = world.Dup()
+    a = NodeReducer.shared(comm, 7)
+    assert NodeReducer.shared(comm, 7) is a and a.available
+    b = NodeReducer.shared(comm, 9)
+    assert b is not a and b.n == 9
+    other = world.Dup()
+    c = NodeReducer.shared(other, 7)
+    assert c is not a
+    out = np.empty(7)
+    a.allreduce(np.ones(7), out)
+    assert np.array_equal(out, np.full(7, float(world.size)))
+    assert a.max_local_size == world.size  # one node here
+    comm.Free()
+    assert not a.available and a.args is None and not b.available  # closed by the attribute's delete
+    c.allreduce(np.ones(7), out)  # the other communicator's is untouched
+    assert np.array_equal(out, np.full(7, float(world.size)))
+    other.Free()

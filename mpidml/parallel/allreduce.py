@@ -500,12 +500,11 @@ class AllreduceTrainer:
             return None
         from .nodereduce import NodeReducer
 
-        red = NodeReducer(self.comm, self.n_params + _N_TAIL)
+        red = NodeReducer.shared(self.comm, self.n_params + _N_TAIL)  # made once per communicator and size
         if not red.available:
             self.reduction_reason = f"no shared segment: {red.why_not}"
             return None
-        if self.ctx.allreduce_scalar(float(red.local_size), op="max") < 2:
-            red.close()
+        if red.max_local_size < 2:
             self.reduction_reason = "one rank per node"
             return None
         self.reduction_reason = None
