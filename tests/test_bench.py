@@ -50,6 +50,10 @@ def test_bench_step_quick():
     assert doc["step_loop"] == "compiled" and positive(doc["python_loop"]["step"])
     assert doc["in_compiled_loop"]["share_of_steps"] > 0.25 and positive(doc["in_compiled_loop"]["kernel"])
     assert positive(doc["other_parts"]["null_model_compiled_loop"])
+    # 2 ranks on one node: the steps sum through shared memory; MPI's sum measured beside it
+    red = doc["reduction"]
+    assert red["used"] == "shared memory" and positive(red["alone"]) and positive(red["after_kernel"])
+    assert positive(red["step_with_reduction_mpi"]) and red["step_ratio_shared_memory_over_mpi"]["min"] > 0
 
 
 def test_bench_startup_quick_sgd():
