@@ -3,8 +3,9 @@
 A mini-batch step reduces a small buffer (P + 4 float64: the gradient sum and four scalars)
 right after the kernel has swept ~1 MB of rows through this core's L2. MPI_Allreduce then runs
 cache-cold: its code and state (collective selection, free lists, the shared-memory transport's
-queues) come back from L3, ~11-15 us after the kernel vs ~1.5 us back to back
-(``scripts/bench_step.py``'s ``allreduce_after_kernel``). Here the ranks of a node sum through
+queues) come back from L3: 5-15 us after the kernel on the 2-core VM this was measured on,
+depending on the hour, vs ~1.5 us back to back (``scripts/bench_step.py``'s
+``allreduce_after_kernel``; the node sum right after the kernel: ~4 us). Here the ranks of a node sum through
 one shared segment with a handful of cache lines and a few dozen instructions on the path.
 
 Algorithm (``node_allreduce``; ``seq`` counts the calls, the same on every rank):
@@ -29,7 +30,8 @@ the MPI runtime end the job (as with a blocking MPI_Allreduce), and ``--timeout`
 sees no step finish.
 
 The segment is a file in ``/dev/shm`` that the node's first rank creates and removes as soon as
-every rank of the node has mapped it, so nothing is left behind after a crash. Where it cannot
+every rank of the node has mapped it, so a crash leaves nothing behind (unless it falls between
+those two moments of the set-up: then a file of a few KB named ``mpidml-<random hex>``). Where it cannot
 be made (no ``/dev/shm``, too little space), every rank uses MPI_Allreduce (a collective
 decision).
 """
