@@ -219,6 +219,7 @@ def warm_up_groups(model, shard, training: bool = True) -> tuple:
         EpochPlan(SimpleNamespace(lo=0, n_local=1), 1, 1, 0, "global").build(0)  # the batch plan, its dtypes
         g = np.zeros(model.n_params)  # the mini-batch loop's fused gradient finish
         kernels.mean_gradient_norm2(g, 1.0, g, 0.0, 0, g.copy())
+        kernels.penalty_norm2(g, 0)  # a logged mini-batch step's penalty (the Python loop's log record)
         kernels.rows_weight_sum(g, one[:0])  # the batch's weight (a mini-batch step in Python)
         kernels.sgd_update(g, g.copy(), g[:0], 0.0, 0.0, False)  # optim.SGD / optim.Adam's step
         kernels.adam_update(g, g.copy(), g.copy(), g.copy(), 0.0, 0.9, 0.999, 0.1, 0.001, 1e-8)
