@@ -119,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(t, "step-loop", str, "allreduce sgd/adam: auto (default; linear/logistic/softmax steps run in one compiled "
           "loop that calls MPI itself) | python (every step in Python; bitwise the same result)")
     _flag(t, "reduction", str, "allreduce sgd/adam steps: auto (default; ranks on one node sum the step's gradient "
-          "through shared memory in a fixed order, nodes through one MPI_Allreduce among their first ranks) | "
-          "mpi (MPI_Allreduce)")
+          "through shared memory in a fixed order, nodes through one MPI_Allreduce among their first ranks; "
+          "--comm-dtype float32 keeps MPI_Allreduce) | mpi (MPI_Allreduce)")
     _flag(t, "optimizer", str, "sgd | adam | gd | lbfgs | als (mf only) (default lbfgs)")
     _flag(t, "lr", float, "learning rate for sgd, adam and gd (default 0.1)")
     _flag(t, "lr-schedule", str, "constant | inverse_sqrt | step | cosine (default constant)")
