@@ -106,9 +106,10 @@ class TrainConfig:
     timeout: float = 0.0  # abort the job when no step completes in this many seconds; 0 = off
     resume: str = ""  # run directory to continue from its newest checkpoint
 
-    # options that do not change the trained model (excluded from the config hash)
+    # options that do not change the trained model (excluded from the config hash; "reduction"
+    # changes only the order of a sum, i.e. rounding, as the number of ranks does)
     RUN_ONLY = ("out", "threads", "log_every", "overwrite", "verbose", "progress", "driver",
-                "checkpoint_every", "timeout", "resume", "max_memory", "step_loop")
+                "checkpoint_every", "timeout", "resume", "max_memory", "step_loop", "reduction")
 
     def validate(self) -> "TrainConfig":
         def choice(name, allowed):
