@@ -349,11 +349,12 @@ def worker(args) -> int:
                 k += 1
         return max_over_ranks(cold / k), max_over_ranks(warm / k)
 
-    def allreduce_after_kernel(params):
-        """The step's Allreduce of the (P+4)-long buffer timed right after the kernel ran on the
-        step's rows (the ranks first meet in a barrier, so no waiting for a slower rank is
-        counted), and then at once again: what the kernel's sweep through the cache costs the
-        MPI library's own path. Mean seconds per call, max over ranks."""
+    def reduce_after_kernel(params, reduce):
+        """``reduce(buf)`` (the step's sum of the (P+4)-long buffer) timed right after the kernel
+        ran on the step's rows (the ranks first meet in a barrier, so no waiting for a slower
+        rank is counted), and then at once again: what the kernel's sweep through the cache
+        costs the reduction's own path (MPI's, or the node reducer's). Mean seconds per call,
+        max over ranks."""
         grad_sum = np.zeros(P)
         buf = np.zeros(P + 4)
         cold = warm = 0.0
@@ -364,35 +365,20 @@ def worker(args) -> int:
                 model.loss_grad(shard, params, plan.rows(s), grad_sum, False)
                 comm.Barrier()
                 t0 = time.perf_counter()
-                comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+                reduce(buf)
                 t1 = time.perf_counter()
-                comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+                reduce(buf)
                 t2 = time.perf_counter()
                 cold += t1 - t0
                 warm += t2 - t1
                 k += 1
         return max_over_ranks(cold / k), max_over_ranks(warm / k)
 
-    def node_reduce_after_kernel(params):
-        """As allreduce_after_kernel, for the node reducer the step uses (shared memory)."""
-        grad_sum = np.zeros(P)
-        buf = np.zeros(P + 4)
-        cold = warm = 0.0
-        k = 0
-        for epoch in range(args.epochs):
-            plan.build(epoch)
-            for s in range(steps_per_epoch):
-                model.loss_grad(shard, params, plan.rows(s), grad_sum, False)
-                comm.Barrier()
-                t0 = time.perf_counter()
-                node_red.allreduce(buf, buf)
-                t1 = time.perf_counter()
-                node_red.allreduce(buf, buf)
-                t2 = time.perf_counter()
-                cold += t1 - t0
-                warm += t2 - t1
-                k += 1
-        return max_over_ranks(cold / k), max_over_ranks(warm / k)
+    def mpi_allreduce(buf):
+        comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+
+    def node_reduce(buf):
+        node_red.allreduce(buf, buf)
 
     def node_reduce_alone(calls):
         buf = np.ones(P + 4)
@@ -462,13 +448,13 @@ def worker(args) -> int:
         rec_ar.append(allreduce_alone(P + 4, np.float64, total))
         if shm:
             rec_node.append(node_reduce_alone(total))
-            rec_node_cold.append(node_reduce_after_kernel(params_end))
+            rec_node_cold.append(reduce_after_kernel(params_end, node_reduce))
         rec_ar32.append(allreduce_alone(P + 4, np.float32, total))
         rec_opt.append(optimizer_alone(params_end))
         rec_null.append(null_steps())
         rec_perm.append(permutation_alone())
         rec_probe.append(after_kernel_probe(params_end))
-        rec_ar_cold.append(allreduce_after_kernel(params_end))
+        rec_ar_cold.append(reduce_after_kernel(params_end, mpi_allreduce))
         if one_node:
             rec_loop.append(in_loop_steps())
         for n in sizes:
