@@ -148,3 +148,18 @@ def test_reducer_is_cached_on_its_communicator():
     c.allreduce(np.ones(7), out)  # the other communicator's is untouched
     assert np.array_equal(out, np.full(7, float(world.size)))
     other.Free()
+
+
+def test_large_buffers_keep_mpi():
+    """Every rank of a node reads all of its slots: past MAX_READ_BYTES per rank the reducer
+    declines (the same on every rank, before any segment is made) and MPI_Allreduce is used."""
+    from mpidml.parallel import nodereduce
+
+    comm = MPI.COMM_WORLD
+    n = nodereduce.MAX_READ_BYTES // (8 * comm.size) + 1
+    red = NodeReducer(comm, n)
+    assert not red.available and red.args is None and "KiB per rank" in red.why_not
+    assert not any(f.startswith("mpidml-") for f in os.listdir("/dev/shm"))
+    fits = NodeReducer(comm, n - 1)
+    assert fits.available
+    fits.close()

@@ -502,7 +502,7 @@ class AllreduceTrainer:
 
         red = NodeReducer.shared(self.comm, self.n_params + _N_TAIL)  # made once per communicator and size
         if not red.available:
-            self.reduction_reason = f"no shared segment: {red.why_not}"
+            self.reduction_reason = red.why_not
             return None
         if red.max_local_size < 2:
             self.reduction_reason = "one rank per node"

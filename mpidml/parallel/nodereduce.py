@@ -55,6 +55,10 @@ from . import native
 __all__ = ["NodeReducer", "node_allreduce"]
 
 LINE = 8  # float64 / int64 words per cache line: every flag has a line of its own
+# Every rank of a node reads all of the node's slots: local_size x n x 8 bytes per call. Beyond
+# this MPI_Allreduce is used instead (its reduce-scatter / allgather moves ~2n x 8 bytes per rank
+# whatever the node's size): e.g. up to 16 384 values with 2 ranks per node, 512 with 64.
+MAX_READ_BYTES = 256 * 1024
 
 
 @intrinsic
@@ -229,6 +233,19 @@ class NodeReducer:
         self.stride = -(-self.n // LINE) * LINE
         self.node = node_comm if node_comm is not None else comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_rank, self.local_size = self.node.rank, self.node.size
+        largest = np.array([self.local_size], dtype=np.int64)
+        comm.Allreduce(MPI.IN_PLACE, largest, op=MPI.MAX)
+        self.max_local_size = int(largest[0])  # the most ranks any node has (1: nothing to share)
+        self._map = None
+        self.args = self.seg = self.flags = None
+        if self.max_local_size * self.n * 8 > MAX_READ_BYTES:  # the same decision on every rank
+            self.available = False
+            self.why_not = (f"{self.n} values x {self.max_local_size} ranks on a node exceed the shared-memory "
+                            f"sum's {MAX_READ_BYTES // 1024} KiB per rank")
+            if node_comm is None:
+                self.node.Free()
+            self.node = None
+            return
         is_leader = self.local_rank == 0
         leaders = comm.Split(0 if is_leader else MPI.UNDEFINED, comm.rank)
         count = np.array([leaders.size if is_leader else 0], dtype=np.int64)
@@ -239,7 +256,6 @@ class NodeReducer:
             leaders = MPI.COMM_NULL
         self.leaders = leaders
         words = LINE * (self.local_size + 1) + 2 * self.local_size * self.stride + 2 * self.stride
-        self._map = None
         err = ""
         path = None
         try:
@@ -279,11 +295,10 @@ class NodeReducer:
             except OSError:
                 pass
         ok = self._map is not None
-        every = np.array([1 if ok else 0, -self.local_size], dtype=np.int64)
+        every = np.array([1 if ok else 0], dtype=np.int64)
         comm.Allreduce(MPI.IN_PLACE, every, op=MPI.MIN)
         self.available = bool(every[0])
-        self.max_local_size = int(-every[1])  # the most ranks any node has (1: nothing to share)
-        self.why_not = None if self.available else (err or "another rank could not map the shared segment")
+        self.why_not = None if self.available else f"no shared segment: {err or 'another rank could not map it'}"
         if not self.available:
             self.close()
             return
