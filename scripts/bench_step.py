@@ -380,23 +380,17 @@ def worker(args) -> int:
     def node_reduce(buf):
         node_red.allreduce(buf, buf)
 
-    def node_reduce_alone(calls):
-        buf = np.ones(P + 4)
-        node_red.allreduce(buf, buf)  # warm
+    def reduce_alone(reduce, buf, calls):
+        """``reduce(buf)`` back to back: seconds per call, max over ranks."""
+        reduce(buf)  # warm
         ctx.barrier()
         t0 = time.perf_counter()
         for _ in range(calls):
-            node_red.allreduce(buf, buf)
+            reduce(buf)
         return max_over_ranks((time.perf_counter() - t0) / calls)
 
     def allreduce_alone(n, dtype, calls):
-        buf = np.ones(n, dtype=dtype)
-        comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)  # warm
-        ctx.barrier()
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-        return max_over_ranks((time.perf_counter() - t0) / calls)
+        return reduce_alone(mpi_allreduce, np.ones(n, dtype=dtype), calls)
 
     def optimizer_alone(params):
         opt = SGD(P, lr, momentum=args.momentum)
@@ -447,7 +441,7 @@ def worker(args) -> int:
         rec_kernel_mean.append(kmean)
         rec_ar.append(allreduce_alone(P + 4, np.float64, total))
         if shm:
-            rec_node.append(node_reduce_alone(total))
+            rec_node.append(reduce_alone(node_reduce, np.ones(P + 4), total))
             rec_node_cold.append(reduce_after_kernel(params_end, node_reduce))
         rec_ar32.append(allreduce_alone(P + 4, np.float32, total))
         rec_opt.append(optimizer_alone(params_end))
