@@ -32,11 +32,17 @@ from numba.extending import intrinsic
 __all__ = ["mpi_allreduce", "mpi_wtime", "handle", "dtype_handle", "AVAILABLE"]
 
 
+def add_symbols(lib, names) -> None:
+    """Make the C functions ``names`` of ctypes library ``lib`` known to LLVM by name, so compiled
+    code calls them by name and Numba's on-disk cache holds no address of one process. Raises
+    AttributeError for a name ``lib`` lacks."""
+    for name in names:
+        llvm.add_symbol(name, ctypes.cast(getattr(lib, name), ctypes.c_void_p).value)
+
+
 def _register() -> bool:
     try:
-        lib = ctypes.CDLL(MPI.__file__)
-        for name in ("MPI_Allreduce", "MPI_Wtime"):
-            llvm.add_symbol(name, ctypes.cast(getattr(lib, name), ctypes.c_void_p).value)
+        add_symbols(ctypes.CDLL(MPI.__file__), ("MPI_Allreduce", "MPI_Wtime"))
     except (OSError, AttributeError):  # pragma: no cover - an mpi4py without its own MPI symbols
         return False
     # every handle fits the 64-bit argument slots (pointers: Open MPI; int: MPICH)

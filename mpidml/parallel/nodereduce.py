@@ -38,6 +38,7 @@ decision).
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import platform
@@ -105,17 +106,7 @@ def _spin_pause(typingctx):
     return types.void(), codegen
 
 
-def _register_sched_yield() -> None:
-    """Make libc's sched_yield known to LLVM by name (as native.py does for MPI's symbols), so
-    the cached machine code refers to it by name, not by an address of one process."""
-    import ctypes
-
-    import llvmlite.binding as llvm
-
-    llvm.add_symbol("sched_yield", ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value)
-
-
-_register_sched_yield()
+native.add_symbols(ctypes.CDLL(None), ("sched_yield",))  # libc's, called by name like MPI's
 
 
 @intrinsic
