@@ -16,7 +16,8 @@ import math
 
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
+from numba.core import cgutils, config
+from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic, models, register_model
 
 from .util import _INV_FACT, _LN2_HI, _LN2_LO, _LOG2E, _LP1, _LP2, _LP3, _LP4, _LP5, _LP6, _LP7
@@ -27,6 +28,27 @@ _VT = ir.VectorType(_F64, LANES)
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 _VI32 = ir.VectorType(_I32, LANES)
+
+
+def _wide_registers():
+    """True when the CPU Numba compiles for has AVX-512 (32 registers of 8 float64), as Numba
+    sees it: NUMBA_CPU_FEATURES when set, else the host's features."""
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return "+avx512f" in features.split(",")
+
+
+# Register tiles are sized by this: 20 F64x8 accumulators fit in AVX-512's 32 zmm registers,
+# but need 40 of AVX2's 16 ymm registers (two per F64x8), and the spills made the softmax's
+# vector path slower than its scalar path (AMD EPYC Zen 3: 222 vs 188 ns per row at D=64,
+# K=10). Numba's cache keys compiled code by the CPU's name and features, so a cache filled on
+# one kind of CPU is not loaded on another with this constant differing.
+WIDE_REGISTERS = _wide_registers()
+
+
+# 1.5 * 2**52 and its bits (see _vexp2i), and the bits of 2**52 (see _vexponent).
+_ROUND_SHIFT = 6755399441055744.0
+_ROUND_SHIFT_BITS = 0x4338000000000000
+_TWO52_BITS = 0x4330000000000000
 
 
 class F64x8Type(types.Type):
@@ -290,8 +312,13 @@ def _vexp2i(typingctx, n):
     sig = f64x8(f64x8)
 
     def codegen(context, builder, signature, args):
+        # n + 1.5 * 2**52 holds n + 2**51 in its low mantissa bits (exact for |n| < 2**51), so
+        # its bits minus those of 1.5 * 2**52 are n as an integer: the same values as fptosi,
+        # without a float64 -> int64 conversion, which AVX2 lacks (LLVM made it 8 scalar
+        # conversions and the moves to assemble them: most of an exp's instructions there).
         vi = ir.VectorType(_I64, LANES)
-        k = builder.add(builder.fptosi(args[0], vi), ir.Constant(vi, [1023] * LANES))
+        shifted = builder.bitcast(builder.fadd(args[0], ir.Constant(_VT, [_ROUND_SHIFT] * LANES)), vi)
+        k = builder.add(shifted, ir.Constant(vi, [1023 - _ROUND_SHIFT_BITS] * LANES))
         return builder.bitcast(builder.shl(k, ir.Constant(vi, [52] * LANES)), _VT)
     return sig, codegen
 
@@ -314,10 +341,14 @@ def _vexponent(typingctx, x):
     sig = f64x8(f64x8)
 
     def codegen(context, builder, signature, args):
+        # The biased exponent e (0..2047) put in the mantissa of 2**52 gives the float64 2**52 + e
+        # exactly; minus 2**52 + 1023 that is the unbiased exponent, exact: the value sitofp gave,
+        # without an int64 -> float64 conversion, which AVX2 lacks (scalarised by LLVM).
         vi = ir.VectorType(_I64, LANES)
         bits = builder.bitcast(args[0], vi)
         e = builder.and_(builder.lshr(bits, ir.Constant(vi, [52] * LANES)), ir.Constant(vi, [0x7FF] * LANES))
-        return builder.sitofp(builder.sub(e, ir.Constant(vi, [1023] * LANES)), _VT)
+        as_double = builder.bitcast(builder.or_(e, ir.Constant(vi, [_TWO52_BITS] * LANES)), _VT)
+        return builder.fsub(as_double, ir.Constant(_VT, [2.0 ** 52 + 1023.0] * LANES))
     return sig, codegen
 
 

@@ -7,7 +7,7 @@ loss_i = logsumexp(z_i) - z_i[y_i] with logits z_i = W x_i + c.
 import numpy as np
 from numba import njit
 
-from .simd import align_offset, ld, vload_n, vadd, vbload, vdiv, vexp_nonpos, vfma, vlane, vload, vmax, vmul, vselect_eq, \
+from .simd import WIDE_REGISTERS, align_offset, ld, vload_n, vadd, vbload, vdiv, vexp_nonpos, vfma, vlane, vload, vmax, vmul, vselect_eq, \
     vfence, vlog_ge1, vselect_gt, vset8, vsplat, vstore, vstore_t8, vsub
 from .glm import linear_scores
 from .util import (CACHE_LINE, FASTMATH, PREFETCH_BYTES, exp_nonpos, log_strict, next_run, prefetch_ahead, prefetch_l2,
@@ -200,7 +200,7 @@ def _row_id(rows, i, r, t, run, nvalid):
     return ld(rows, i + min(t, nvalid - 1))
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _transpose8(X, rows, i, r, run, nvalid, h, work, o):
     """Rows 8h..8h+7 of the block transposed into work[o:]: work[o + 8 j + t] = X[row t, j]
     (the last features of each row read with masked loads: nothing past a row's end)."""
@@ -224,7 +224,7 @@ def _transpose8(X, rows, i, r, run, nvalid, h, work, o):
                   vload_n(X, a7 + D8, n))
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _softmax8(y, sw, rows, i, r, run, nvalid, h, K, work, oZ, oGB, with_loss):
     """Softmax across the lanes of rows 8h..8h+7: the logits work[oZ + 16 k + 8 h:][:8] of each
     class k become the weighted residuals s (p_k - [k == y]); the intercepts' per-lane sums in
@@ -276,7 +276,7 @@ def _softmax8(y, sw, rows, i, r, run, nvalid, h, K, work, oZ, oGB, with_loss):
     return loss
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _block16(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss, nb):
     """Loss and gradient terms of 16 rows (ids from _row_id), added to the padded sums in work.
 
@@ -495,8 +495,83 @@ def _block16(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT
     return loss
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _tile5(x, work, q, stride, g0, g1, g2, g3, g4):
+    """g_c + x * work[q + stride c] for c < 5: one step of _block16_narrow's 5-class tiles."""
+    return (vfma(x, vbload(work, q), g0), vfma(x, vbload(work, q + stride), g1),
+            vfma(x, vbload(work, q + 2 * stride), g2), vfma(x, vbload(work, q + 3 * stride), g3),
+            vfma(x, vbload(work, q + 4 * stride), g4))
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _vector_path(X, y, sw, params, rows, grad, with_loss, work):
+def _block16_narrow(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss, nb):
+    """_block16 in register tiles for 16 vector registers (AVX2: a F64x8 is two of them).
+
+    The same steps, work layout and additions in the same order as _block16 (each lane sums
+    over the features, then over the block's rows, in the same sequence), so the two give
+    bitwise the same sums; only the tiles differ: logits 5 classes x 8 rows (5 accumulators,
+    10 ymm registers, each broadcast of coef[k, j] feeding two FMAs) and gradient 5 classes x 8
+    features. _block16's 20 accumulators would need 40 ymm registers: spilled, its FMAs waited
+    on stores and reloads.
+    """
+    D = X.shape[1]
+    Dp = D + (-D) % 8
+    D8 = D - D % 8
+    _transpose8(X, rows, i, r, run, nvalid, 0, work, oT)
+    _transpose8(X, rows, i, r, run, nvalid, 1, work, oT + 8 * Dp)
+    step = CACHE_LINE // X.itemsize
+    lines_per_j = 16 * X.itemsize // CACHE_LINE
+    for k in range(0, kq, 5):
+        for h in range(2):
+            a0 = vbload(work, oB + k)
+            a1 = vbload(work, oB + k + 1)
+            a2 = vbload(work, oB + k + 2)
+            a3 = vbload(work, oB + k + 3)
+            a4 = vbload(work, oB + k + 4)
+            ox = oT + 8 * Dp * h
+            for j in range(D):
+                if k == 0 and h == 0 and nb >= 0:  # the next block's first D lines: see _vector_path
+                    prefetch_l2(X, nb + j * step)
+                a0, a1, a2, a3, a4 = _tile5(vload(work, ox + 8 * j), work, oW + j * kq + k, 1, a0, a1, a2, a3, a4)
+            oz = oZ + 16 * k + 8 * h
+            vstore(work, oz, a0)
+            vstore(work, oz + 16, a1)
+            vstore(work, oz + 32, a2)
+            vstore(work, oz + 48, a3)
+            vstore(work, oz + 64, a4)
+    loss = _softmax8(y, sw, rows, i, r, run, nvalid, 0, K, work, oZ, oGB, with_loss)
+    loss += _softmax8(y, sw, rows, i, r, run, nvalid, 1, K, work, oZ, oGB, with_loss)
+    for k in range(0, kq, 5):
+        for j in range(0, Dp, 8):
+            p = oG + k * Dp + j
+            g0 = vload(work, p)
+            g1 = vload(work, p + Dp)
+            g2 = vload(work, p + 2 * Dp)
+            g3 = vload(work, p + 3 * Dp)
+            g4 = vload(work, p + 4 * Dp)
+            if k == 0 and nb >= 0 and lines_per_j == 2:  # float64: the next block's other D lines
+                for t in range(min(8, D - j)):
+                    prefetch_l2(X, nb + (D + j + t) * step)
+            # the loops test nothing per row but the count (a test per row cost ~20% of this loop)
+            q = oZ + 16 * k
+            if j < D8:
+                for t in range(16):
+                    g0, g1, g2, g3, g4 = _tile5(vload(X, _row_id(rows, i, r, t, run, nvalid) * D + j), work, q + t,
+                                                16, g0, g1, g2, g3, g4)
+            else:
+                for t in range(16):
+                    g0, g1, g2, g3, g4 = _tile5(vload_n(X, _row_id(rows, i, r, t, run, nvalid) * D + j, D - j), work,
+                                                q + t, 16, g0, g1, g2, g3, g4)
+            vstore(work, p, g0)
+            vstore(work, p + Dp, g1)
+            vstore(work, p + 2 * Dp, g2)
+            vstore(work, p + 3 * Dp, g3)
+            vstore(work, p + 4 * Dp, g4)
+    return loss
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, wide):
     """softmax_loss_grad_ws 16 rows at a time in explicit vectors (work >= work_size).
 
     Blocks are 16 consecutive rows inside a run of ``rows`` (the next block prefetched
@@ -507,6 +582,16 @@ def _vector_path(X, y, sw, params, rows, grad, with_loss, work):
     padded gradient sums (kq, Dp), per-lane intercept sums (kq, 8), logits (kq, 16), X
     transposed (2, Dp, 8), intercepts (kq,); Dp is D rounded up to a multiple of 8 (the last
     features are read with masked loads).
+
+    wide: True for _block16's tiles (AVX-512), False for _block16_narrow's (AVX2); the same
+    sums bit for bit. A constant of the caller (_vector_path_wide / _vector_path_narrow):
+    inlined, the other branch is pruned.
+
+    The blocks, and _transpose8 and _softmax8 in them, are calls, not inlined: Numba's inlining
+    copies a callee's IR block by block, each copy with its whole variable scope, and this path,
+    built by inlining, took ~110 s to compile per dtype on an AVX2 CPU (AMD Zen 3), now ~16 s
+    (and 8 more for the other CPU's tiles); the few calls per 16 rows cost nothing measurable
+    there (97-98 ns per row either way, X in L2).
     """
     D = X.shape[1]
     K = params.size // (D + 1)
@@ -546,8 +631,12 @@ def _vector_path(X, y, sw, params, rows, grad, with_loss, work):
                 # ahead (2 blocks) was no better. (8-row blocks: into L1 and none were slower, as
                 # was a burst at each block's start.)
                 nb = (r + 16) * D if r + 32 <= lo + cnt else -1
-                loss += _block16(X, y, sw, rows, i, r, True, 16, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss,
-                                 nb)
+                if wide:
+                    loss += _block16(X, y, sw, rows, i, r, True, 16, K, kq, work, oW, oG, oGB, oZ, oT, oB,
+                                     with_loss, nb)
+                else:
+                    loss += _block16_narrow(X, y, sw, rows, i, r, True, 16, K, kq, work, oW, oG, oGB, oZ, oT,
+                                            oB, with_loss, nb)
                 r += 16
                 i += 16
         else:
@@ -559,8 +648,12 @@ def _vector_path(X, y, sw, params, rows, grad, with_loss, work):
             # 462 / 241 with it vs 421 / 185 with no prefetch (one run); 355 / 158 with this vs
             # 386 / 163 for the former 8-row kernel (another run).
             pr = prefetch_rows(X, rows, max(pr, i), min(m, i + 48), True)
-            loss += _block16(X, y, sw, rows, i, 0, False, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss,
-                             -1)
+            if wide:
+                loss += _block16(X, y, sw, rows, i, 0, False, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB,
+                                 with_loss, -1)
+            else:
+                loss += _block16_narrow(X, y, sw, rows, i, 0, False, nvalid, K, kq, work, oW, oG, oGB, oZ, oT,
+                                        oB, with_loss, -1)
             i += nvalid
     for k in range(K):
         for j in range(D):
@@ -570,6 +663,22 @@ def _vector_path(X, y, sw, params, rows, grad, with_loss, work):
             gb += work[oGB + 8 * k + t]
         grad[KD + k] += gb
     return loss if with_loss else 0.0
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _vector_path_wide(X, y, sw, params, rows, grad, with_loss, work):
+    """softmax_loss_grad_ws's vector path in _block16's tiles (for AVX-512); see _vector_blocks."""
+    return _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, True)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _vector_path_narrow(X, y, sw, params, rows, grad, with_loss, work):
+    """softmax_loss_grad_ws's vector path in _block16_narrow's tiles (for AVX2); see _vector_blocks."""
+    return _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, False)
+
+
+# The one the dispatch takes on this CPU (the tests run both on any CPU: the same sums bit for bit).
+_vector_path = _vector_path_wide if WIDE_REGISTERS else _vector_path_narrow
 
 
 @njit(cache=True, nogil=True, fastmath=False)

@@ -9,6 +9,7 @@ inlined helpers come along in their IR) and looks for such calls.
 import re
 
 import numpy as np
+import pytest
 from numba import njit
 
 from mpidml.kernels import glm, softmax
@@ -34,13 +35,31 @@ def test_glm_loss_grad_has_no_refcount_calls_from_inlined_helpers():
     assert not INLINED_REFCOUNT.findall(ir), sorted(set(INLINED_REFCOUNT.findall(ir)))
 
 
-def test_softmax_vector_path_has_no_refcount_calls_from_inlined_helpers():
+@pytest.mark.parametrize("wide", [True, False])
+def test_softmax_vector_path_has_no_refcount_calls_from_inlined_helpers(wide):
+    # the driver inlines the loop over blocks; each block, and the transposes and softmax it
+    # calls, inline the small helpers (_row_id, _tile5, the vector exp and log)
     n, d, k = 40, 13, 10
+    kq, dp = 10, 16
     X, y = np.ones((n, d)), np.zeros(n, dtype=np.int64)
     params = np.zeros(k * (d + 1))
-    ir = _ir(softmax._vector_path.py_func, X, y, np.empty(0), params, np.arange(n), np.zeros_like(params), True,
-             np.empty(softmax.work_size(k, d)))
-    assert not INLINED_REFCOUNT.findall(ir), sorted(set(INLINED_REFCOUNT.findall(ir)))
+    path = softmax._vector_path_wide if wide else softmax._vector_path_narrow
+    block = softmax._block16 if wide else softmax._block16_narrow
+    work = np.zeros(softmax.work_size(k, d))
+    oW = 0
+    oG = oW + kq * dp
+    oGB = oG + kq * dp
+    oZ = oGB + 8 * kq
+    oT = oZ + 16 * kq
+    oB = oT + 16 * dp
+    rows = np.arange(n)
+    for func, args in ((path, (X, y, np.empty(0), params, rows, np.zeros_like(params), True, work)),
+                       (block, (X, y, np.empty(0), rows, 0, 0, False, 16, k, kq, work, oW, oG, oGB, oZ, oT, oB,
+                                True, -1)),
+                       (softmax._transpose8, (X, rows, 0, 0, False, 16, 1, work, oT)),
+                       (softmax._softmax8, (y, np.empty(0), rows, 0, 0, False, 16, 1, k, work, oZ, oGB, True))):
+        ir = _ir(func.py_func, *args)
+        assert not INLINED_REFCOUNT.findall(ir), (func.__name__, sorted(set(INLINED_REFCOUNT.findall(ir))))
 
 
 def test_glm_margin_has_no_refcount_calls_from_inlined_helpers():

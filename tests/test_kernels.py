@@ -222,9 +222,13 @@ def test_softmax_vector_path_matches_numpy_and_scalar_path(d, k, dtype, rows_kin
             grad2 = np.zeros_like(params)
             assert softmax_loss_grad_ws(X, y, sw if weighted else EMPTY, params, rows, grad2, False, work) == 0.0
             np.testing.assert_allclose(grad2, grad - g0, rtol=0, atol=1e-14 * np.max(gscale))
-            grad_v = np.zeros_like(params)  # the dispatch took the vector path: same bits
-            kernels_softmax._vector_path(X, y, sw if weighted else EMPTY, params, rows, grad_v, False, work)
-            np.testing.assert_array_equal(grad_v, grad2)
+            # the dispatch took the vector path of this CPU; the other CPU's tiles (AVX-512's 10-class
+            # tiles, AVX2's 5-class tiles) add in the same order: the same bits either way
+            for path in (kernels_softmax._vector_path_wide, kernels_softmax._vector_path_narrow):
+                grad_v = g0.copy()
+                loss_v = path(X, y, sw if weighted else EMPTY, params, rows, grad_v, True, work)
+                assert loss_v == loss, path
+                np.testing.assert_array_equal(grad_v, grad, err_msg=str(path))
         grad3 = np.zeros_like(params)  # scalar path: a workspace too small for the vector path
         loss3 = softmax_loss_grad_ws(X, y, sw if weighted else EMPTY, params, rows, grad3, True, np.empty(4 * k))
         np.testing.assert_allclose(loss3, loss, rtol=1e-13)
