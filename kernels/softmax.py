@@ -200,7 +200,11 @@ def _row_id(rows, i, r, t, run, nvalid):
     return ld(rows, i + min(t, nvalid - 1))
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+# _transpose8, _softmax8 and the blocks are called, not inlined (see _vector_blocks), and compile
+# without Numba's reference counting (_nrt=False; they allocate nothing): with it every call
+# increfed and decrefed its array arguments, atomic operations that the refcount pruning cannot
+# pair across the `run` branches (the transposes of 16 rows: 15 vs 12 ns per row, ad hoc).
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def _transpose8(X, rows, i, r, run, nvalid, h, work, o):
     """Rows 8h..8h+7 of the block transposed into work[o:]: work[o + 8 j + t] = X[row t, j]
     (the last features of each row read with masked loads: nothing past a row's end)."""
@@ -224,7 +228,7 @@ def _transpose8(X, rows, i, r, run, nvalid, h, work, o):
                   vload_n(X, a7 + D8, n))
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def _softmax8(y, sw, rows, i, r, run, nvalid, h, K, work, oZ, oGB, with_loss):
     """Softmax across the lanes of rows 8h..8h+7: the logits work[oZ + 16 k + 8 h:][:8] of each
     class k become the weighted residuals s (p_k - [k == y]); the intercepts' per-lane sums in
@@ -276,7 +280,7 @@ def _softmax8(y, sw, rows, i, r, run, nvalid, h, K, work, oZ, oGB, with_loss):
     return loss
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def _block16(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss, nb):
     """Loss and gradient terms of 16 rows (ids from _row_id), added to the padded sums in work.
 
@@ -503,7 +507,7 @@ def _tile5(x, work, q, stride, g0, g1, g2, g3, g4):
             vfma(x, vbload(work, q + 4 * stride), g4))
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
 def _block16_narrow(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss, nb):
     """_block16 in register tiles for 16 vector registers (AVX2: a F64x8 is two of them).
 
