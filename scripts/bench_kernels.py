@@ -25,6 +25,14 @@ X), in seconds per batch and nanoseconds per row; the same batch again and again
 its rows stay in cache, what is left is the arithmetic and the addressing); and NumPy on the same
 fresh batches (X[rows] gathered, then its two passes).
 
+Roofline: each result's "roofline" block gives the measured FMA peak of one core (fma_peak:
+independent chains of 8-lane float64 FMAs, timed in the same rounds), the FMAs per row the gradient needs
+at least (2 D; softmax 2 K D), the compute bound that makes in bytes of X per second, which of
+the two bounds (read or compute) is lower, and the gradient's speed against that lower bound. A
+softmax's 2 K D FMAs per row can make the compute bound the lower one: on a 2-core AMD EPYC (Zen
+3, AVX2: 2 x 4 lanes per cycle) K=10, D=64 is compute bound at ~0.45x of the read bandwidth, so
+the 0.5x target cannot be met there by any kernel; the targets block reports it beside the target.
+
 Pages (--pages): X from NumPy (default), or anonymous memory advised onto huge or onto 4 KiB
 pages; each result records the process's AnonHugePages, so the page size in effect is visible.
 
@@ -61,7 +69,42 @@ except ImportError:  # pragma: no cover
         return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 from mpidml.kernels import linear_loss_grad, logistic_loss_grad, softmax_loss_grad_ws  # noqa: E402
+from mpidml.kernels.simd import LANES, WIDE_REGISTERS, vadd, vfma, vlane, vsplat  # noqa: E402
 from mpidml.kernels.softmax import WORK_ROWS, work_size  # noqa: E402
+
+FMA_PEAK_STEPS = 2_000_000  # ~10-20 ms of FMAs per timing
+FMA_CHAINS = 12 if WIDE_REGISTERS else 6
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _fma6(x, c, a0, a1, a2, a3, a4, a5):
+    return vfma(a0, x, c), vfma(a1, x, c), vfma(a2, x, c), vfma(a3, x, c), vfma(a4, x, c), vfma(a5, x, c)
+
+
+@njit(cache=True, nogil=True)
+def fma_peak(steps):
+    """FMA_CHAINS independent chains of 8-lane float64 FMAs, steps each (FMA_CHAINS * LANES * steps
+    lane-FMAs): enough chains to keep two FMA pipes of 4-cycle latency busy, and few enough to
+    stay in registers (12 with AVX-512's 32, 6 with AVX2's 16: one F64x8 is two ymm). Returns a sum
+    of the chains (kept live)."""
+    x = vsplat(0.999999)
+    c = vsplat(1e-9)
+    a0, a1, a2, a3, a4, a5 = vsplat(0.0), vsplat(0.1), vsplat(0.2), vsplat(0.3), vsplat(0.4), vsplat(0.5)
+    b0, b1, b2, b3, b4, b5 = vsplat(0.6), vsplat(0.7), vsplat(0.8), vsplat(0.9), vsplat(1.0), vsplat(1.1)
+    for _ in range(steps):
+        a0, a1, a2, a3, a4, a5 = _fma6(x, c, a0, a1, a2, a3, a4, a5)
+        if FMA_CHAINS == 12:
+            b0, b1, b2, b3, b4, b5 = _fma6(x, c, b0, b1, b2, b3, b4, b5)
+    s = vadd(vadd(vadd(a0, a1), vadd(a2, a3)), vadd(a4, a5))
+    if FMA_CHAINS == 12:
+        s = vadd(s, vadd(vadd(vadd(b0, b1), vadd(b2, b3)), vadd(b4, b5)))
+    return vlane(s, 0)
+
+
+def fma_per_row(kern, d, k):
+    """Float64 multiply-adds per row of X the kernel's gradient needs at least: the margin(s)
+    and the gradient's outer product, D each per class (softmax: 2 K D; linear, logistic: 2 D)."""
+    return 2 * d * (k if kern == "softmax" else 1)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -200,6 +243,11 @@ def evaluate_targets(results):
         rat = hit[0]["ratios"]
         out[name] = {"threshold": thr, "ratio_min": rat["min"][key], "ratio_median": rat["median"][key],
                      "rows": hit[0]["rows"], "pass": bool(rat["min"][key] >= thr)}
+        if key.endswith("_vs_stream_bw"):  # what this CPU allows: the lower of the read and compute bounds
+            roof = hit[0]["roofline"]
+            out[name]["bound"] = roof["bound"]
+            out[name]["compute_bound_vs_stream_bw"] = (roof["compute_bound_gb_per_s"]["min"]
+                                                       / hit[0]["gb_per_s"]["stream"]["min"])
     return out
 
 
@@ -264,6 +312,7 @@ def main(argv=None):
                     "loss_grad": lambda: run(True),
                     "numpy": lambda: ref(X, y, params),
                     "stream": lambda: stream_sum(X),
+                    "fma_peak": lambda: fma_peak(FMA_PEAK_STEPS),
                 }
                 if kern == "softmax":  # the scalar path beside it (a workspace too small for the vector path)
                     small = np.empty(WORK_ROWS * k)
@@ -289,7 +338,17 @@ def main(argv=None):
                 l_n, g_n = ref(X, y, params)
                 check = {"loss_rel_diff": abs(l_k - l_n) / max(abs(l_n), 1e-300),
                          "grad_rel_diff": float(np.max(np.abs(g_k - g_n)) / max(np.max(np.abs(g_n)), 1e-300))}
+                times_fma = times.pop("fma_peak")
                 gbps = {key: {s: nbytes / v[s] / 1e9 for s in ("min", "median")} for key, v in times.items()}
+                # the compute bound: X's bytes over the time the kernel's FMAs take at the measured peak
+                fmas = fma_per_row(kern, d, k) * n
+                peak = {s: FMA_PEAK_STEPS * FMA_CHAINS * LANES / times_fma[s] for s in ("min", "median")}
+                roofline = {"fma_per_row": fma_per_row(kern, d, k), "fma_peak_per_s": peak,
+                            "compute_bound_gb_per_s": {s: nbytes / (fmas / peak[s]) / 1e9 for s in peak}}
+                roofline["bound"] = ("compute" if roofline["compute_bound_gb_per_s"]["min"] < gbps["stream"]["min"]
+                                     else "read")
+                roofline["grad_vs_bound"] = {
+                    s: gbps["grad"][s] / min(gbps["stream"][s], roofline["compute_bound_gb_per_s"][s]) for s in peak}
                 ratios = {}
                 for s in ("min", "median"):
                     ts = times["stream"][s]
@@ -305,7 +364,8 @@ def main(argv=None):
                     "kernel": kern, "dtype": dtype.name, "rows": n, "features": d, "classes": k,
                     "x_bytes": nbytes, "x_align64": X.ctypes.data % 64 == 0, "x_pages": a.pages,
                     "anon_huge_pages_kib": _anon_huge_kib(),
-                    "seconds": times, "gb_per_s": gbps, "ratios": ratios, "check_vs_numpy": check,
+                    "seconds": times, "gb_per_s": gbps, "ratios": ratios, "roofline": roofline,
+                    "check_vs_numpy": check,
                     "mini_batch": batch,
                 })
             X = None  # free it before the next size is allocated

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,6 +34,15 @@ def test_bench_kernels_quick():
         assert all(positive(r["seconds"][k]) for k in ("grad", "loss_grad", "numpy", "stream"))
         mb = r["mini_batch"]
         assert mb["rows"] == 256 and all(positive(v) for v in mb["seconds_per_batch"].values())
+        roof = r["roofline"]  # the compute bound: bytes of X over the FMAs' time at the measured peak
+        d, per_row = r["features"], (r["classes"] or 1) * 2 * r["features"]
+        assert roof["fma_per_row"] == per_row and roof["fma_peak_per_s"]["min"] >= roof["fma_peak_per_s"]["median"] > 0
+        itemsize = 4 if r["dtype"] == "float32" else 8
+        np.testing.assert_allclose(roof["compute_bound_gb_per_s"]["min"],
+                                   d * itemsize / (per_row / roof["fma_peak_per_s"]["min"]) / 1e9, rtol=1e-12)
+        lower = min(r["gb_per_s"]["stream"]["min"], roof["compute_bound_gb_per_s"]["min"])
+        assert roof["bound"] == ("compute" if lower < r["gb_per_s"]["stream"]["min"] else "read")
+        np.testing.assert_allclose(roof["grad_vs_bound"]["min"], r["gb_per_s"]["grad"]["min"] / lower, rtol=1e-12)
     assert set(doc["targets"]) >= {"logistic_f64_D64_grad_vs_stream_bw", "softmax_K10_f64_D64_grad_vs_stream_bw"}
 
 
