@@ -499,6 +499,16 @@ def _block16(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT
     return loss
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _store5(work, p, stride, a0, a1, a2, a3, a4):
+    """work[p + stride c:][:8] = a_c for c < 5: a 5-class tile of _block16_narrow back to work."""
+    vstore(work, p, a0)
+    vstore(work, p + stride, a1)
+    vstore(work, p + 2 * stride, a2)
+    vstore(work, p + 3 * stride, a3)
+    vstore(work, p + 4 * stride, a4)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def _tile5(x, work, q, stride, g0, g1, g2, g3, g4):
     """g_c + x * work[q + stride c] for c < 5: one step of _block16_narrow's 5-class tiles."""
@@ -537,22 +547,14 @@ def _block16_narrow(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB,
                 if k == 0 and h == 0 and nb >= 0:  # the next block's first D lines: see _vector_path
                     prefetch_l2(X, nb + j * step)
                 a0, a1, a2, a3, a4 = _tile5(vload(work, ox + 8 * j), work, oW + j * kq + k, 1, a0, a1, a2, a3, a4)
-            oz = oZ + 16 * k + 8 * h
-            vstore(work, oz, a0)
-            vstore(work, oz + 16, a1)
-            vstore(work, oz + 32, a2)
-            vstore(work, oz + 48, a3)
-            vstore(work, oz + 64, a4)
+            _store5(work, oZ + 16 * k + 8 * h, 16, a0, a1, a2, a3, a4)
     loss = _softmax8(y, sw, rows, i, r, run, nvalid, 0, K, work, oZ, oGB, with_loss)
     loss += _softmax8(y, sw, rows, i, r, run, nvalid, 1, K, work, oZ, oGB, with_loss)
     for k in range(0, kq, 5):
         for j in range(0, Dp, 8):
             p = oG + k * Dp + j
-            g0 = vload(work, p)
-            g1 = vload(work, p + Dp)
-            g2 = vload(work, p + 2 * Dp)
-            g3 = vload(work, p + 3 * Dp)
-            g4 = vload(work, p + 4 * Dp)
+            g0, g1, g2, g3, g4 = vload(work, p), vload(work, p + Dp), vload(work, p + 2 * Dp), \
+                vload(work, p + 3 * Dp), vload(work, p + 4 * Dp)
             if k == 0 and nb >= 0 and lines_per_j == 2:  # float64: the next block's other D lines
                 for t in range(min(8, D - j)):
                     prefetch_l2(X, nb + (D + j + t) * step)
@@ -566,11 +568,7 @@ def _block16_narrow(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB,
                 for t in range(16):
                     g0, g1, g2, g3, g4 = _tile5(vload_n(X, _row_id(rows, i, r, t, run, nvalid) * D + j, D - j), work,
                                                 q + t, 16, g0, g1, g2, g3, g4)
-            vstore(work, p, g0)
-            vstore(work, p + Dp, g1)
-            vstore(work, p + 2 * Dp, g2)
-            vstore(work, p + 3 * Dp, g3)
-            vstore(work, p + 4 * Dp, g4)
+            _store5(work, p, Dp, g0, g1, g2, g3, g4)
     return loss
 
 
