@@ -241,8 +241,13 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def _scores4(X, params, a0, a1, a2, a3, out, t):
-    """out[t .. t+3, :] = the scores of rows a0..a3: each coefficient loaded once for four rows."""
+def _scores4(X, params, a0, a1, a2, a3, out, t, n):
+    """out[t .. t+n-1, :] = the scores of rows a0..a(n-1), n <= 4: each coefficient loaded once
+    for four rows (n < 4: the last rows repeat one, not stored). Every score of every row, in any
+    of the four places, is summed by the same instructions: a row's score does not depend on its
+    place in ``rows`` (linear_scores' lone rows go through here too: summed by their own loop,
+    reassociated otherwise, they differed in the last bit, and `mpidml predict`'s probabilities
+    with the number of ranks; seen on AMD Zen 3)."""
     D = X.shape[1]
     K = out.shape[1]
     KD = K * D
@@ -259,9 +264,13 @@ def _scores4(X, params, a0, a1, a2, a3, out, t):
             z2 += w * X[a2, j]
             z3 += w * X[a3, j]
         out[t, k] = z0
-        out[t + 1, k] = z1
-        out[t + 2, k] = z2
-        out[t + 3, k] = z3
+        if n > 1:
+            out[t + 1, k] = z1
+        if n > 2:
+            out[t + 2, k] = z2
+        if n > 3:
+            out[t + 3, k] = z3
+
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -287,7 +296,7 @@ def linear_scores(X, params, rows, out):
         lo, cnt = next_run(rows, i)
         pr = prefetch_scattered(X, rows, pr, i, max(cnt, 4))
         if cnt < 4 and i + 4 <= m:  # scattered rows: any four at a time
-            _scores4(X, params, rows[i], rows[i + 1], rows[i + 2], rows[i + 3], out, i)
+            _scores4(X, params, rows[i], rows[i + 1], rows[i + 2], rows[i + 3], out, i, 4)
             i += 4
             continue
         hi = lo + cnt
@@ -296,19 +305,11 @@ def linear_scores(X, params, rows, out):
         pf = lo * D + lead
         while r + 4 <= hi:
             pf = prefetch_ahead(X, pf, (r + 4) * D)
-            _scores4(X, params, r, r + 1, r + 2, r + 3, out, t)
+            _scores4(X, params, r, r + 1, r + 2, r + 3, out, t, 4)
             r += 4
             t += 4
-        while r < hi:
-            pf = prefetch_ahead(X, pf, (r + 1) * D)
-            for k in range(K):
-                zk = params[KD + k]
-                o = k * D
-                for j in range(D):
-                    zk += params[o + j] * X[r, j]
-                out[t, k] = zk
-            r += 1
-            t += 1
+        if r < hi:  # the run's last 1-3 rows (the last one repeated in the unused places)
+            _scores4(X, params, r, min(r + 1, hi - 1), min(r + 2, hi - 1), hi - 1, out, t, hi - r)
         i += cnt
 
 

@@ -534,6 +534,31 @@ def test_softmax_decision_any_rows(dtype):
         np.testing.assert_allclose(out, X[rows].astype(np.float64) @ W.T + b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("d,k", [(5, 3), (13, 7), (64, 10), (3, 1)])
+def test_linear_scores_of_a_row_do_not_depend_on_its_place(dtype, d, k):
+    """A row's scores are the same bits wherever it sits in ``rows``: in a group of four, among a
+    run's last 1-3 rows, or scattered. So `mpidml predict` gives the same bits on any number of
+    ranks (a shard boundary moves rows between those places)."""
+    from mpidml.kernels.glm import linear_scores
+
+    rng = np.random.default_rng(d * 10 + k)
+    n = 103
+    X = rng.standard_normal((n, d)).astype(dtype)
+    params = rng.standard_normal(k * (d + 1))
+    whole = np.empty((n, k))
+    linear_scores(X, params, np.arange(n, dtype=np.int64), whole)
+    for cut in range(1, 9):  # every tail length on both sides of the cut
+        for part in (np.arange(cut, dtype=np.int64), np.arange(cut, n, dtype=np.int64)):
+            out = np.empty((part.size, k))
+            linear_scores(X, params, part, out)
+            np.testing.assert_array_equal(out, whole[part], err_msg=f"cut {cut}")
+    scattered = np.array([5, 90, 17, 3, 3, 60, 102, 0, 41], dtype=np.int64)
+    out = np.empty((scattered.size, k))
+    linear_scores(X, params, scattered, out)
+    np.testing.assert_array_equal(out, whole[scattered])
+
+
 def test_argmax_rows_is_np_argmax():
     """Ties go to the first index and a NaN wins, as in np.argmax."""
     from mpidml.kernels import argmax_rows
