@@ -19,7 +19,7 @@ pure function of the seed and the epoch number (checkpoints store nothing else).
 import numpy as np
 from numba import njit
 
-from .util import _i64_as_f64, prefetch_l2
+from .util import TWO52, TWO52_BITS, _i64_as_f64, prefetch_l2
 
 N_ROUNDS = 4
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -29,11 +29,7 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _MUL_A = np.uint64(0xE170893D)
 _MUL_B = np.uint64(0x0929EB3F)
 _LOW32 = np.uint64(0xFFFFFFFF)
-# An integer 0 <= i < 2^52 put in the mantissa of 2^52 is the float64 2^52 + i, exactly: minus
-# 2^52 that is float(i) without an int64 -> float64 conversion, which AVX2 does not have in
-# vectors (LLVM converted one lane at a time).
-_TWO52_BITS = np.int64(0x4330000000000000)
-_TWO52 = 4503599627370496.0
+_TWO52_BITS = np.int64(TWO52_BITS)  # see util.TWO52_BITS
 
 
 def _splitmix64(state: int) -> tuple[int, int]:
@@ -167,9 +163,9 @@ def epoch_batches(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_o
     together, one more round each over the shrinking list (a share f = 1 - N / 2^bits < 1/2
     of the rows walks, f^2 twice, ...: vector code instead of a mispredicted branch and scalar
     rounds per walking row); the step pos // B from a float64 reciprocal, corrected by one
-    (no integer division; in float64 vectors while N <= 2^32). Then a stable counting sort by step, the lines of
-    ``order`` that the ~steps interleaved write streams reach next requested ahead (too many
-    streams for the hardware prefetcher). Side by side with the former one-pass-per-stage
+    (no integer division; in float64 vectors while N <= 2^32). Then a stable counting sort by
+    step, the lines of ``order`` that the ~steps interleaved write streams reach next requested
+    ahead (too many streams for the hardware prefetcher). Side by side with the former one-pass-per-stage
     version (500 000 rows of 1e6, B = 4096, right after a pass over 512 MiB as in training):
     7.7 vs 11.3 ns per row; N = 1 048 577 (half the rows walk) 11.9 vs 26.2, N = 1.4e6 10.0 vs
     15.7. The 32-bit multiplies of the rounds while N <= 2^32 (``_round``'s narrow) then took
@@ -204,11 +200,11 @@ def epoch_batches(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_o
             _hash_chunk(gids, np.uint64(lo + c0), c0, m, n, k0, k1, k2, k3, mask, s1, s2, False, raw, walk)
         if narrow:
             # pos, B <= 2^32: the step in float64 vectors (AVX2 has no int64 <-> float64 vector
-            # conversions; this took the plan from 7.7 to 6.5 ns per row on Zen 3). float(pos) and
+            # conversions; this took the plan from 7.7 to 6.3 ns per row on Zen 3). float(pos) and
             # (s + 1) B are exact; pos * (1/B) is off by < pos 2^-52 < 1/B, so its floor is the step
             # or, at a multiple of B, one less (B = 49: pos = 49, 98, ...): one correction, upward.
             for j in range(m):
-                posf = _i64_as_f64(np.int64(raw[j]) | _TWO52_BITS) - _TWO52  # float(pos), see _TWO52
+                posf = _i64_as_f64(np.int64(raw[j]) | _TWO52_BITS) - TWO52  # float(pos), see util.TWO52_BITS
                 sf = np.floor(posf * inv_batch)
                 step_of[c0 + j] = sf + 1.0 if (sf + 1.0) * batch_f <= posf else sf
         else:

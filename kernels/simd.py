@@ -20,7 +20,7 @@ from numba.core import cgutils, config
 from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic, models, register_model
 
-from .util import _INV_FACT, _LN2_HI, _LN2_LO, _LOG2E, _LP1, _LP2, _LP3, _LP4, _LP5, _LP6, _LP7
+from .util import _INV_FACT, _LN2_HI, _LN2_LO, _LOG2E, _LP1, _LP2, _LP3, _LP4, _LP5, _LP6, _LP7, TWO52, TWO52_BITS
 
 LANES = 8
 _F64 = ir.DoubleType()
@@ -45,10 +45,9 @@ def _wide_registers():
 WIDE_REGISTERS = _wide_registers()
 
 
-# 1.5 * 2**52 and its bits (see _vexp2i), and the bits of 2**52 (see _vexponent).
+# 1.5 * 2**52 and its bits (see _vexp2i).
 _ROUND_SHIFT = 6755399441055744.0
 _ROUND_SHIFT_BITS = 0x4338000000000000
-_TWO52_BITS = 0x4330000000000000
 
 
 class F64x8Type(types.Type):
@@ -341,14 +340,13 @@ def _vexponent(typingctx, x):
     sig = f64x8(f64x8)
 
     def codegen(context, builder, signature, args):
-        # The biased exponent e (0..2047) put in the mantissa of 2**52 gives the float64 2**52 + e
-        # exactly; minus 2**52 + 1023 that is the unbiased exponent, exact: the value sitofp gave,
-        # without an int64 -> float64 conversion, which AVX2 lacks (scalarised by LLVM).
+        # The biased exponent e (0..2047) as float64 by util.TWO52_BITS' trick, minus 1023 in the
+        # same subtraction: the value sitofp gave, without the conversion AVX2 lacks.
         vi = ir.VectorType(_I64, LANES)
         bits = builder.bitcast(args[0], vi)
         e = builder.and_(builder.lshr(bits, ir.Constant(vi, [52] * LANES)), ir.Constant(vi, [0x7FF] * LANES))
-        as_double = builder.bitcast(builder.or_(e, ir.Constant(vi, [_TWO52_BITS] * LANES)), _VT)
-        return builder.fsub(as_double, ir.Constant(_VT, [2.0 ** 52 + 1023.0] * LANES))
+        as_double = builder.bitcast(builder.or_(e, ir.Constant(vi, [TWO52_BITS] * LANES)), _VT)
+        return builder.fsub(as_double, ir.Constant(_VT, [TWO52 + 1023.0] * LANES))
     return sig, codegen
 
 

@@ -7,8 +7,8 @@ loss_i = logsumexp(z_i) - z_i[y_i] with logits z_i = W x_i + c.
 import numpy as np
 from numba import njit
 
-from .simd import WIDE_REGISTERS, align_offset, ld, vload_n, vadd, vbload, vdiv, vexp_nonpos, vfma, vlane, vload, vmax, vmul, vselect_eq, \
-    vfence, vlog_ge1, vselect_gt, vset8, vsplat, vstore, vstore_t8, vsub
+from .simd import (WIDE_REGISTERS, align_offset, ld, vload_n, vadd, vbload, vdiv, vexp_nonpos, vfma, vlane, vload,
+                   vmax, vmul, vselect_eq, vfence, vlog_ge1, vselect_gt, vset8, vsplat, vstore, vstore_t8, vsub)
 from .glm import linear_scores
 from .util import (CACHE_LINE, FASTMATH, PREFETCH_BYTES, exp_nonpos, log_strict, next_run, prefetch_ahead, prefetch_l2,
                    prefetch_rows, prefetch_scattered)

@@ -70,6 +70,13 @@ def _i64_as_f64(typingctx, i):
     return sig, codegen
 
 
+# The bits of the float64 2^52. An integer 0 <= i < 2^52 put in its mantissa (bitwise or) is the
+# float64 2^52 + i exactly, so minus 2^52 it is float(i): an int64 -> float64 conversion without
+# the instruction, which AVX2 lacks for vectors (LLVM converts one lane at a time there).
+TWO52_BITS = 0x4330000000000000
+TWO52 = 4503599627370496.0
+
+
 # exp(x), x <= 0: x = n ln2 + r, |r| <= ln2/2, exp(r) by Taylor to r**13/13! (truncation
 # < 4e-18 relative), times 2**n built from the exponent bits. Cody-Waite split of ln 2.
 _LOG2E = 1.4426950408889634

@@ -341,10 +341,10 @@ def main(argv=None):
                 times_fma = times.pop("fma_peak")
                 gbps = {key: {s: nbytes / v[s] / 1e9 for s in ("min", "median")} for key, v in times.items()}
                 # the compute bound: X's bytes over the time the kernel's FMAs take at the measured peak
-                fmas = fma_per_row(kern, d, k) * n
+                per_row = fma_per_row(kern, d, k)
                 peak = {s: FMA_PEAK_STEPS * FMA_CHAINS * LANES / times_fma[s] for s in ("min", "median")}
-                roofline = {"fma_per_row": fma_per_row(kern, d, k), "fma_peak_per_s": peak,
-                            "compute_bound_gb_per_s": {s: nbytes / (fmas / peak[s]) / 1e9 for s in peak}}
+                roofline = {"fma_per_row": per_row, "fma_peak_per_s": peak,
+                            "compute_bound_gb_per_s": {s: nbytes / (per_row * n / peak[s]) / 1e9 for s in peak}}
                 roofline["bound"] = ("compute" if roofline["compute_bound_gb_per_s"]["min"] < gbps["stream"]["min"]
                                      else "read")
                 roofline["grad_vs_bound"] = {
