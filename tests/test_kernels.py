@@ -596,6 +596,25 @@ def test_glm_margin_any_rows(dtype, d):
         linear_predict(X, params, np.arange(4, dtype=np.int64), np.empty(8)[::2])
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("d", [13, 16, 64])
+def test_glm_margin_of_a_row_does_not_depend_on_its_path(dtype, d):
+    """An 8-row block's margins are the same bits whether its rows are consecutive (row after row,
+    prefetched) or scattered (four rows' loads interleaved): a mini-batch scores a row as the
+    full pass does."""
+    rng = np.random.default_rng(d)
+    n = 400  # the first 232 rows lie in blocks that prefetch (PREFETCH_BYTES inside X)
+    X = rng.standard_normal((n, d)).astype(dtype)
+    params = rng.standard_normal(d + 1)
+    whole = np.empty(n)
+    linear_predict(X, params, np.arange(n, dtype=np.int64), whole)
+    scattered = np.arange(0, 224, 2, dtype=np.int64)  # no two consecutive: every block scattered
+    out = np.empty(scattered.size)
+    linear_predict(X, params, scattered, out)
+    np.testing.assert_array_equal(out, whole[scattered])
+    np.testing.assert_allclose(out, X[scattered].astype(np.float64) @ params[:d] + params[d], rtol=1e-12)
+
+
 def test_logistic_proba_matches_the_stable_numpy_formula():
     from mpidml.kernels import logistic_proba
 
