@@ -159,6 +159,9 @@ def test_large_buffers_keep_mpi():
     n = nodereduce.MAX_READ_BYTES // (8 * comm.size) + 1
     red = NodeReducer(comm, n)
     assert not red.available and red.args is None and "KiB per rank" in red.why_not
+    assert red.n_nodes is None and red.leaders == MPI.COMM_NULL and red.state is None
+    with pytest.raises(RuntimeError, match="not available .*KiB per rank"):
+        red.allreduce(np.zeros(n), np.zeros(n))
     assert not any(f.startswith("mpidml-") for f in os.listdir("/dev/shm"))
     fits = NodeReducer(comm, n - 1)
     assert fits.available

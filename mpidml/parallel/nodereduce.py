@@ -228,7 +228,8 @@ class NodeReducer:
         comm.Allreduce(MPI.IN_PLACE, largest, op=MPI.MAX)
         self.max_local_size = int(largest[0])  # the most ranks any node has (1: nothing to share)
         self._map = None
-        self.args = self.seg = self.flags = None
+        self.args = self.seg = self.flags = self.state = None
+        self.n_nodes, self.leaders = None, MPI.COMM_NULL  # set below unless the reducer declines first
         if self.max_local_size * self.n * 8 > MAX_READ_BYTES:  # the same decision on every rank
             self.available = False
             self.why_not = (f"{self.n} values x {self.max_local_size} ranks on a node exceed the shared-memory "
@@ -328,6 +329,8 @@ class NodeReducer:
     def allreduce(self, mine: np.ndarray, out: np.ndarray) -> None:
         """out = sum of mine over all ranks (float64 (n,) each; mine and out may be the same
         array). Raises mpi4py.MPI.Exception if the leaders' MPI_Allreduce failed."""
+        if self.args is None:
+            raise RuntimeError(f"NodeReducer: not available ({self.why_not or 'closed'})")
         if mine.size != self.n or out.size != self.n:
             raise ValueError(f"NodeReducer: buffers of {self.n} values expected, got {mine.size} and {out.size}")
         rc = node_allreduce(mine, out, *self.args)
