@@ -38,6 +38,33 @@ def test_chunks_and_gather_return_the_right_rows(data):
     shard.close()
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "chunked", "gzip", "big-endian", "float32"])
+def test_gather_through_the_map_or_hdf5_gives_the_rows(tmp_path, layout):
+    """Mini-batch rows come through a memory map of the file where X is one contiguous block in
+    native byte order of the training dtype, through HDF5 otherwise; the same rows either way,
+    in the order asked (repeats included), the transform applied, and no row of another shard."""
+    X = np.random.default_rng(3).standard_normal((1000, 5))
+    path = tmp_path / f"{layout}.h5"
+    with h5py.File(path, "w") as f:
+        kw = {"contiguous": {}, "chunked": {"chunks": (64, 5)}, "gzip": {"chunks": (64, 5), "compression": "gzip"},
+              "big-endian": {"dtype": ">f8"}, "float32": {"dtype": np.float32}}[layout]
+        f.create_dataset("X", data=X, **kw)
+        f["y"] = np.zeros(1000)
+    ref = np.asarray(h5py.File(path, "r")["X"][...], dtype=np.float64 if layout != "float32" else np.float32)
+    shard = open_streaming_shard(path, parts=(3, 1), max_memory=2 * ROW_ALIGN * 5 * 8)
+    assert (shard._map is not None) == (layout in ("contiguous", "float32"))
+    lo, hi = shard.lo, shard.hi
+    rows = np.concatenate([np.random.default_rng(4).permutation(hi - lo)[:50], [0, hi - lo - 1, 7, 7]])
+    out = np.empty((60, 5), dtype=shard.x_dtype)
+    np.testing.assert_array_equal(shard.gather(rows, out), ref[lo:hi][rows])
+    shard.transform = lambda block: np.multiply(block, 2, out=block)
+    np.testing.assert_array_equal(shard.gather(rows[:9], out), 2 * ref[lo:hi][rows[:9]])
+    for bad in ([hi - lo], [-1]):
+        with pytest.raises((IndexError, ValueError)):
+            shard.gather(np.array(bad), out)
+    shard.close()
+
+
 @pytest.mark.parametrize("full", [True, False])
 def test_streamed_model_sums_equal_in_memory_sums(data, full):
     path, X, y = data

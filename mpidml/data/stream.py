@@ -6,7 +6,13 @@ A full pass (an L-BFGS or GD evaluation, the final metrics) reads X in chunks
 of at most ``max_memory / 2`` bytes, double-buffered: a background thread reads
 the next chunk while the kernel (which releases the GIL) computes on the
 current one. A mini-batch step reads just the batch's rows (sorted for HDF5,
-then put back in batch order), so results match the in-memory run.
+then put back in batch order), so results match the in-memory run. Where X is stored
+contiguous and unfiltered in the file's own byte order (the layout `mpidml generate` and the
+converters write unless chunks are asked for), a step gathers its rows through a read-only
+memory map of that byte range instead: an HDF5 point selection costs ~7 us per row (2048
+random rows of a 1e6 x 64 float64 file, warm page cache: 14-16 ms), the map's gather 0.4-1 ms.
+The map holds no memory of its own: the pages it touches are the page cache's, which the
+kernel reclaims under pressure like those a read() would have filled.
 
 Streaming uses independent read-only opens on every rank (MPI-IO collective
 reads would force all ranks to read in lockstep). With ``--impute mean`` /
@@ -48,6 +54,7 @@ class StreamingShard:
         self.chunk_rows = int(chunk_rows)
         self._file = h5py.File(path, "r")
         self._dset = self._file[x_name]
+        self._map = _contiguous_map(path, self._dset, self.x_dtype)
         self._buffers = [np.empty((self.chunk_rows, n_features), dtype=self.x_dtype) for _ in range(2)]
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpidml-prefetch")
         self.bytes_read = 0
@@ -91,10 +98,17 @@ class StreamingShard:
         m = rows.size
         if m == 0:
             return out[:0]
-        order = np.argsort(rows, kind="stable")
-        sorted_rows = rows[order]
-        data = self._dset[sorted_rows + self.lo, :]  # HDF5 point selection needs increasing indices
-        out[:m][order] = data
+        if rows.min() < 0 or rows.max() >= self.n_local:  # the map spans the whole file's X
+            raise IndexError(f"StreamingShard.gather: rows outside [0, {self.n_local})")
+        if self._map is not None:
+            data = np.take(self._map, rows + self.lo, axis=0, out=out[:m])
+            self.bytes_read += data.nbytes
+            if self.transform is not None:
+                self.transform(data)
+            return data
+        wanted, where = np.unique(rows, return_inverse=True)  # HDF5 point selection: strictly increasing
+        data = self._dset[wanted + self.lo, :]
+        np.take(data, where.reshape(-1), axis=0, out=out[:m])
         self.bytes_read += data.nbytes
         if self.transform is not None:
             self.transform(out[:m])
@@ -111,7 +125,23 @@ class StreamingShard:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._map = None  # unmapped when the last view goes
         self._file.close()
+
+
+def _contiguous_map(path, dset, dtype):
+    """A read-only np.memmap of ``dset``'s data when the file stores it as one contiguous,
+    unfiltered block of ``dtype`` in native byte order (allocated), else None: the caller reads
+    through HDF5 (chunked, compressed or not yet written data, another dtype)."""
+    if dset.chunks is not None or dset.dtype != dtype or not dset.dtype.isnative or dset.size == 0:
+        return None
+    offset = dset.id.get_offset()  # None unless contiguous and allocated
+    if offset is None:
+        return None
+    try:
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=dset.shape)
+    except (OSError, ValueError):  # e.g. a truncated file: HDF5 reports it on read
+        return None
 
 
 def x_bytes_per_rank(n_rows: int, n_features: int, itemsize: int, n_parts: int) -> int:
