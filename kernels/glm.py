@@ -315,8 +315,6 @@ def linear_scores(X, params, rows, out):
     mini-batch).
     """
     D = X.shape[1]
-    K = out.shape[1]
-    KD = K * D
     m = rows.size
     lead = PREFETCH_BYTES // X.itemsize
     i = 0
