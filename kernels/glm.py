@@ -88,7 +88,7 @@ def _rows_dot4(X, params, a0, a1, a2, a3, D8):
     order as by _row_dot (the same bits).
 
     For scattered rows only: side by side on 1e6 x 64 float64, AMD Zen 3, 2048-row mini-batches,
-    median of 40: fresh rows 206 vs 225 us, the same rows again 77 vs 88 us; but consecutive rows
+    median of 40: fresh rows 204 vs 219 us, the same rows again 78 vs 88 us; but consecutive rows
     streamed from memory were slower this way (a full pass 39-45 vs 32-38 ms), as on Zen 5 for
     eight interleaved rows (_row_dot's note).
     """
@@ -299,7 +299,6 @@ def _scores4(X, params, a0, a1, a2, a3, out, t, n):
             out[t + 2, k] = z2
         if n > 3:
             out[t + 3, k] = z3
-
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)

@@ -582,7 +582,8 @@ def _block16_narrow(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB,
             q = oZ + 16 * k
             if j < D8:
                 for t in range(16):
-                    g0, g1, g2, g3, g4 = _tile5(vload(X, ((r + t) * D if run else offs[t]) + j), work, q + t, 16, g0, g1, g2, g3, g4)
+                    g0, g1, g2, g3, g4 = _tile5(vload(X, ((r + t) * D if run else offs[t]) + j), work, q + t,
+                                                16, g0, g1, g2, g3, g4)
             else:
                 for t in range(16):
                     g0, g1, g2, g3, g4 = _tile5(vload_n(X, ((r + t) * D if run else offs[t]) + j, D - j), work,
