@@ -28,7 +28,8 @@ _M2 = np.uint64(0x94D049BB133111EB)
 # Odd multipliers for the rounds (any odd number is a bijection modulo 2^bits).
 _MUL_A = np.uint64(0xE170893D)
 _MUL_B = np.uint64(0x0929EB3F)
-_LOW32 = np.uint64(0xFFFFFFFF)
+_MUL_A32 = np.uint32(0xE170893D)  # the same multipliers, for the uint32 rounds
+_MUL_B32 = np.uint32(0x0929EB3F)
 _TWO52_BITS = np.int64(TWO52_BITS)  # see util.TWO52_BITS
 
 
@@ -79,61 +80,115 @@ def row_position(row, n_rows, bits, keys):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _round(x, key, mask, s1, s2, narrow):
-    """One round of :func:`row_position` (key already masked): invertible on [0, 2^bits).
-
-    narrow (a literal at every call site, so the branches fold away): bits <= 32. Then x < 2^32
-    and the multipliers are 32-bit, so the explicit ``& _LOW32`` lets LLVM use the 32 x 32 ->
-    64-bit vector multiply (vpmuludq, one uop) instead of the full 64-bit one (vpmullq, three);
-    the product is the same, so is the result."""
+def _round(x, key, mask, s1, s2):
+    """One round of :func:`row_position` on a uint64 (key already masked): invertible on
+    [0, 2^bits). For domains of more than 32 bits (see _round32 below)."""
     x ^= key
-    if narrow:
-        x &= _LOW32
     x = (x * _MUL_A) & mask
     x ^= x >> s1
-    if narrow:
-        x &= _LOW32
     x = (x * _MUL_B) & mask
     return x ^ (x >> s2)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _rounds(x, k0, k1, k2, k3, mask, s1, s2, narrow):
+def _rounds(x, k0, k1, k2, k3, mask, s1, s2):
     """The N_ROUNDS (= 4) rounds of :func:`row_position` on one value, without the walking:
-    straight-line uint64 arithmetic, so a loop over rows vectorises (AVX-512 multiplies
-    eight 64-bit lanes at once). k0..k3: the round keys already masked; narrow: see _round."""
-    x = _round(x, k0, mask, s1, s2, narrow)
-    x = _round(x, k1, mask, s1, s2, narrow)
-    x = _round(x, k2, mask, s1, s2, narrow)
-    return _round(x, k3, mask, s1, s2, narrow)
+    straight-line uint64 arithmetic, so a loop over rows vectorises. k0..k3: the round keys
+    already masked."""
+    x = _round(x, k0, mask, s1, s2)
+    x = _round(x, k1, mask, s1, s2)
+    x = _round(x, k2, mask, s1, s2)
+    return _round(x, k3, mask, s1, s2)
+
+
+_SHIFT_MASK32 = np.uint32(31)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _hash_chunk(gids, first, c0, m, n, k0, k1, k2, k3, mask, s1, s2, narrow, raw, walk):
-    """raw[:m] = row_position's values of the chunk's rows (gids[c0:c0+m], or first + 0..m-1
-    when gids is empty): every row through the rounds (no branch, vectorised), then the values
-    that landed in [N, 2^bits) listed without a branch and walked on together, one more round
-    each over the shrinking list (a share f = 1 - N / 2^bits < 1/2 of the rows walks, f^2
-    twice, ...: vector code instead of a mispredicted branch and scalar rounds per walking
-    row). narrow: a literal (see _round)."""
-    if gids.size:
-        for j in range(m):
-            raw[j] = _rounds(np.uint64(gids[c0 + j]), k0, k1, k2, k3, mask, s1, s2, narrow)
-    else:
-        for j in range(m):
-            raw[j] = _rounds(first + np.uint64(j), k0, k1, k2, k3, mask, s1, s2, narrow)
+def _round32(x, key, mask, s1, s2):
+    """:func:`_round` for a domain of at most 32 bits, in uint32 (all arguments uint32).
+
+    Every operation of a round keeps x below 2^bits <= 2^32, and the low 32 bits of a product
+    depend only on the low 32 bits of its factors, so the uint32 round (the 64-bit odd
+    multipliers' low halves, products wrapped modulo 2^32, then masked) gives the same value as
+    the uint64 one. Eight lanes per AVX2 vector (vpmulld) instead of four: the hashing of the
+    plan from 1.9 to 1.1 ns per row on Zen 3. ``np.uint32(...)`` after each product and shift,
+    and the shift counts masked to 31 (s1, s2 <= 16 here, so a no-op), keep Numba's typing
+    (which widens uint32 arithmetic to uint64) from turning the shifts into 64-bit ones."""
+    x ^= key
+    x = np.uint32(x * _MUL_A32) & mask
+    x ^= np.uint32(x >> (s1 & _SHIFT_MASK32))
+    x = np.uint32(x * _MUL_B32) & mask
+    return x ^ np.uint32(x >> (s2 & _SHIFT_MASK32))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _rounds32(x, k0, k1, k2, k3, mask, s1, s2):
+    """:func:`_rounds` in uint32 (see _round32)."""
+    x = _round32(x, k0, mask, s1, s2)
+    x = _round32(x, k1, mask, s1, s2)
+    x = _round32(x, k2, mask, s1, s2)
+    return _round32(x, k3, mask, s1, s2)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _walk_list(raw, m, n, walk):
+    """walk[:w] = the j < m with raw[j] >= n (listed without a branch); returns w."""
     w = 0
     for j in range(m):
         walk[w] = j
         w += raw[j] >= n
+    return w
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _still_walking(raw, walk, w, n):
+    """Keeps in walk[:w] the entries whose value is still >= n (in place); returns their count."""
+    left = 0
+    for t in range(w):
+        walk[left] = walk[t]
+        left += raw[walk[t]] >= n
+    return left
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _hash_chunk(gids, first, c0, m, n, k0, k1, k2, k3, mask, s1, s2, raw, walk):
+    """raw[:m] = row_position's values of the chunk's rows (gids[c0:c0+m], or first + 0..m-1
+    when gids is empty), for a domain of more than 32 bits (uint64; see _hash_chunk32): every
+    row through the rounds (no branch, vectorised), then the values that landed in [N, 2^bits)
+    listed without a branch and walked on together, one more round each over the shrinking list
+    (a share f = 1 - N / 2^bits < 1/2 of the rows walks, f^2 twice, ...: vector code instead of
+    a mispredicted branch and scalar rounds per walking row)."""
+    if gids.size:
+        for j in range(m):
+            raw[j] = _rounds(np.uint64(gids[c0 + j]), k0, k1, k2, k3, mask, s1, s2)
+    else:
+        for j in range(m):
+            raw[j] = _rounds(first + np.uint64(j), k0, k1, k2, k3, mask, s1, s2)
+    w = _walk_list(raw, m, n, walk)
     while w > 0:
         for t in range(w):
-            raw[walk[t]] = _rounds(raw[walk[t]], k0, k1, k2, k3, mask, s1, s2, narrow)
-        left = 0
+            raw[walk[t]] = _rounds(raw[walk[t]], k0, k1, k2, k3, mask, s1, s2)
+        w = _still_walking(raw, walk, w, n)
+
+
+@njit(cache=True, nogil=True)
+def _hash_chunk32(gids, first, c0, m, n, k0, k1, k2, k3, mask, s1, s2, raw32, walk):
+    """_hash_chunk for a domain of at most 32 bits (N <= 2^32): the rounds in uint32 (see
+    _round32), values in raw32 (uint32); k0..k3, mask, s1, s2 uint32, first int64, n uint64
+    (N = 2^32 does not fit a uint32). Not inlined: inlined into epoch_batches, its rounds were
+    not vectorised (scalar imul; 0.6 ns per row slower)."""
+    if gids.size:
+        for j in range(m):
+            raw32[j] = _rounds32(np.uint32(gids[c0 + j]), k0, k1, k2, k3, mask, s1, s2)
+    else:
+        for j in range(m):
+            raw32[j] = _rounds32(np.uint32(first + np.int64(j)), k0, k1, k2, k3, mask, s1, s2)
+    w = _walk_list(raw32, m, n, walk)
+    while w > 0:
         for t in range(w):
-            walk[left] = walk[t]
-            left += raw[walk[t]] >= n
-        w = left
+            raw32[walk[t]] = _rounds32(raw32[walk[t]], k0, k1, k2, k3, mask, s1, s2)
+        w = _still_walking(raw32, walk, w, n)
 
 
 PLAN_CHUNK = 2048  # rows hashed at a time: the chunk's values and walk list stay in L1
@@ -168,11 +223,15 @@ def epoch_batches(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_o
     ahead (too many streams for the hardware prefetcher). Side by side with the former one-pass-per-stage
     version (500 000 rows of 1e6, B = 4096, right after a pass over 512 MiB as in training):
     7.7 vs 11.3 ns per row; N = 1 048 577 (half the rows walk) 11.9 vs 26.2, N = 1.4e6 10.0 vs
-    15.7. The 32-bit multiplies of the rounds while N <= 2^32 (``_round``'s narrow) then took
-    it from 7.0-7.1 to 5.2-5.3 ns per row at N = 1e6 (15 rounds each, two orders; 11.2 -> 10.0
-    at N = 2^20 + 1, 8.9 -> 8.1 at 1.4e6; the parts at N = 1e6 before: hashing 2.7, walk list
-    0.6, step 1.0, count 0.7, scatter 2.2-3.0). On an AVX2 CPU (AMD Zen 3): 7.7 ns per row, 6.3
-    with the step in float64 vectors.
+    15.7. 32 x 32 -> 64-bit multiplies in the uint64 rounds while N <= 2^32 then took it from
+    7.0-7.1 to 5.2-5.3 ns per row at N = 1e6 (15 rounds each, two orders; 11.2 -> 10.0 at
+    N = 2^20 + 1, 8.9 -> 8.1 at 1.4e6; the parts at N = 1e6 before: hashing 2.7, walk list 0.6,
+    step 1.0, count 0.7, scatter 2.2-3.0). On an AVX2 CPU (AMD Zen 3): 7.7 ns per row, 6.3 with
+    the step in float64 vectors, 5.5 with the rounds in uint32 lanes (:func:`_round32`; three
+    runs of 30 builds alternating with the uint64 rounds: min 5.51-5.56 vs 6.30-6.33; the
+    hashing alone 1.1 vs 1.9). Tried and slower there: the walk list from 32-bit masks (3.2 vs
+    3.0 ns per row for hashing + list), the scatter in two interleaved halves or blocks of 64,
+    and each chunk scattered at once into fixed-capacity step slots (7.9 vs 5.6).
     """
     if keys.size != N_ROUNDS:
         raise ValueError("epoch_batches: keys must have N_ROUNDS entries")
@@ -186,25 +245,32 @@ def epoch_batches(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_o
     s2 = np.uint64(max(1, (bits + 2) // 3))
     k0, k1, k2, k3 = keys[0] & mask, keys[1] & mask, keys[2] & mask, keys[3] & mask
     n = np.uint64(n_rows)
-    narrow = bits <= 32
+    narrow = bits <= 32  # positions and rounds in uint32 (raw's memory as raw32)
+    raw32 = raw.view(np.uint32)
+    k0_32, k1_32, k2_32, k3_32 = np.uint32(k0), np.uint32(k1), np.uint32(k2), np.uint32(k3)
+    mask32, s1_32, s2_32 = np.uint32(mask), np.uint32(s1), np.uint32(s2)
     inv_batch = 1.0 / batch
     batch_f = float(batch)
     for c0 in range(0, n_local, PLAN_CHUNK):
         m = min(n_local - c0, PLAN_CHUNK)
-        if identity:
+        if identity and narrow:
+            for j in range(m):
+                raw32[j] = np.uint32(gids[c0 + j] if gids.size else lo + c0 + j)
+        elif identity:
             for j in range(m):
                 raw[j] = np.uint64(gids[c0 + j] if gids.size else lo + c0 + j)
         elif narrow:
-            _hash_chunk(gids, np.uint64(lo + c0), c0, m, n, k0, k1, k2, k3, mask, s1, s2, True, raw, walk)
+            _hash_chunk32(gids, np.int64(lo + c0), c0, m, n, k0_32, k1_32, k2_32, k3_32, mask32, s1_32, s2_32,
+                          raw32, walk)
         else:
-            _hash_chunk(gids, np.uint64(lo + c0), c0, m, n, k0, k1, k2, k3, mask, s1, s2, False, raw, walk)
+            _hash_chunk(gids, np.uint64(lo + c0), c0, m, n, k0, k1, k2, k3, mask, s1, s2, raw, walk)
         if narrow:
             # pos, B <= 2^32: the step in float64 vectors (AVX2 has no int64 <-> float64 vector
             # conversions; this took the plan from 7.7 to 6.3 ns per row on Zen 3). float(pos) and
             # (s + 1) B are exact; pos * (1/B) is off by < pos 2^-52 < 1/B, so its floor is the step
             # or, at a multiple of B, one less (B = 49: pos = 49, 98, ...): one correction, upward.
             for j in range(m):
-                posf = _i64_as_f64(np.int64(raw[j]) | _TWO52_BITS) - TWO52  # float(pos), see util.TWO52_BITS
+                posf = _i64_as_f64(np.int64(raw32[j]) | _TWO52_BITS) - TWO52  # float(pos), see util.TWO52_BITS
                 sf = np.floor(posf * inv_batch)
                 step_of[c0 + j] = sf + 1.0 if (sf + 1.0) * batch_f <= posf else sf
         else:
