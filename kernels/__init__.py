@@ -15,7 +15,7 @@ Conventions (all kernels):
 * ``csr``: the same models on rows stored as CSR (indptr, indices, data) instead of X.
 """
 from .linear import linear_loss_grad, linear_predict
-from .logistic import binary_hits, logistic_decision, logistic_loss_grad, logistic_proba
+from .logistic import binary_hits, logistic_decision, logistic_loss_grad, logistic_loss_grad_hits, logistic_proba
 from .softmax import argmax_hits, argmax_rows, softmax_decision, softmax_loss_grad, softmax_loss_grad_ws
 from .mlp import mlp_layout, mlp_loss_grad, mlp_predict_proba
 from .shuffle import domain_bits, epoch_batches, epoch_order, plan_scratch, row_position, shuffle_keys
@@ -37,6 +37,7 @@ __all__ = [
     "argmax_rows",
     "argmax_hits",
     "binary_hits",
+    "logistic_loss_grad_hits",
     "mlp_layout",
     "mlp_loss_grad",
     "mlp_predict_proba",

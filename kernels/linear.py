@@ -17,7 +17,7 @@ def linear_loss_grad(X, y, sw, params, rows, grad, with_loss):
     grad: float64 (D+1,), ADDED to: grad += sum_i sw_i (z_i - y_i) [x_i, 1].
     Returns sum_i sw_i * 0.5 (z_i - y_i)**2 if with_loss, else 0.0. No regularisation.
     """
-    return glm_loss_grad(X, y, sw, params, rows, grad, with_loss, LINEAR)
+    return glm_loss_grad(X, y, sw, params, rows, grad, with_loss, LINEAR, grad[:0])  # grad[:0]: no hits
 
 
 @njit(cache=True, nogil=True, fastmath=False)

@@ -22,7 +22,20 @@ def logistic_loss_grad(X, y, sw, params, rows, grad, with_loss):
     Returns sum_i sw_i loss_i if with_loss (stable for any |z|: no overflow, no NaN),
     else 0.0 and skips the log. No regularisation.
     """
-    return glm_loss_grad(X, y, sw, params, rows, grad, with_loss, LOGISTIC)
+    return glm_loss_grad(X, y, sw, params, rows, grad, with_loss, LOGISTIC, grad[:0])  # grad[:0]: no hits
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def logistic_loss_grad_hits(X, y, sw, params, rows, grad, with_loss, hits):
+    """:func:`logistic_loss_grad`, and the batch's hits from the same pass.
+
+    hits: float64 (1,) or more, hits[0] = sum_i sw_i [label_i == y_i] with label_i = 1.0 where
+    z_i > 0 (a NaN margin predicts 0.0): :func:`binary_hits`' correct weight, from the margins
+    the kernel computes anyway (a logged SGD step's batch accuracy without a second pass over
+    its rows). The same compiled kernel as logistic_loss_grad (whose grad[:0] is of hits'
+    type); with_loss a run-time bool for the same reason (a literal True or False would
+    compile another specialisation)."""
+    return glm_loss_grad(X, y, sw, params, rows, grad, with_loss, LOGISTIC, hits)
 
 
 @njit(cache=True, nogil=True, fastmath=False)

@@ -200,6 +200,8 @@ def warm_up_groups(model, shard, training: bool = True) -> tuple:
     def compile_loss_grad():
         model.loss_grad(shard, model.init_params(), rows, scratch, True)
         model.loss_grad(shard, model.init_params(), rows, scratch, False)
+        if model.is_classifier and model.fused_hits(shard):  # a logged step's loss, gradient and hits
+            model.loss_grad_hits(shard, model.init_params(), rows, scratch, np.zeros(1))
         if shared:
             evaluation()
 

@@ -17,7 +17,9 @@ interleaved so that machine noise hits all parts alike:
   ``python_loop`` is the same fit with ``--step-loop python`` in the same repeats, and
   ``in_compiled_loop`` the compiled loop's own MPI_Wtime timers;
 * ``kernel``: ``model.loss_grad`` alone on exactly the rows each rank gets at each step of the
-  same run (loss computed on the same steps as the trainer logs). A synchronous step waits
+  same run (loss computed on the same steps as the trainer logs; there a model whose loss kernel
+  counts the batch's hits, dense logistic, calls that kernel: ``loss_grad_hits``, as the step
+  does; another model's separate batch accuracy is in ``other``). A synchronous step waits
   for the slowest rank, so the per-step MAX over ranks is summed (``kernel``); the per-rank
   mean is reported as ``kernel_mean_rank``;
 * ``allreduce``: a raw ``comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)`` of the same
@@ -258,6 +260,18 @@ def worker(args) -> int:
             self.hits.append(time.perf_counter() - t0)
             return out
 
+        def loss_grad_hits(self, shard, params, rows, grad, hits):
+            """A logged step: one kernel where the model counts the hits in its loss pass
+            (timed as the kernel), else the loss kernel and batch_hits, each timed."""
+            if not self.inner.fused_hits(shard):
+                loss = self.loss_grad(shard, params, rows, grad, True)
+                hits[0] = self.batch_hits(shard, params, rows)[0]
+                return loss
+            t0 = time.perf_counter()
+            out = self.inner.loss_grad_hits(shard, params, rows, grad, hits)
+            self.kernel.append(time.perf_counter() - t0)
+            return out
+
     hosts = ctx.gather_hostnames()
     one_node = comm.bcast(bool(hosts is not None and len(set(hosts)) == 1), root=0)
 
@@ -302,9 +316,14 @@ def worker(args) -> int:
             plan.build(epoch)
         return max_over_ranks((time.perf_counter() - t0) / total)
 
+    fused_hits = model.is_classifier and model.fused_hits(shard)
+
     def kernel_alone(params):
-        """Per-step kernel time on this rank's rows of each step; summed per-step max over ranks."""
+        """Per-step kernel time on this rank's rows of each step; summed per-step max over ranks.
+        A logged step of a model that counts its batch's hits in the loss pass calls that kernel
+        (loss_grad_hits), as the step does; the others' batch_hits is not the kernel's."""
         grad = np.zeros(P)
+        hits = np.zeros(1)
         per_step = np.zeros(total)
         k = 0
         for epoch in range(args.epochs):
@@ -315,7 +334,10 @@ def worker(args) -> int:
                 with_loss = (step + 1) % log_every == 0 or step + 1 == total
                 grad[:] = 0.0
                 t0 = time.perf_counter()
-                model.loss_grad(shard, params, rows, grad, with_loss)
+                if with_loss and fused_hits:
+                    model.loss_grad_hits(shard, params, rows, grad, hits)
+                else:
+                    model.loss_grad(shard, params, rows, grad, with_loss)
                 per_step[k] = time.perf_counter() - t0
                 k += 1
         mean_rank = float(per_step.sum()) / total
@@ -658,7 +680,8 @@ def _in_loop(rec_loop, rec_kernel_mean, rec_ar, in_us) -> dict:
     out = {"what": "one more AllreduceTrainer fit per repeat with timers in the loop (the Python loop: its "
                    "model is wrapped, which keeps it out of the compiled loop); microseconds per step, "
                    "mean over ranks, min and median over repeats. kernel: model.loss_grad as called by the "
-                   "trainer; batch_accuracy: the logged steps' batch_hits, spread over all steps; "
+                   "trainer (a logged step of a model whose loss kernel counts the hits: loss_grad_hits); "
+                   "batch_accuracy: the logged steps' batch_hits (the others), spread over all steps; "
                    "allreduce_wait_for_slowest_rank: from this rank's arrival at the step's Allreduce to the "
                    "last rank's; allreduce_after_last_arrival: from the last arrival to this rank's return; "
                    "rest: step - kernel - batch_accuracy - allreduce_total (the batch plan, gradient finish, "

@@ -53,3 +53,65 @@ def test_mlp_batch_hits_are_the_confusion_trace():
     rows = np.arange(0, 300, 3, dtype=np.int64)
     cm = model.stats(shard, params, rows)[:9].reshape(3, 3)
     assert model.batch_hits(shard, params, rows) == (np.trace(cm), cm.sum())
+
+
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_loss_grad_hits_is_the_loss_kernel_and_the_numpy_hits(kind, weighted, sparse):
+    """What a logged mini-batch step calls: loss and gradient bitwise those of loss_grad, and the
+    weight of the correct predictions against NumPy's labels. Dense logistic counts them in the
+    loss kernel's own pass (fused_hits): rows in runs of 13 and 5 and scattered ones, so that
+    the 8-row, 4-row and 1-row paths of glm_loss_grad all count."""
+    k = 4 if kind == "softmax" else 2
+    if sparse:
+        A, y = sparse_problem(kind, n=400, d=60, k=k, density=0.1, seed=3)
+        X = A.toarray()
+    else:
+        X, y = make_problem(kind, n=400, d=9, k=k, seed=3)
+    sw = np.random.default_rng(4).uniform(0.1, 3.0, len(y)) if weighted else None
+    shard = (csr_shard_of if sparse else shard_of)(A if sparse else X, y, 1, 2, sw=sw)
+    model = make_model(kind, X.shape[1], k)
+    assert model.fused_hits(shard) == (kind == "logistic" and not sparse)
+    params = np.random.default_rng(5).standard_normal(model.n_params)
+    scattered = np.random.default_rng(6).choice(np.arange(40, shard.n_local), 60, replace=False)
+    rows = np.unique(np.concatenate([np.arange(0, 13), np.arange(20, 25), [30], scattered])).astype(np.int64)
+    Xl, yl = X[shard.lo:shard.hi][rows], y[shard.lo:shard.hi][rows]
+    w = np.ones(rows.size) if sw is None else sw[shard.lo:shard.hi][rows]
+    hit = _numpy_labels(kind, Xl, params, k) == yl
+    assert 0 < hit.sum() < rows.size
+    g_ref, g = np.zeros(model.n_params), np.zeros(model.n_params)
+    hits = np.full(1, -1.0)
+    loss_ref = model.loss_grad(shard, params, rows, g_ref, True)
+    loss = model.loss_grad_hits(shard, params, rows, g, hits)
+    assert loss == loss_ref
+    np.testing.assert_array_equal(g, g_ref)
+    assert hits[0] == pytest.approx(float(w[hit].sum()), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fused_hits_count_like_binary_hits_at_zero_and_nan_margins(dtype):
+    """A margin of exactly 0 predicts 0 (z > 0 is the positive class), a NaN margin predicts 0,
+    as kernels.binary_hits; rows in all three paths of the kernel (8, 4, 1 rows)."""
+    from mpidml import kernels
+
+    n, d = 29, 5
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, d)).astype(dtype)
+    X[[3, 9, 17, 26]] = 0.0  # z = b = 0 exactly
+    X[[5, 20, 28], 1] = np.nan  # z = NaN
+    y = (rng.random(n) < 0.5).astype(np.float64)
+    y[[3, 9]] = 0.0
+    y[[17, 26]] = 1.0
+    y[[5, 20]] = 0.0
+    y[28] = 1.0
+    params = np.append(rng.standard_normal(d), 0.0)
+    sw = rng.uniform(0.5, 2.0, n)
+    for rows in (np.arange(n), np.array([0, 3, 5, 9, 11, 17, 20, 22, 26, 28])):
+        z = np.empty(rows.size)
+        kernels.linear_predict(X, params, rows, z)
+        for weights in (np.empty(0), sw):
+            hits = np.zeros(1)
+            kernels.logistic_loss_grad_hits(X, y, weights, params, rows, np.zeros(d + 1), True, hits)
+            assert hits[0] == pytest.approx(kernels.binary_hits(z, y, weights, rows)[0], rel=1e-13)
+    assert kernels.binary_hits(z, y, np.empty(0), rows)[0] >= 3  # the zero-margin rows with y = 0 are hits

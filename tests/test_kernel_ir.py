@@ -26,12 +26,13 @@ def _ir(py_func, *args):
 
 
 def test_glm_loss_grad_has_no_refcount_calls_from_inlined_helpers():
-    # one compile covers weighted and unweighted (sw's size is a run-time branch); the logistic
-    # model has the longer link; linear shares the same helpers
+    # one compile covers weighted and unweighted (sw's size is a run-time branch) and with or
+    # without the hits (hits' size); the logistic model has the longer link; linear shares the
+    # same helpers
     n, d = 40, 13
     X, y = np.ones((n, d)), np.zeros(n)
     ir = _ir(glm.glm_loss_grad.py_func, X, y, np.ones(n), np.zeros(d + 1), np.arange(n), np.zeros(d + 1), True,
-             LOGISTIC)
+             LOGISTIC, np.zeros(1))
     assert not INLINED_REFCOUNT.findall(ir), sorted(set(INLINED_REFCOUNT.findall(ir)))
 
 

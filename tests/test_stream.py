@@ -81,6 +81,11 @@ def test_streamed_model_sums_equal_in_memory_sums(data, full):
     np.testing.assert_allclose(g2, g1, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(streamed.stats(shard, params, rows), model.stats(dense, params, rows))
     assert streamed.batch_hits(shard, params, rows) == model.batch_hits(dense, params, rows)
+    h1, h2, g3, g4 = np.zeros(1), np.zeros(1), np.zeros(model.n_params), np.zeros(model.n_params)
+    f3 = model.loss_grad_hits(dense, params, rows.astype(np.int64), g3, h1)
+    f4 = streamed.loss_grad_hits(shard, params, rows.astype(np.int64), g4, h2)  # a logged step, chunk by chunk
+    assert f4 == pytest.approx(f3, rel=1e-13) and h2[0] == h1[0] == model.batch_hits(dense, params, rows)[0]
+    np.testing.assert_allclose(g4, g3, rtol=1e-12, atol=1e-12)
     shard.close()
 
 

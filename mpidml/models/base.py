@@ -100,6 +100,20 @@ class Model:
     def metrics_from_stats(self, stats: np.ndarray, weight_sum: float) -> dict:
         return {}
 
+    def loss_grad_hits(self, shard, params, rows, grad, hits) -> float:
+        """:meth:`loss_grad` with the loss, and the batch's weighted correct predictions in
+        ``hits[0]`` (float64 array, size >= 1): what a logged mini-batch step needs. Classifiers
+        only. Here the two calls; a model whose loss kernel counts the hits in its own pass
+        (:meth:`fused_hits`) overrides it."""
+        loss = self.loss_grad(shard, params, rows, grad, True)
+        hits[0] = self.batch_hits(shard, params, rows)[0]
+        return loss
+
+    def fused_hits(self, shard) -> bool:
+        """True where :meth:`loss_grad_hits` is one pass of a compiled kernel of the loss
+        kernel's warm-up group (mpidml.train.warm_up_groups) on this shard."""
+        return False
+
     def batch_hits(self, shard, params, rows) -> tuple[float, float]:
         """(weighted correct predictions, weight) of ``rows``: the batch accuracy that a
         mini-batch loop logs. Classifiers only (they define ``predict_labels``).

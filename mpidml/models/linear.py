@@ -65,6 +65,17 @@ class LogisticRegression(Model):
                                                   rows, grad, with_loss)
         return kernels.logistic_loss_grad(shard.X, shard.y, shard.sw, params, rows, grad, with_loss)
 
+    def loss_grad_hits(self, shard, params, rows, grad, hits) -> float:
+        """Dense rows: loss, gradient and hits in one pass (kernels.logistic_loss_grad_hits,
+        the loss kernel counting each row's z > 0 against its label; a logged step's second
+        pass over its rows cost ~80-140 us per 2048 rows); CSR: Model's two calls."""
+        if is_sparse(shard):
+            return super().loss_grad_hits(shard, params, rows, grad, hits)
+        return kernels.logistic_loss_grad_hits(shard.X, shard.y, shard.sw, params, rows, grad, True, hits)
+
+    def fused_hits(self, shard) -> bool:
+        return not is_sparse(shard)
+
     def predict_labels(self, shard, params, rows) -> np.ndarray:
         return (_margin(shard, params, rows) > 0).astype(np.int64)
 

@@ -68,6 +68,14 @@ class StreamedModel:
             total += self.inner.stats(view, params, local)
         return total
 
+    def loss_grad_hits(self, shard, params, rows, grad, hits) -> float:
+        total = correct = 0.0
+        for view, local in self._views(shard, rows):  # a mini-batch: one gather for both
+            total += self.inner.loss_grad_hits(view, params, local, grad, hits)
+            correct += hits[0]
+        hits[0] = correct
+        return total
+
     def batch_hits(self, shard, params, rows) -> tuple[float, float]:
         correct = weight = 0.0
         for view, local in self._views(shard, rows):

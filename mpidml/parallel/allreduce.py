@@ -428,10 +428,12 @@ class AllreduceTrainer:
                 t0 = time.perf_counter()
                 rows = plan.rows(s)
                 buf[:] = 0.0
-                buf[-2] = model.loss_grad(shard, params, rows, grad_sum, log_now)
-                buf[-1] = kernels.rows_weight_sum(sw, rows)
-                if log_now and n_cls:
-                    buf[P], buf[P + 1] = model.batch_hits(shard, params, rows)
+                if log_now and n_cls:  # the batch accuracy: the weight of the hits, and of the rows
+                    buf[-2] = model.loss_grad_hits(shard, params, rows, grad_sum, buf[P:P + 1])
+                    buf[-1] = buf[P + 1] = kernels.rows_weight_sum(sw, rows)
+                else:
+                    buf[-2] = model.loss_grad(shard, params, rows, grad_sum, log_now)
+                    buf[-1] = kernels.rows_weight_sum(sw, rows)
                 t1 = time.perf_counter()
                 allreduce_sums()
                 t2 = time.perf_counter()

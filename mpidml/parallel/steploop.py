@@ -14,7 +14,9 @@ model, shard or option the compiled loop does not cover.
 
 It is the Python loop's arithmetic in the same order with the same kernels (the model's
 ``loss_grad`` kernel: ``logistic_loss_grad``, ``softmax_loss_grad_ws``, ``csr_...``; on logged
-steps its margin or logit kernel and ``binary_hits`` / ``argmax_hits``; ``rows_weight_sum``,
+steps the dense logistic model's ``logistic_loss_grad_hits`` (its ``loss_grad_hits``: the hits
+from the loss kernel's pass), the others' margin or logit kernel and ``binary_hits`` /
+``argmax_hits``; ``rows_weight_sum``,
 ``mean_gradient_norm2``, ``sgd_update`` / ``adam_update``) and the same reduction (the
 trainer's node reducer, :mod:`mpidml.parallel.nodereduce`, where ranks share a node, else one
 MPI_Allreduce of the same buffer, float64 or float32 on the wire), so both loops give
@@ -98,9 +100,11 @@ def _make_steps(kind: int):
         logs (``kernels.penalty_norm2``: the log record's penalty, as the Python loop computes it).
 
         log_last: the last step logs: its kernel adds the loss sum, and a classifier's batch
-        accuracy goes into the reduced [correct, counted] (the model's margins or logits into
-        zbuf, float64 of at least the step's rows x max(1, n_classes), then binary_hits /
-        argmax_hits: what ``model.batch_hits`` calls); red keeps that step's sums.
+        accuracy goes into the reduced [correct, counted] (dense logistic: the loss kernel counts
+        the hits, counted is the batch's weight sum, as ``model.loss_grad_hits``; the others: the
+        model's margins or logits into zbuf, float64 of at least the step's rows x
+        max(1, n_classes), then binary_hits / argmax_hits: what ``model.batch_hits`` calls); red
+        keeps that step's sums.
 
         Returns the number of steps completed. Fewer than ``s1 - s0``: the reduced gradient of
         step ``s0 + returned`` was not finite (red holds its sums; params not updated) or the
@@ -122,8 +126,9 @@ def _make_steps(kind: int):
             # with_loss: a run-time bool, never a literal False, which would make Numba compile a
             # second specialisation of the kernel for Literal[bool](False) (~6 s)
             wl = log_last and s == s1 - 1
-            if kind == DENSE_LOGISTIC:
-                sums[P + n_tail - 2] = kernels.logistic_loss_grad(data[0], y, sw, params, rows, grad_sum, wl)
+            if kind == DENSE_LOGISTIC:  # a logged step's hits from the same pass (sums[P]; none: size 0)
+                sums[P + n_tail - 2] = kernels.logistic_loss_grad_hits(data[0], y, sw, params, rows, grad_sum, wl,
+                                                                       sums[P:P + 1] if wl else sums[P:P])
             elif kind == DENSE_LINEAR:
                 sums[P + n_tail - 2] = kernels.linear_loss_grad(data[0], y, sw, params, rows, grad_sum, wl)
             elif kind == DENSE_SOFTMAX:
@@ -140,10 +145,8 @@ def _make_steps(kind: int):
             sums[P + n_tail - 1] = _rows_weight_sum(sw, rows)
             if wl:  # a logged step: the batch accuracy at the parameters the loss is computed at
                 nr = rows.size
-                if kind == DENSE_LOGISTIC:
-                    z = zbuf[:nr]
-                    kernels.linear_predict(data[0], params, rows, z)
-                    sums[P], sums[P + 1] = kernels.binary_hits(z, y, sw, rows)
+                if kind == DENSE_LOGISTIC:  # the hits came with the loss; the weight of the rows
+                    sums[P + 1] = sums[P + n_tail - 1]
                 elif kind == CSR_LOGISTIC:
                     z = zbuf[:nr]
                     kernels.csr_glm_margin(data[0], data[1], data[2], params, rows, z)
@@ -269,8 +272,9 @@ class StepLoop:
         if self.work is None:
             self.work = np.zeros(0)
         self.n_classes = int(getattr(model, "n_classes", 0) or 0)
-        # values per row of a logged step's margins (logistic) or logits (softmax) in zbuf
-        self.z_width = {DENSE_LOGISTIC: 1, CSR_LOGISTIC: 1, DENSE_SOFTMAX: self.n_classes,
+        # values per row of a logged step's margins (CSR logistic; dense: the loss kernel counts
+        # the hits) or logits (softmax) in zbuf
+        self.z_width = {CSR_LOGISTIC: 1, DENSE_SOFTMAX: self.n_classes,
                         CSR_SOFTMAX: self.n_classes}.get(self.kind, 0)
         n = n_params + n_tail
         if n >= 2**31:
