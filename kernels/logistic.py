@@ -32,9 +32,11 @@ def logistic_loss_grad_hits(X, y, sw, params, rows, grad, with_loss, hits):
     hits: float64 (1,) or more, hits[0] = sum_i sw_i [label_i == y_i] with label_i = 1.0 where
     z_i > 0 (a NaN margin predicts 0.0): :func:`binary_hits`' correct weight, from the margins
     the kernel computes anyway (a logged SGD step's batch accuracy without a second pass over
-    its rows). The same compiled kernel as logistic_loss_grad (whose grad[:0] is of hits'
-    type); with_loss a run-time bool for the same reason (a literal True or False would
-    compile another specialisation)."""
+    its rows); hits of size 0: none, then it is logistic_loss_grad. LogisticRegression and the
+    compiled step loop call only this wrapper: each wrapper's compile compiles glm_loss_grad
+    into it again (~2 s on a cold start). The same compiled glm_loss_grad as logistic_loss_grad
+    (whose grad[:0] is of hits' type); with_loss a run-time bool for the same reason (a literal
+    True or False would compile another specialisation)."""
     return glm_loss_grad(X, y, sw, params, rows, grad, with_loss, LOGISTIC, hits)
 
 

@@ -14,6 +14,9 @@ from .base import Model, check_integer_labels, is_sparse
 from .classmetrics import class_stats, classification_metrics, n_class_stats
 
 
+_NO_HITS = np.zeros(0)  # logistic_loss_grad_hits' hits for a step that does not count them
+
+
 class LinearRegression(Model):
     name = "linear"
 
@@ -63,7 +66,9 @@ class LogisticRegression(Model):
         if is_sparse(shard):
             return kernels.csr_logistic_loss_grad(shard.indptr, shard.indices, shard.data, shard.y, shard.sw, params,
                                                   rows, grad, with_loss)
-        return kernels.logistic_loss_grad(shard.X, shard.y, shard.sw, params, rows, grad, with_loss)
+        # the hits kernel without hits: the one compiled wrapper of glm_loss_grad for both calls
+        # (a second wrapper compiles the whole kernel again: +2 s on a cold start)
+        return kernels.logistic_loss_grad_hits(shard.X, shard.y, shard.sw, params, rows, grad, with_loss, _NO_HITS)
 
     def loss_grad_hits(self, shard, params, rows, grad, hits) -> float:
         """Dense rows: loss, gradient and hits in one pass (kernels.logistic_loss_grad_hits,
