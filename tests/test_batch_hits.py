@@ -18,10 +18,9 @@ def _numpy_labels(kind, X, params, k):
     return np.argmax(X @ W.T + b, axis=1)
 
 
-@pytest.mark.parametrize("kind", ["logistic", "softmax"])
-@pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("sparse", [False, True])
-def test_batch_hits_match_numpy(kind, weighted, sparse):
+def _classifier_batch(kind, weighted, sparse):
+    """(X, y, sw, shard, model, k): 400 rows of a logistic or 4-class softmax problem, dense or
+    CSR, unit or random weights, rank 1 of 2's shard of it, and the model."""
     k = 4 if kind == "softmax" else 2
     if sparse:
         A, y = sparse_problem(kind, n=400, d=60, k=k, density=0.1, seed=3)
@@ -31,6 +30,14 @@ def test_batch_hits_match_numpy(kind, weighted, sparse):
     sw = np.random.default_rng(4).uniform(0.1, 3.0, len(y)) if weighted else None
     shard = (csr_shard_of if sparse else shard_of)(A if sparse else X, y, 1, 2, sw=sw)
     model = make_model(kind, X.shape[1], k)
+    return X, y, sw, shard, model, k
+
+
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_batch_hits_match_numpy(kind, weighted, sparse):
+    X, y, sw, shard, model, k = _classifier_batch(kind, weighted, sparse)
     params = np.random.default_rng(5).standard_normal(model.n_params)
     rows = np.sort(np.random.default_rng(6).choice(shard.n_local, 77, replace=False)).astype(np.int64)
     Xl, yl = X[shard.lo:shard.hi][rows], y[shard.lo:shard.hi][rows]
@@ -63,15 +70,7 @@ def test_loss_grad_hits_is_the_loss_kernel_and_the_numpy_hits(kind, weighted, sp
     weight of the correct predictions against NumPy's labels. Dense logistic counts them in the
     loss kernel's own pass (fused_hits): rows in runs of 13 and 5 and scattered ones, so that
     the 8-row, 4-row and 1-row paths of glm_loss_grad all count."""
-    k = 4 if kind == "softmax" else 2
-    if sparse:
-        A, y = sparse_problem(kind, n=400, d=60, k=k, density=0.1, seed=3)
-        X = A.toarray()
-    else:
-        X, y = make_problem(kind, n=400, d=9, k=k, seed=3)
-    sw = np.random.default_rng(4).uniform(0.1, 3.0, len(y)) if weighted else None
-    shard = (csr_shard_of if sparse else shard_of)(A if sparse else X, y, 1, 2, sw=sw)
-    model = make_model(kind, X.shape[1], k)
+    X, y, sw, shard, model, k = _classifier_batch(kind, weighted, sparse)
     assert model.fused_hits(shard) == (kind == "logistic" and not sparse)
     params = np.random.default_rng(5).standard_normal(model.n_params)
     scattered = np.random.default_rng(6).choice(np.arange(40, shard.n_local), 60, replace=False)
