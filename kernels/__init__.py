@@ -16,7 +16,8 @@ Conventions (all kernels):
 """
 from .linear import linear_loss_grad, linear_predict
 from .logistic import binary_hits, logistic_decision, logistic_loss_grad, logistic_loss_grad_hits, logistic_proba
-from .softmax import argmax_hits, argmax_rows, softmax_decision, softmax_loss_grad, softmax_loss_grad_ws
+from .softmax import argmax_hits, argmax_rows, softmax_decision, softmax_loss_grad, softmax_loss_grad_hits, \
+    softmax_loss_grad_ws
 from .mlp import mlp_layout, mlp_loss_grad, mlp_predict_proba
 from .shuffle import domain_bits, epoch_batches, epoch_order, plan_scratch, row_position, shuffle_keys
 from .preprocess import column_sq_dev, column_sq_sums, column_sums, csr_column_sq_sums, impute_standardize
@@ -33,6 +34,7 @@ __all__ = [
     "logistic_proba",
     "softmax_loss_grad",
     "softmax_loss_grad_ws",
+    "softmax_loss_grad_hits",
     "softmax_decision",
     "argmax_rows",
     "argmax_hits",

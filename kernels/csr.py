@@ -120,7 +120,7 @@ def csr_softmax_loss_grad_ws(indptr, indices, data, y, sw, params, rows, grad, w
             for k in range(K):
                 work[k] += params[k * D + j] * v
         # logits -> sw (p - onehot(y)) in place; same helper as the dense kernel.
-        loss += _residuals(work, 1, K, y, sw, r, unweighted, with_loss)
+        loss += _residuals(work, 1, K, y, sw, r, unweighted, with_loss, work[:0])  # hits: none
         for k in range(K):
             grad[KD + k] += work[k]
         for q in range(a, e):

@@ -27,28 +27,42 @@ def work_size(n_classes, n_features):
     """float64 workspace that enables the vector path of softmax_loss_grad_ws.
 
     Holds the coefficients transposed and padded to a multiple of CLASS_TILE classes, a
-    padded gradient, the logits of 16 rows and 16 rows of X transposed, plus up to 7
-    elements to start on a 64-byte boundary. Enough for the scalar paths too.
+    padded gradient, the logits of 16 rows and 16 rows of X transposed, 8 lanes of batch hits,
+    plus up to 7 elements to start on a 64-byte boundary. Enough for the scalar paths too.
     Plain Python (models call it on every rank before the kernels are warmed up, which
     must not compile anything); the kernels use its compiled twin _work_size.
     """
     kq = -(-n_classes // CLASS_TILE) * CLASS_TILE
     dp = n_features + (-n_features) % 8
-    return max(2 * kq * dp + 25 * kq + 16 * dp + 7, WORK_ROWS * n_classes)
+    return max(2 * kq * dp + 25 * kq + 16 * dp + 8 + 7, WORK_ROWS * n_classes)
 
 
 _work_size = njit(cache=True, nogil=True)(work_size)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _residuals(work, R, K, y, sw, r, unweighted, with_loss):
+def _residuals(work, R, K, y, sw, r, unweighted, with_loss, hits):
     """In place for the R rows r..r+R-1: work[t*K:(t+1)*K] logits -> sw (p_k - [k == y]).
 
     Returns the weighted loss sum of the R rows (0.0 unless with_loss). Stable: each
     row is shifted by its max logit first, so exp never overflows; the exponentials of
     all R*K shifted logits are taken in one loop of util.exp_nonpos (vectorised).
+    hits: float64 (1,) or size 0 (none): hits[0] += the weights of the rows whose label is
+    the first index of their largest logit (a NaN counts as largest: argmax_hits' rule).
     """
     loss = 0.0
+    if hits.size > 0:
+        for t in range(R):
+            b = t * K
+            best = 0
+            zb = work[b]
+            for k in range(1, K):
+                zc = work[b + k]
+                if zc > zb or (zc != zc and zb == zb):
+                    best = k
+                    zb = zc
+            if best == y[r + t]:
+                hits[0] += 1.0 if unweighted else sw[r + t]
     for t in range(R):
         b = t * K
         zmax = work[b]
@@ -76,25 +90,44 @@ def _residuals(work, R, K, y, sw, r, unweighted, with_loss):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def softmax_loss_grad_ws(X, y, sw, params, rows, grad, with_loss, work):
-    """Same as :func:`softmax_loss_grad` with a caller-provided workspace (no allocation).
+def softmax_loss_grad_hits(X, y, sw, params, rows, grad, with_loss, work, hits):
+    """:func:`softmax_loss_grad_ws`, counting the batch's hits in the same pass.
 
-    work: float64 scratch, >= 2*K elements. With K >= VECTOR_MIN_CLASSES,
-    work.size >= work_size(K, D) and a C-contiguous X, rows are taken 16 at a time in explicit vectors
-    (_vector_path, ~2.4x faster than the scalar path at D=64, K=10); otherwise the scalar
-    path below. The two give the same sums up to rounding (they add in different orders).
+    hits: float64 (1,), or size 0 for none: hits[0] = sum_i sw_i [argmax_k z_ik == y_i], the
+    first index of the largest logit (a NaN counts as largest), as kernels.argmax_hits counts
+    it, from the logits this pass computes: a logged SGD step needs no second pass over its
+    rows for the batch accuracy. (These logits are summed in another order than
+    softmax_decision's, so a row whose two largest logits differ in the last bits only may
+    count otherwise than argmax_hits on those.) No allocation.
+
+    With K >= VECTOR_MIN_CLASSES, rows.size >= 8, work.size >= work_size(K, D) and a
+    C-contiguous X, rows are taken 16 at a time in explicit vectors (_vector_path, ~2.4x
+    faster than the scalar path at D=64, K=10); otherwise the scalar path below. The two give
+    the same sums up to rounding (they add in different orders).
     """
+    if hits.size > 0:
+        hits[0] = 0.0
     D = X.shape[1]
     K = params.size // (D + 1)
     # the vector path indexes X's buffer flat: C-contiguous X only (the scalar path takes any)
     if K >= VECTOR_MIN_CLASSES and rows.size >= 8 and work.size >= _work_size(K, D) and X.flags.c_contiguous:
-        return _vector_path(X, y, sw, params, rows, grad, with_loss, work)
-    return _scalar_path(X, y, sw, params, rows, grad, with_loss, work)
+        return _vector_path(X, y, sw, params, rows, grad, with_loss, work, hits)
+    return _scalar_path(X, y, sw, params, rows, grad, with_loss, work, hits)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _scalar_path(X, y, sw, params, rows, grad, with_loss, work):
-    """softmax_loss_grad_ws one row group at a time in scalar code (any D).
+def softmax_loss_grad_ws(X, y, sw, params, rows, grad, with_loss, work):
+    """Same as :func:`softmax_loss_grad` with a caller-provided workspace (no allocation).
+
+    work: float64 scratch, >= 2*K elements (>= work_size(K, D) for the vector path). The
+    paths: see :func:`softmax_loss_grad_hits`, called with no hits.
+    """
+    return softmax_loss_grad_hits(X, y, sw, params, rows, grad, with_loss, work, work[:0])
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _scalar_path(X, y, sw, params, rows, grad, with_loss, work, hits):
+    """softmax_loss_grad_hits one row group at a time in scalar code (any D).
 
     work: float64 (>= 2*K,) scratch for the logits/residuals of the rows in flight. With
     work.size >= WORK_ROWS*K (4*K) rows are taken four at a time, else in pairs (~2x
@@ -139,7 +172,7 @@ def _scalar_path(X, y, sw, params, rows, grad, with_loss, work):
                 work[K + k] = z1
                 work[2 * K + k] = z2
                 work[3 * K + k] = z3
-            loss += _residuals(work, 4, K, y, sw, r, unweighted, with_loss)
+            loss += _residuals(work, 4, K, y, sw, r, unweighted, with_loss, hits)
             for k in range(K):
                 g0 = work[k]
                 g1 = work[K + k]
@@ -162,7 +195,7 @@ def _scalar_path(X, y, sw, params, rows, grad, with_loss, work):
                     z1 += wkj * X[r + 1, j]
                 work[k] = z0
                 work[K + k] = z1
-            loss += _residuals(work, 2, K, y, sw, r, unweighted, with_loss)
+            loss += _residuals(work, 2, K, y, sw, r, unweighted, with_loss, hits)
             for k in range(K):
                 g0 = work[k]
                 g1 = work[K + k]
@@ -179,7 +212,7 @@ def _scalar_path(X, y, sw, params, rows, grad, with_loss, work):
                 for j in range(D):
                     z0 += params[o + j] * X[r, j]
                 work[k] = z0
-            loss += _residuals(work, 1, K, y, sw, r, unweighted, with_loss)
+            loss += _residuals(work, 1, K, y, sw, r, unweighted, with_loss, hits)
             for k in range(K):
                 g0 = work[k]
                 grad[KD + k] += g0
@@ -247,11 +280,13 @@ def _transpose8(X, rows, i, r, run, nvalid, h, work, o):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
-def _softmax8(y, sw, rows, i, r, run, nvalid, h, K, work, oZ, oGB, with_loss):
+def _softmax8(y, sw, rows, i, r, run, nvalid, h, K, work, oZ, oGB, with_loss, oH):
     """Softmax across the lanes of rows 8h..8h+7: the logits work[oZ + 16 k + 8 h:][:8] of each
     class k become the weighted residuals s (p_k - [k == y]); the intercepts' per-lane sums in
     work[oGB + 8 k:] grow by them. Returns the rows' loss sum s (log(sum) - (z_y - max))
-    (0.0 unless with_loss). Padding lanes (past nvalid) have weight 0: residuals and loss 0."""
+    (0.0 unless with_loss). Padding lanes (past nvalid) have weight 0: residuals and loss 0.
+    oH >= 0: the per-lane batch hits work[oH:oH + 8] grow by s where the row's label is the
+    first index of its largest logit (a NaN counts as largest: argmax_hits' rule)."""
     ids = (_row_id(rows, i, r, 8 * h, run, nvalid), _row_id(rows, i, r, 8 * h + 1, run, nvalid),
            _row_id(rows, i, r, 8 * h + 2, run, nvalid), _row_id(rows, i, r, 8 * h + 3, run, nvalid),
            _row_id(rows, i, r, 8 * h + 4, run, nvalid), _row_id(rows, i, r, 8 * h + 5, run, nvalid),
@@ -272,6 +307,18 @@ def _softmax8(y, sw, rows, i, r, run, nvalid, h, K, work, oZ, oGB, with_loss):
         m = vmax(m, vload(work, oz + 16 * k))
     zero = vsplat(0.0)
     one = vsplat(1.0)
+    if oH >= 0:  # the batch accuracy: each lane's first largest logit, as _argmax_row
+        zb = vload(work, oz)
+        best = zero
+        kv = zero
+        for k in range(1, K):
+            kv = vadd(kv, one)
+            zc = vload(work, oz + 16 * k)
+            # 1.0 where zc is NaN and zb is not (x == x fails for NaN only), else zc > zb
+            take = vselect_gt(zc, zb, one, vselect_eq(zb, zb, vselect_eq(zc, zc, zero, one), zero))
+            zb = vselect_gt(take, zero, zc, zb)
+            best = vselect_gt(take, zero, kv, best)
+        vstore(work, oH, vadd(vload(work, oH), vselect_eq(best, yv, s, zero)))
     zy = zero
     ssum = zero
     kv = zero  # the class index k in every lane (counted up: no int -> float conversion per class)
@@ -299,7 +346,7 @@ def _softmax8(y, sw, rows, i, r, run, nvalid, h, K, work, oZ, oGB, with_loss):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
-def _block16(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss, nb):
+def _block16(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, oH, with_loss, nb):
     """Loss and gradient terms of 16 rows (ids from _row_id), added to the padded sums in work.
 
     1. X rows transposed into work[oT:] (rows 0-7) and work[oT + 8 Dp:] (rows 8-15), so that
@@ -389,8 +436,8 @@ def _block16(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT
         vstore(work, oz + 136, b8)
         vstore(work, oz + 144, a9)
         vstore(work, oz + 152, b9)
-    loss = _softmax8(y, sw, rows, i, r, run, nvalid, 0, K, work, oZ, oGB, with_loss)
-    loss += _softmax8(y, sw, rows, i, r, run, nvalid, 1, K, work, oZ, oGB, with_loss)
+    loss = _softmax8(y, sw, rows, i, r, run, nvalid, 0, K, work, oZ, oGB, with_loss, oH)
+    loss += _softmax8(y, sw, rows, i, r, run, nvalid, 1, K, work, oZ, oGB, with_loss, oH)
     # Padding classes (k >= K) keep their logits (0: zero coefficients and intercepts) as
     # residuals; their rows of G are never read.
     D16 = D - D % 16
@@ -537,7 +584,7 @@ def _tile5(x, work, q, stride, g0, g1, g2, g3, g4):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
-def _block16_narrow(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss, nb):
+def _block16_narrow(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, oH, with_loss, nb):
     """_block16 in register tiles for 16 vector registers (AVX2: a F64x8 is two of them).
 
     The same steps, work layout and additions in the same order as _block16 (each lane sums
@@ -567,8 +614,8 @@ def _block16_narrow(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB,
                     prefetch_l2(X, nb + j * step)
                 a0, a1, a2, a3, a4 = _tile5(vload(work, ox + 8 * j), work, oW + j * kq + k, 1, a0, a1, a2, a3, a4)
             _store5(work, oZ + 16 * k + 8 * h, 16, a0, a1, a2, a3, a4)
-    loss = _softmax8(y, sw, rows, i, r, run, nvalid, 0, K, work, oZ, oGB, with_loss)
-    loss += _softmax8(y, sw, rows, i, r, run, nvalid, 1, K, work, oZ, oGB, with_loss)
+    loss = _softmax8(y, sw, rows, i, r, run, nvalid, 0, K, work, oZ, oGB, with_loss, oH)
+    loss += _softmax8(y, sw, rows, i, r, run, nvalid, 1, K, work, oZ, oGB, with_loss, oH)
     offs = _offsets16(rows, i, r, run, nvalid, D)  # scattered rows' offsets, read once
     for k in range(0, kq, 5):
         for j in range(0, Dp, 8):
@@ -593,15 +640,16 @@ def _block16_narrow(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB,
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def _block(wide, X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss, nb):
+def _block(wide, X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, oH, with_loss, nb):
     """_block16 (wide) or _block16_narrow: inlined with a constant wide, only one is compiled."""
     if wide:
-        return _block16(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss, nb)
-    return _block16_narrow(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, with_loss, nb)
+        return _block16(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, oH, with_loss, nb)
+    return _block16_narrow(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, oH, with_loss,
+                           nb)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, wide):
+def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, hits, wide):
     """softmax_loss_grad_ws 16 rows at a time in explicit vectors (work >= work_size).
 
     Blocks are 16 consecutive rows inside a run of ``rows`` (the next block prefetched
@@ -610,8 +658,9 @@ def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, wide):
     left, its other lanes repeat a row with weight 0. work holds, from its first 64-byte
     boundary on: coef transposed (D, kq) with zero padding classes (room for (Dp, kq)), the
     padded gradient sums (kq, Dp), per-lane intercept sums (kq, 8), logits (kq, 16), X
-    transposed (2, Dp, 8), intercepts (kq,); Dp is D rounded up to a multiple of 8 (the last
-    features are read with masked loads).
+    transposed (2, Dp, 8), intercepts (kq,), per-lane hits (8,); Dp is D rounded up to a
+    multiple of 8 (the last features are read with masked loads). hits: as
+    softmax_loss_grad_hits' (its lanes summed in order at the end).
 
     wide: True for _block16's tiles (AVX-512), False for _block16_narrow's (AVX2); the same
     sums bit for bit. A constant of the caller (_vector_path_wide / _vector_path_narrow):
@@ -634,7 +683,10 @@ def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, wide):
     oZ = oGB + 8 * kq
     oT = oZ + 16 * kq
     oB = oT + 16 * Dp
+    oH = oB + kq if hits.size > 0 else -1  # the batch hits' lanes, or none
     for q in range(oW, oZ):
+        work[q] = 0.0
+    for q in range(oB + kq, oB + kq + 8):
         work[q] = 0.0
     for k in range(K):
         work[oB + k] = params[KD + k]
@@ -662,7 +714,7 @@ def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, wide):
                 # was a burst at each block's start.)
                 nb = (r + 16) * D if r + 32 <= lo + cnt else -1
                 loss += _block(wide, X, y, sw, rows, i, r, True, 16, K, kq, work, oW, oG, oGB, oZ, oT, oB,
-                               with_loss, nb)
+                               oH, with_loss, nb)
                 r += 16
                 i += 16
         else:
@@ -675,7 +727,7 @@ def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, wide):
             # 386 / 163 for the former 8-row kernel (another run).
             pr = prefetch_rows(X, rows, max(pr, i), min(m, i + 48), True)
             loss += _block(wide, X, y, sw, rows, i, 0, False, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB,
-                           with_loss, -1)
+                           oH, with_loss, -1)
             i += nvalid
     for k in range(K):
         for j in range(D):
@@ -684,19 +736,26 @@ def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, wide):
         for t in range(8):
             gb += work[oGB + 8 * k + t]
         grad[KD + k] += gb
+    # work and hits are used outside a branch on purpose: an array whose last use is inside a
+    # branch of an inlined function keeps an NRT incref/decref pair (see glm._margins8)
+    h = 0.0
+    for t in range(8 if oH >= 0 else 0):
+        h += work[oH + t]
+    for t in range(hits.size):  # hits[0], or none
+        hits[t] += h
     return loss if with_loss else 0.0
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _vector_path_wide(X, y, sw, params, rows, grad, with_loss, work):
-    """softmax_loss_grad_ws's vector path in _block16's tiles (for AVX-512); see _vector_blocks."""
-    return _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, True)
+def _vector_path_wide(X, y, sw, params, rows, grad, with_loss, work, hits):
+    """softmax_loss_grad_hits' vector path in _block16's tiles (for AVX-512); see _vector_blocks."""
+    return _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, hits, True)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _vector_path_narrow(X, y, sw, params, rows, grad, with_loss, work):
-    """softmax_loss_grad_ws's vector path in _block16_narrow's tiles (for AVX2); see _vector_blocks."""
-    return _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, False)
+def _vector_path_narrow(X, y, sw, params, rows, grad, with_loss, work, hits):
+    """softmax_loss_grad_hits' vector path in _block16_narrow's tiles (for AVX2); see _vector_blocks."""
+    return _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, hits, False)
 
 
 # The one the dispatch takes on this CPU (the tests run both on any CPU: the same sums bit for bit).

@@ -12,16 +12,18 @@ from sparse_helpers import csr_shard_of, sparse_problem
 def _numpy_labels(kind, X, params, k):
     """Predicted labels from the parameters alone: sign of the margin / argmax of the logits."""
     d = X.shape[1]
-    if kind == "logistic":
+    if k == 2:
         return (X @ params[:d] + params[d] > 0).astype(np.int64)
     W, b = params[:k * d].reshape(k, d), params[k * d:]
     return np.argmax(X @ W.T + b, axis=1)
 
 
 def _classifier_batch(kind, weighted, sparse):
-    """(X, y, sw, shard, model, k): 400 rows of a logistic or 4-class softmax problem, dense or
-    CSR, unit or random weights, rank 1 of 2's shard of it, and the model."""
-    k = 4 if kind == "softmax" else 2
+    """(X, y, sw, shard, model, k): 400 rows of a logistic, 4-class softmax or ("softmax7") 7-class
+    softmax problem (the dense kernel's scalar and vector paths), dense or CSR, unit or random
+    weights, rank 1 of 2's shard of it, and the model."""
+    k = {"logistic": 2, "softmax": 4, "softmax7": 7}[kind]
+    kind = "softmax" if k > 2 else kind
     if sparse:
         A, y = sparse_problem(kind, n=400, d=60, k=k, density=0.1, seed=3)
         X = A.toarray()
@@ -62,16 +64,17 @@ def test_mlp_batch_hits_are_the_confusion_trace():
     assert model.batch_hits(shard, params, rows) == (np.trace(cm), cm.sum())
 
 
-@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+@pytest.mark.parametrize("kind", ["logistic", "softmax", "softmax7"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("sparse", [False, True])
 def test_loss_grad_hits_is_the_loss_kernel_and_the_numpy_hits(kind, weighted, sparse):
     """What a logged mini-batch step calls: loss and gradient bitwise those of loss_grad, and the
-    weight of the correct predictions against NumPy's labels. Dense logistic counts them in the
-    loss kernel's own pass (fused_hits): rows in runs of 13 and 5 and scattered ones, so that
-    the 8-row, 4-row and 1-row paths of glm_loss_grad all count."""
+    weight of the correct predictions against NumPy's labels. Dense rows count them in the loss
+    kernel's own pass (fused_hits): rows in runs of 13 and 5 and scattered ones, so that the
+    8-row, 4-row and 1-row paths of glm_loss_grad and the softmax kernel's scalar (4 classes)
+    and vector paths (7 classes: runs and scattered 16-row blocks) all count."""
     X, y, sw, shard, model, k = _classifier_batch(kind, weighted, sparse)
-    assert model.fused_hits(shard) == (kind == "logistic" and not sparse)
+    assert model.fused_hits(shard) == (not sparse)
     params = np.random.default_rng(5).standard_normal(model.n_params)
     scattered = np.random.default_rng(6).choice(np.arange(40, shard.n_local), 60, replace=False)
     rows = np.unique(np.concatenate([np.arange(0, 13), np.arange(20, 25), [30], scattered])).astype(np.int64)
@@ -114,3 +117,43 @@ def test_fused_hits_count_like_binary_hits_at_zero_and_nan_margins(dtype):
             kernels.logistic_loss_grad_hits(X, y, weights, params, rows, np.zeros(d + 1), True, hits)
             assert hits[0] == pytest.approx(kernels.binary_hits(z, y, weights, rows)[0], rel=1e-13)
     assert kernels.binary_hits(z, y, np.empty(0), rows)[0] >= 3  # the zero-margin rows with y = 0 are hits
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_softmax_fused_hits_take_the_first_largest_logit_and_nan_as_largest(dtype):
+    """Tied largest logits predict the first of their classes, a NaN logit counts as the largest
+    (the first NaN), as kernels.argmax_hits on softmax_decision's logits; in the vector path
+    (7 classes; a run of rows in 16-row blocks with a padded last block, and scattered rows)
+    and in the scalar path (a workspace too small for the vector path)."""
+    from mpidml import kernels
+
+    n, d, k = 40, 5, 7
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((n, d)).astype(dtype)
+    coef = rng.standard_normal((k, d)) * 0.1
+    b = rng.standard_normal(k) * 0.1
+    coef[3], b[1], b[3] = coef[1], 5.0, 5.0  # classes 1 and 3: the same largest logit on every row
+    coef[5, 2] = np.inf  # class 5: +-inf, or NaN (inf * 0) where x_2 = 0
+    X[[11, 25, 38], 2] = 0.0
+    X[[7, 20, 33], 0] = np.nan  # every logit NaN: class 0
+    params = np.concatenate([coef.ravel(), b])
+    y = rng.integers(0, k, n).astype(np.int64)
+    y[[2, 4, 6, 8]] = 1  # hits where class 1 wins the tie
+    y[[10, 12, 14]] = 3  # never hits: 3 ties with the first class 1
+    y[[11, 25, 7, 20]] = [5, 5, 0, 0]
+    y[[38, 33]] = [1, 2]
+    sw = rng.uniform(0.5, 2.0, n)
+    small = np.empty(4 * k)
+    work = np.empty(kernels.softmax.work_size(k, d))
+    for rows in (np.arange(n), np.array([0, 7, 11, 3, 20, 25, 33, 12, 5, 30, 39, 1, 2, 4, 14, 10, 6, 8, 38])):
+        z = np.empty((rows.size, k))
+        kernels.softmax_decision(X, params, rows, z)
+        for weights in (np.empty(0), sw):
+            ref = kernels.argmax_hits(z, y, weights, rows)[0]
+            assert ref > 0
+            for scratch in (work, small):
+                hits = np.full(1, -1.0)
+                with np.errstate(all="ignore"):
+                    kernels.softmax_loss_grad_hits(X, y, weights, params, rows, np.zeros(params.size), True, scratch,
+                                                   hits)
+                assert hits[0] == pytest.approx(ref, rel=1e-13), (rows.size, weights.size, scratch.size)

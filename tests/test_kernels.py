@@ -10,6 +10,7 @@ from mpidml.kernels import (
     logistic_loss_grad,
     softmax_decision,
     softmax_loss_grad,
+    softmax_loss_grad_hits,
     softmax_loss_grad_ws,
 )
 
@@ -212,6 +213,7 @@ def test_softmax_vector_path_matches_numpy_and_scalar_path(d, k, dtype, rows_kin
     for weighted in (False, True):
         s = sw[rows] if weighted else np.ones(rows.size)
         rloss, rgrad, lscale, gscale = ref_softmax(X[rows].astype(np.float64), y[rows], s, params)
+        ref_logits = X[rows].astype(np.float64) @ params[:k * d].reshape(k, d).T + params[k * d:]
         for offset in (0, 1):  # the path aligns its scratch itself: any start works
             work = np.full(work_size + offset, np.nan)[offset:]
             g0 = np.linspace(-1.0, 1.0, params.size)
@@ -223,16 +225,31 @@ def test_softmax_vector_path_matches_numpy_and_scalar_path(d, k, dtype, rows_kin
             assert softmax_loss_grad_ws(X, y, sw if weighted else EMPTY, params, rows, grad2, False, work) == 0.0
             np.testing.assert_allclose(grad2, grad - g0, rtol=0, atol=1e-14 * np.max(gscale))
             # the dispatch took the vector path of this CPU; the other CPU's tiles (AVX-512's 10-class
-            # tiles, AVX2's 5-class tiles) add in the same order: the same bits either way
+            # tiles, AVX2's 5-class tiles) add in the same order: the same bits either way; with the
+            # batch hits counted, the same loss and gradient, and the hits of NumPy's labels
+            hits_ref = float(s[np.argmax(ref_logits, axis=1) == y[rows]].sum())
             for path in (kernels_softmax._vector_path_wide, kernels_softmax._vector_path_narrow):
-                grad_v = g0.copy()
-                loss_v = path(X, y, sw if weighted else EMPTY, params, rows, grad_v, True, work)
-                assert loss_v == loss, path
-                np.testing.assert_array_equal(grad_v, grad, err_msg=str(path))
+                for hits in (EMPTY, np.zeros(1)):
+                    grad_v = g0.copy()
+                    loss_v = path(X, y, sw if weighted else EMPTY, params, rows, grad_v, True, work, hits)
+                    assert loss_v == loss, path
+                    np.testing.assert_array_equal(grad_v, grad, err_msg=str(path))
+                assert hits[0] == pytest.approx(hits_ref, rel=1e-12), path
+            grad_h = g0.copy()
+            hits = np.full(1, -1.0)
+            assert softmax_loss_grad_hits(X, y, sw if weighted else EMPTY, params, rows, grad_h, True, work,
+                                          hits) == loss
+            np.testing.assert_array_equal(grad_h, grad)
+            assert hits[0] == pytest.approx(hits_ref, rel=1e-12)
         grad3 = np.zeros_like(params)  # scalar path: a workspace too small for the vector path
         loss3 = softmax_loss_grad_ws(X, y, sw if weighted else EMPTY, params, rows, grad3, True, np.empty(4 * k))
         np.testing.assert_allclose(loss3, loss, rtol=1e-13)
         np.testing.assert_allclose(grad3, grad - g0, rtol=0, atol=1e-13 * np.max(gscale))
+        grad4, hits = np.zeros_like(params), np.full(1, -1.0)
+        assert softmax_loss_grad_hits(X, y, sw if weighted else EMPTY, params, rows, grad4, True, np.empty(4 * k),
+                                      hits) == loss3
+        np.testing.assert_array_equal(grad4, grad3)
+        assert hits[0] == pytest.approx(hits_ref, rel=1e-12)
 
 
 def test_softmax_vector_path_extreme_and_nonfinite():

@@ -13,10 +13,10 @@ reduced sums); Python takes over at steps with a checkpoint or test fault due, a
 model, shard or option the compiled loop does not cover.
 
 It is the Python loop's arithmetic in the same order with the same kernels (the model's
-``loss_grad`` kernel: ``logistic_loss_grad``, ``softmax_loss_grad_ws``, ``csr_...``; on logged
-steps the dense logistic model's ``logistic_loss_grad_hits`` (its ``loss_grad_hits``: the hits
-from the loss kernel's pass), the others' margin or logit kernel and ``binary_hits`` /
-``argmax_hits``; ``rows_weight_sum``,
+``loss_grad`` kernel: ``logistic_loss_grad_hits``, ``softmax_loss_grad_hits`` (without hits),
+``linear_loss_grad``, ``csr_...``; on logged steps the dense logistic and softmax models' same
+kernels with hits (their ``loss_grad_hits``: the hits from the loss kernel's pass), the CSR
+ones' margin or logit kernel and ``binary_hits`` / ``argmax_hits``; ``rows_weight_sum``,
 ``mean_gradient_norm2``, ``sgd_update`` / ``adam_update``) and the same reduction (the
 trainer's node reducer, :mod:`mpidml.parallel.nodereduce`, where ranks share a node, else one
 MPI_Allreduce of the same buffer, float64 or float32 on the wire), so both loops give
@@ -100,9 +100,9 @@ def _make_steps(kind: int):
         logs (``kernels.penalty_norm2``: the log record's penalty, as the Python loop computes it).
 
         log_last: the last step logs: its kernel adds the loss sum, and a classifier's batch
-        accuracy goes into the reduced [correct, counted] (dense logistic: the loss kernel counts
-        the hits, counted is the batch's weight sum, as ``model.loss_grad_hits``; the others: the
-        model's margins or logits into zbuf, float64 of at least the step's rows x
+        accuracy goes into the reduced [correct, counted] (dense logistic and softmax: the loss
+        kernel counts the hits, counted is the batch's weight sum, as ``model.loss_grad_hits``;
+        CSR: the model's margins or logits into zbuf, float64 of at least the step's rows x
         max(1, n_classes), then binary_hits / argmax_hits: what ``model.batch_hits`` calls); red
         keeps that step's sums.
 
@@ -131,8 +131,9 @@ def _make_steps(kind: int):
                                                                        sums[P:P + 1] if wl else sums[P:P])
             elif kind == DENSE_LINEAR:
                 sums[P + n_tail - 2] = kernels.linear_loss_grad(data[0], y, sw, params, rows, grad_sum, wl)
-            elif kind == DENSE_SOFTMAX:
-                sums[P + n_tail - 2] = kernels.softmax_loss_grad_ws(data[0], y, sw, params, rows, grad_sum, wl, work)
+            elif kind == DENSE_SOFTMAX:  # as DENSE_LOGISTIC
+                sums[P + n_tail - 2] = kernels.softmax_loss_grad_hits(data[0], y, sw, params, rows, grad_sum, wl, work,
+                                                                      sums[P:P + 1] if wl else sums[P:P])
             elif kind == CSR_LOGISTIC:
                 sums[P + n_tail - 2] = kernels.csr_logistic_loss_grad(data[0], data[1], data[2], y, sw, params, rows,
                                                                       grad_sum, wl)
@@ -145,16 +146,12 @@ def _make_steps(kind: int):
             sums[P + n_tail - 1] = _rows_weight_sum(sw, rows)
             if wl:  # a logged step: the batch accuracy at the parameters the loss is computed at
                 nr = rows.size
-                if kind == DENSE_LOGISTIC:  # the hits came with the loss; the weight of the rows
-                    sums[P + 1] = sums[P + n_tail - 1]
+                if kind == DENSE_LOGISTIC or kind == DENSE_SOFTMAX:  # the hits came with the loss; the
+                    sums[P + 1] = sums[P + n_tail - 1]  # weight of the rows
                 elif kind == CSR_LOGISTIC:
                     z = zbuf[:nr]
                     kernels.csr_glm_margin(data[0], data[1], data[2], params, rows, z)
                     sums[P], sums[P + 1] = kernels.binary_hits(z, y, sw, rows)
-                elif kind == DENSE_SOFTMAX:
-                    z2 = zbuf[:nr * n_classes].reshape((nr, n_classes))
-                    kernels.softmax_decision(data[0], params, rows, z2)
-                    sums[P], sums[P + 1] = kernels.argmax_hits(z2, y, sw, rows)
                 elif kind == CSR_SOFTMAX:
                     z2 = zbuf[:nr * n_classes].reshape((nr, n_classes))
                     kernels.csr_softmax_decision(data[0], data[1], data[2], params, rows, n_classes, z2)
@@ -272,10 +269,9 @@ class StepLoop:
         if self.work is None:
             self.work = np.zeros(0)
         self.n_classes = int(getattr(model, "n_classes", 0) or 0)
-        # values per row of a logged step's margins (CSR logistic; dense: the loss kernel counts
-        # the hits) or logits (softmax) in zbuf
-        self.z_width = {CSR_LOGISTIC: 1, DENSE_SOFTMAX: self.n_classes,
-                        CSR_SOFTMAX: self.n_classes}.get(self.kind, 0)
+        # values per row of a logged step's margins (CSR logistic) or logits (CSR softmax) in
+        # zbuf (dense logistic and softmax: the loss kernel counts the hits)
+        self.z_width = {CSR_LOGISTIC: 1, CSR_SOFTMAX: self.n_classes}.get(self.kind, 0)
         n = n_params + n_tail
         if n >= 2**31:
             raise ValueError(f"{n} values exceed one MPI_Allreduce's int count")
