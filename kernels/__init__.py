@@ -23,8 +23,8 @@ from .shuffle import domain_bits, epoch_batches, epoch_order, plan_scratch, row_
 from .preprocess import column_sq_dev, column_sq_sums, column_sums, csr_column_sq_sums, impute_standardize
 from .hashing import fnv1a_32
 from .update import adam_update, mean_gradient_norm2, penalty_norm2, rows_weight_sum, sgd_update
-from .csr import (csr_glm_margin, csr_linear_loss_grad, csr_logistic_loss_grad, csr_softmax_decision,
-                  csr_softmax_loss_grad_ws, csr_touched_coords)
+from .csr import (csr_glm_margin, csr_linear_loss_grad, csr_logistic_loss_grad, csr_logistic_loss_grad_hits,
+                  csr_softmax_decision, csr_softmax_loss_grad_hits, csr_softmax_loss_grad_ws, csr_touched_coords)
 
 __all__ = [
     "linear_loss_grad",
@@ -56,8 +56,10 @@ __all__ = [
     "impute_standardize",
     "csr_linear_loss_grad",
     "csr_logistic_loss_grad",
+    "csr_logistic_loss_grad_hits",
     "csr_glm_margin",
     "csr_softmax_loss_grad_ws",
+    "csr_softmax_loss_grad_hits",
     "csr_softmax_decision",
     "csr_touched_coords",
     "fnv1a_32",

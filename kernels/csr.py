@@ -27,7 +27,7 @@ from .util import FASTMATH, LINEAR, LOGISTIC, link_residual
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def csr_glm_loss_grad(indptr, indices, data, y, sw, params, rows, grad, with_loss, model):
+def csr_glm_loss_grad(indptr, indices, data, y, sw, params, rows, grad, with_loss, model, hits):
     """Weighted loss sum and gradient sum of a GLM (margin z = x.w + b) over CSR ``rows``.
 
     indptr int64 (n+1,); indices int32/int64 (nnz,); data float32/float64 (nnz,);
@@ -35,11 +35,16 @@ def csr_glm_loss_grad(indptr, indices, data, y, sw, params, rows, grad, with_los
     rows int64 (m,) local row ids; grad float64 (D+1,), ADDED to:
     grad[indices[k]] += r_i * data[k] for row i's entries, grad[D] += r_i, with
     r_i = sw_i * dloss_i/dz_i. model: util.LINEAR or util.LOGISTIC. Returns the weighted
-    loss sum if with_loss else 0.0. No allocation.
+    loss sum if with_loss else 0.0. hits: float64 (1,), or size 0 for none: hits[0] = the
+    weight of the rows whose label (1.0 where z > 0, else 0.0: a NaN margin predicts 0)
+    equals y, as kernels.binary_hits counts it (a logged step's batch accuracy without a
+    second pass over its rows). No allocation.
     """
     D = params.size - 1
     b = params[D]
     unweighted = sw.size == 0
+    with_hits = hits.size > 0
+    hit_sum = 0.0
     loss = 0.0
     gb = 0.0
     for t in range(rows.size):
@@ -52,29 +57,41 @@ def csr_glm_loss_grad(indptr, indices, data, y, sw, params, rows, grad, with_los
         for k in range(a, e):
             z += data[k] * params[np.uint64(indices[k])]
         s = 1.0 if unweighted else sw[r]
-        res, l = link_residual(model, z, y[r], s, with_loss)
+        yr = y[r]
+        res, l = link_residual(model, z, yr, s, with_loss)
         for k in range(a, e):
             grad[np.uint64(indices[k])] += res * data[k]
         gb += res
         loss += l
+        if with_hits and (1.0 if z > 0.0 else 0.0) == yr:
+            hit_sum += s
     grad[D] += gb
+    if with_hits:
+        hits[0] = hit_sum
     return loss if with_loss else 0.0
 
 
 @njit(cache=True, nogil=True, fastmath=False)
-def csr_logistic_loss_grad(indptr, indices, data, y, sw, params, rows, grad, with_loss):
+def csr_logistic_loss_grad_hits(indptr, indices, data, y, sw, params, rows, grad, with_loss, hits):
     """Logistic regression (labels 0.0/1.0) on CSR rows; see :func:`csr_glm_loss_grad`.
 
     grad += sum_i sw_i (sigmoid(z_i) - y_i) [x_i, 1]; returns sum_i sw_i loss_i
-    (log(1 + exp(z)) - y z, stable for any |z|) if with_loss, else 0.0.
+    (log(1 + exp(z)) - y z, stable for any |z|) if with_loss, else 0.0; hits: the batch's
+    weighted correct predictions, or size 0 for none.
     """
-    return csr_glm_loss_grad(indptr, indices, data, y, sw, params, rows, grad, with_loss, LOGISTIC)
+    return csr_glm_loss_grad(indptr, indices, data, y, sw, params, rows, grad, with_loss, LOGISTIC, hits)
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def csr_logistic_loss_grad(indptr, indices, data, y, sw, params, rows, grad, with_loss):
+    """:func:`csr_logistic_loss_grad_hits` without hits."""
+    return csr_glm_loss_grad(indptr, indices, data, y, sw, params, rows, grad, with_loss, LOGISTIC, grad[:0])
 
 
 @njit(cache=True, nogil=True, fastmath=False)
 def csr_linear_loss_grad(indptr, indices, data, y, sw, params, rows, grad, with_loss):
     """Least squares (0.5 (z - y)^2) on CSR rows; see :func:`csr_glm_loss_grad`."""
-    return csr_glm_loss_grad(indptr, indices, data, y, sw, params, rows, grad, with_loss, LINEAR)
+    return csr_glm_loss_grad(indptr, indices, data, y, sw, params, rows, grad, with_loss, LINEAR, grad[:0])
 
 
 @njit(cache=True, nogil=True, fastmath=False)
@@ -92,6 +109,13 @@ def csr_glm_margin(indptr, indices, data, params, rows, out):
 
 @njit(cache=True, nogil=True, fastmath=False)
 def csr_softmax_loss_grad_ws(indptr, indices, data, y, sw, params, rows, grad, with_loss, n_classes, work):
+    """:func:`csr_softmax_loss_grad_hits` without hits."""
+    return csr_softmax_loss_grad_hits(indptr, indices, data, y, sw, params, rows, grad, with_loss, n_classes, work,
+                                      work[:0])
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def csr_softmax_loss_grad_hits(indptr, indices, data, y, sw, params, rows, grad, with_loss, n_classes, work, hits):
     """Weighted softmax cross-entropy loss sum and gradient sum over CSR ``rows``.
 
     indptr int64 (n+1,); indices int32/int64 (nnz,); data float32/float64 (nnz,);
@@ -101,8 +125,12 @@ def csr_softmax_loss_grad_ws(indptr, indices, data, y, sw, params, rows, grad, w
     for the stored entries j of row i, grad[K*D + k] += sw_i (p_ik - [k == y_i]).
     work float64 (>= K,) scratch for one row's logits. Returns sum_i sw_i loss_i if
     with_loss (stable log-sum-exp: the max logit is subtracted first), else 0.0.
-    No allocation.
+    hits: float64 (1,), or size 0 for none: hits[0] = the weight of the rows whose label is
+    the first index of their largest logit (NaN as largest), as kernels.argmax_hits counts
+    it. No allocation.
     """
+    if hits.size > 0:
+        hits[0] = 0.0
     K = n_classes
     D = params.size // K - 1
     KD = K * D
@@ -120,7 +148,7 @@ def csr_softmax_loss_grad_ws(indptr, indices, data, y, sw, params, rows, grad, w
             for k in range(K):
                 work[k] += params[k * D + j] * v
         # logits -> sw (p - onehot(y)) in place; same helper as the dense kernel.
-        loss += _residuals(work, 1, K, y, sw, r, unweighted, with_loss, work[:0])  # hits: none
+        loss += _residuals(work, 1, K, y, sw, r, unweighted, with_loss, hits)
         for k in range(K):
             grad[KD + k] += work[k]
         for q in range(a, e):

@@ -18,8 +18,8 @@ interleaved so that machine noise hits all parts alike:
   ``in_compiled_loop`` the compiled loop's own MPI_Wtime timers;
 * ``kernel``: ``model.loss_grad`` alone on exactly the rows each rank gets at each step of the
   same run (loss computed on the same steps as the trainer logs; there a model whose loss kernel
-  counts the batch's hits, dense logistic or softmax, calls that kernel: ``loss_grad_hits``, as
-  the step does; another model's separate batch accuracy is in ``other``). A synchronous step waits
+  counts the batch's hits, logistic or softmax, dense or CSR, calls that kernel:
+  ``loss_grad_hits``, as the step does; another model's separate batch accuracy is in ``other``). A synchronous step waits
   for the slowest rank, so the per-step MAX over ranks is summed (``kernel``); the per-rank
   mean is reported as ``kernel_mean_rank``;
 * ``allreduce``: a raw ``comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)`` of the same

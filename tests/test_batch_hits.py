@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from mpidml.models import make_model
 
@@ -69,12 +70,12 @@ def test_mlp_batch_hits_are_the_confusion_trace():
 @pytest.mark.parametrize("sparse", [False, True])
 def test_loss_grad_hits_is_the_loss_kernel_and_the_numpy_hits(kind, weighted, sparse):
     """What a logged mini-batch step calls: loss and gradient bitwise those of loss_grad, and the
-    weight of the correct predictions against NumPy's labels. Dense rows count them in the loss
-    kernel's own pass (fused_hits): rows in runs of 13 and 5 and scattered ones, so that the
+    weight of the correct predictions against NumPy's labels, counted in the loss kernel's own
+    pass (fused_hits), dense or CSR: rows in runs of 13 and 5 and scattered ones, so that the
     8-row, 4-row and 1-row paths of glm_loss_grad and the softmax kernel's scalar (4 classes)
     and vector paths (7 classes: runs and scattered 16-row blocks) all count."""
     X, y, sw, shard, model, k = _classifier_batch(kind, weighted, sparse)
-    assert model.fused_hits(shard) == (not sparse)
+    assert model.fused_hits(shard)
     params = np.random.default_rng(5).standard_normal(model.n_params)
     scattered = np.random.default_rng(6).choice(np.arange(40, shard.n_local), 60, replace=False)
     rows = np.unique(np.concatenate([np.arange(0, 13), np.arange(20, 25), [30], scattered])).astype(np.int64)
@@ -94,7 +95,8 @@ def test_loss_grad_hits_is_the_loss_kernel_and_the_numpy_hits(kind, weighted, sp
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_fused_hits_count_like_binary_hits_at_zero_and_nan_margins(dtype):
     """A margin of exactly 0 predicts 0 (z > 0 is the positive class), a NaN margin predicts 0,
-    as kernels.binary_hits; rows in all three paths of the kernel (8, 4, 1 rows)."""
+    as kernels.binary_hits; rows in all three paths of the dense kernel (8, 4, 1 rows) and in
+    the CSR kernel."""
     from mpidml import kernels
 
     n, d = 29, 5
@@ -116,6 +118,15 @@ def test_fused_hits_count_like_binary_hits_at_zero_and_nan_margins(dtype):
             hits = np.zeros(1)
             kernels.logistic_loss_grad_hits(X, y, weights, params, rows, np.zeros(d + 1), True, hits)
             assert hits[0] == pytest.approx(kernels.binary_hits(z, y, weights, rows)[0], rel=1e-13)
+            # the same rows in CSR form (the zero rows store nothing): csr_glm_loss_grad's count
+            A = sp.csr_matrix(X)
+            indptr = A.indptr.astype(np.int64)
+            z_csr = np.empty(rows.size)
+            kernels.csr_glm_margin(indptr, A.indices, A.data, params, rows, z_csr)
+            hits_csr = np.zeros(1)
+            kernels.csr_logistic_loss_grad_hits(indptr, A.indices, A.data, y, weights, params, rows, np.zeros(d + 1),
+                                                True, hits_csr)
+            assert hits_csr[0] == pytest.approx(kernels.binary_hits(z_csr, y, weights, rows)[0], rel=1e-13)
     assert kernels.binary_hits(z, y, np.empty(0), rows)[0] >= 3  # the zero-margin rows with y = 0 are hits
 
 

@@ -63,23 +63,24 @@ class LogisticRegression(Model):
         check_integer_labels(y, lo, 2, "logistic regression (labels must be 0 or 1)")
 
     def loss_grad(self, shard, params, rows, grad, with_loss=True):
-        if is_sparse(shard):
-            return kernels.csr_logistic_loss_grad(shard.indptr, shard.indices, shard.data, shard.y, shard.sw, params,
-                                                  rows, grad, with_loss)
-        # the hits kernel without hits: the one compiled wrapper of glm_loss_grad for both calls
+        # the hits kernels without hits: the one compiled wrapper of glm_loss_grad for both calls
         # (a second wrapper compiles the whole kernel again: +2 s on a cold start)
-        return kernels.logistic_loss_grad_hits(shard.X, shard.y, shard.sw, params, rows, grad, with_loss, _NO_HITS)
+        return self._loss_grad_hits(shard, params, rows, grad, with_loss, _NO_HITS)
 
     def loss_grad_hits(self, shard, params, rows, grad, hits) -> float:
-        """Dense rows: loss, gradient and hits in one pass (kernels.logistic_loss_grad_hits,
-        the loss kernel counting each row's z > 0 against its label; a logged step's second
-        pass over its rows cost ~80-140 us per 2048 rows); CSR: Model's two calls."""
+        """Loss, gradient and hits in one pass (kernels.logistic_loss_grad_hits, CSR:
+        csr_logistic_loss_grad_hits: the loss kernel counting each row's z > 0 against its
+        label; a logged step's second pass over its rows cost ~80-140 us per 2048 dense rows)."""
+        return self._loss_grad_hits(shard, params, rows, grad, True, hits)
+
+    def _loss_grad_hits(self, shard, params, rows, grad, with_loss, hits) -> float:
         if is_sparse(shard):
-            return super().loss_grad_hits(shard, params, rows, grad, hits)
-        return kernels.logistic_loss_grad_hits(shard.X, shard.y, shard.sw, params, rows, grad, True, hits)
+            return kernels.csr_logistic_loss_grad_hits(shard.indptr, shard.indices, shard.data, shard.y, shard.sw,
+                                                       params, rows, grad, with_loss, hits)
+        return kernels.logistic_loss_grad_hits(shard.X, shard.y, shard.sw, params, rows, grad, with_loss, hits)
 
     def fused_hits(self, shard) -> bool:
-        return not is_sparse(shard)
+        return True
 
     def predict_labels(self, shard, params, rows) -> np.ndarray:
         return (_margin(shard, params, rows) > 0).astype(np.int64)

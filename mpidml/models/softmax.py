@@ -32,24 +32,25 @@ class SoftmaxRegression(Model):
         check_integer_labels(y, lo, self.n_classes, f"softmax with {self.n_classes} classes (labels must be integers 0..{self.n_classes - 1})")
 
     def loss_grad(self, shard, params, rows, grad, with_loss=True):
-        if is_sparse(shard):
-            return kernels.csr_softmax_loss_grad_ws(shard.indptr, shard.indices, shard.data, shard.y, shard.sw,
-                                                    params, rows, grad, with_loss, self.n_classes, self._work)
-        # the hits kernel without hits: one compiled entry for both calls (as LogisticRegression)
-        return kernels.softmax_loss_grad_hits(shard.X, shard.y, shard.sw, params, rows, grad, with_loss, self._work,
-                                              _NO_HITS)
+        # the hits kernels without hits: one compiled entry for both calls (as LogisticRegression)
+        return self._loss_grad_hits(shard, params, rows, grad, with_loss, _NO_HITS)
 
     def loss_grad_hits(self, shard, params, rows, grad, hits) -> float:
-        """Dense rows: loss, gradient and hits in one pass (kernels.softmax_loss_grad_hits: the
-        loss kernel takes each row's first largest logit against its label; a logged step's
-        second pass for the logits cost ~200 us per 2048 rows at K = 10); CSR: Model's two
-        calls."""
+        """Loss, gradient and hits in one pass (kernels.softmax_loss_grad_hits, CSR:
+        csr_softmax_loss_grad_hits: the loss kernel takes each row's first largest logit against
+        its label; a logged step's second pass for the logits cost ~200 us per 2048 dense rows
+        at K = 10)."""
+        return self._loss_grad_hits(shard, params, rows, grad, True, hits)
+
+    def _loss_grad_hits(self, shard, params, rows, grad, with_loss, hits) -> float:
         if is_sparse(shard):
-            return super().loss_grad_hits(shard, params, rows, grad, hits)
-        return kernels.softmax_loss_grad_hits(shard.X, shard.y, shard.sw, params, rows, grad, True, self._work, hits)
+            return kernels.csr_softmax_loss_grad_hits(shard.indptr, shard.indices, shard.data, shard.y, shard.sw,
+                                                      params, rows, grad, with_loss, self.n_classes, self._work, hits)
+        return kernels.softmax_loss_grad_hits(shard.X, shard.y, shard.sw, params, rows, grad, with_loss, self._work,
+                                              hits)
 
     def fused_hits(self, shard) -> bool:
-        return not is_sparse(shard)
+        return True
 
     def logits(self, shard, params, rows) -> np.ndarray:
         """(m, K) float64 logits of a dense or CSR shard's rows ``rows``."""

@@ -13,10 +13,10 @@ reduced sums); Python takes over at steps with a checkpoint or test fault due, a
 model, shard or option the compiled loop does not cover.
 
 It is the Python loop's arithmetic in the same order with the same kernels (the model's
-``loss_grad`` kernel: ``logistic_loss_grad_hits``, ``softmax_loss_grad_hits`` (without hits),
-``linear_loss_grad``, ``csr_...``; on logged steps the dense logistic and softmax models' same
-kernels with hits (their ``loss_grad_hits``: the hits from the loss kernel's pass), the CSR
-ones' margin or logit kernel and ``binary_hits`` / ``argmax_hits``; ``rows_weight_sum``,
+``loss_grad`` kernel: ``logistic_loss_grad_hits``, ``softmax_loss_grad_hits`` and their CSR twins
+without hits, ``linear_loss_grad``, ``csr_linear_loss_grad``; on logged steps the classifiers'
+same kernels with hits (their ``loss_grad_hits``: the hits from the loss kernel's pass);
+``rows_weight_sum``,
 ``mean_gradient_norm2``, ``sgd_update`` / ``adam_update``) and the same reduction (the
 trainer's node reducer, :mod:`mpidml.parallel.nodereduce`, where ranks share a node, else one
 MPI_Allreduce of the same buffer, float64 or float32 on the wire), so both loops give
@@ -74,7 +74,7 @@ def _make_steps(kind: int):
     @njit(cache=True, nogil=True, fastmath=FASTMATH)
     def steps(data, y, sw, params, order, starts, s0, s1, lrs, opt_kind, velocity, momentum, nesterov,
               m, v, beta1, beta2, bias1, bias2, eps, l2, n_pen, sums, send32, recv32, red, grad,
-              dtype_h, op_h, comm_h, progress, stats, work, n_classes, log_last, zbuf, node):
+              dtype_h, op_h, comm_h, progress, stats, work, n_classes, log_last, node):
         """Mini-batch steps ``s0 .. s1-1`` of an epoch, each: kernel, Allreduce, gradient finish, update.
 
         data: dense (X,) with X (n, D) float32/float64 C-contiguous, or CSR (indptr, indices,
@@ -100,10 +100,8 @@ def _make_steps(kind: int):
         logs (``kernels.penalty_norm2``: the log record's penalty, as the Python loop computes it).
 
         log_last: the last step logs: its kernel adds the loss sum, and a classifier's batch
-        accuracy goes into the reduced [correct, counted] (dense logistic and softmax: the loss
-        kernel counts the hits, counted is the batch's weight sum, as ``model.loss_grad_hits``;
-        CSR: the model's margins or logits into zbuf, float64 of at least the step's rows x
-        max(1, n_classes), then binary_hits / argmax_hits: what ``model.batch_hits`` calls); red
+        accuracy goes into the reduced [correct, counted] (the loss kernel counts the hits, counted
+        is the batch's weight sum, as ``model.loss_grad_hits``); red
         keeps that step's sums.
 
         Returns the number of steps completed. Fewer than ``s1 - s0``: the reduced gradient of
@@ -134,28 +132,23 @@ def _make_steps(kind: int):
             elif kind == DENSE_SOFTMAX:  # as DENSE_LOGISTIC
                 sums[P + n_tail - 2] = kernels.softmax_loss_grad_hits(data[0], y, sw, params, rows, grad_sum, wl, work,
                                                                       sums[P:P + 1] if wl else sums[P:P])
-            elif kind == CSR_LOGISTIC:
-                sums[P + n_tail - 2] = kernels.csr_logistic_loss_grad(data[0], data[1], data[2], y, sw, params, rows,
-                                                                      grad_sum, wl)
+            elif kind == CSR_LOGISTIC:  # as DENSE_LOGISTIC
+                sums[P + n_tail - 2] = kernels.csr_logistic_loss_grad_hits(data[0], data[1], data[2], y, sw, params,
+                                                                           rows, grad_sum, wl,
+                                                                           sums[P:P + 1] if wl else sums[P:P])
             elif kind == CSR_LINEAR:
                 sums[P + n_tail - 2] = kernels.csr_linear_loss_grad(data[0], data[1], data[2], y, sw, params, rows,
                                                                     grad_sum, wl)
-            elif kind == CSR_SOFTMAX:
-                sums[P + n_tail - 2] = kernels.csr_softmax_loss_grad_ws(data[0], data[1], data[2], y, sw, params,
-                                                                        rows, grad_sum, wl, n_classes, work)
+            elif kind == CSR_SOFTMAX:  # as DENSE_LOGISTIC
+                sums[P + n_tail - 2] = kernels.csr_softmax_loss_grad_hits(data[0], data[1], data[2], y, sw, params,
+                                                                          rows, grad_sum, wl, n_classes, work,
+                                                                          sums[P:P + 1] if wl else sums[P:P])
             sums[P + n_tail - 1] = _rows_weight_sum(sw, rows)
-            if wl:  # a logged step: the batch accuracy at the parameters the loss is computed at
-                nr = rows.size
-                if kind == DENSE_LOGISTIC or kind == DENSE_SOFTMAX:  # the hits came with the loss; the
-                    sums[P + 1] = sums[P + n_tail - 1]  # weight of the rows
-                elif kind == CSR_LOGISTIC:
-                    z = zbuf[:nr]
-                    kernels.csr_glm_margin(data[0], data[1], data[2], params, rows, z)
-                    sums[P], sums[P + 1] = kernels.binary_hits(z, y, sw, rows)
-                elif kind == CSR_SOFTMAX:
-                    z2 = zbuf[:nr * n_classes].reshape((nr, n_classes))
-                    kernels.csr_softmax_decision(data[0], data[1], data[2], params, rows, n_classes, z2)
-                    sums[P], sums[P + 1] = kernels.argmax_hits(z2, y, sw, rows)
+            if wl and (kind == DENSE_LOGISTIC or kind == DENSE_SOFTMAX or kind == CSR_LOGISTIC
+                       or kind == CSR_SOFTMAX):
+                # a logged step of a classifier: the hits came with the loss (at the parameters the
+                # loss is computed at), counted is the weight of the rows
+                sums[P + 1] = sums[P + n_tail - 1]
             t0 = native.mpi_wtime()
             stats[2] += t0 - tk
             if node[4] > 0:  # local_size: the node reducer
@@ -269,9 +262,6 @@ class StepLoop:
         if self.work is None:
             self.work = np.zeros(0)
         self.n_classes = int(getattr(model, "n_classes", 0) or 0)
-        # values per row of a logged step's margins (CSR logistic) or logits (CSR softmax) in
-        # zbuf (dense logistic and softmax: the loss kernel counts the hits)
-        self.z_width = {CSR_LOGISTIC: 1, CSR_SOFTMAX: self.n_classes}.get(self.kind, 0)
         n = n_params + n_tail
         if n >= 2**31:
             raise ValueError(f"{n} values exceed one MPI_Allreduce's int count")
@@ -290,7 +280,6 @@ class StepLoop:
         self.stats = np.zeros(4)
         self.seconds = {"kernel": 0.0, "allreduce": 0.0, "steps": 0}
         self._empty = np.zeros(0)
-        self.zbuf = np.zeros(0)  # a logged step's margins or logits (grown to its rows x z_width)
         # compiled (or loaded) in this process already: for these dtypes, every rank has it too
         self._key = (self.kind, tuple(a.dtype for a in self.data), shard.y.dtype)
         self.compiled = self._key in _COMPILED
@@ -305,7 +294,7 @@ class StepLoop:
         self.fn(self.data, self.shard.y, self.shard.sw, np.zeros(P), np.zeros(0, dtype=np.int64),
                 np.zeros(1, dtype=np.int64), 0, 0, e, SGD_KIND, e, 0.0, False, e, e, 0.9, 0.999, e, e, 1e-8,
                 self.l2, self.n_pen, self.sums, self.send32, self.recv32, self.red, self.grad, *self.handles,
-                self.progress, self.stats, self.work, self.n_classes, False, self.zbuf, self.node)
+                self.progress, self.stats, self.work, self.n_classes, False, self.node)
         self.compiled = True
         _COMPILED.add(self._key)
 
@@ -321,10 +310,6 @@ class StepLoop:
         gradient is not finite (``self.red`` holds its sums).
         """
         n = s1 - s0
-        if log_last and n > 0:
-            need = int(plan.starts[s1] - plan.starts[s1 - 1]) * self.z_width
-            if self.zbuf.size < need:
-                self.zbuf = np.zeros(need)
         lrs = np.asarray(lrs, dtype=np.float64)  # the caller's float64 array itself: no copy
         if lrs.shape != (n,):
             raise ValueError(f"run: {n} learning rates expected, got shape {lrs.shape}")
@@ -343,7 +328,7 @@ class StepLoop:
         done = self.fn(self.data, sh.y, sh.sw, params, plan.order, plan.starts, s0, s1, lrs, kind, vel, mom,
                        nest, m, v, b1, b2, bias1, bias2, eps, self.l2, self.n_pen, self.sums, self.send32,
                        self.recv32, self.red, self.grad, *self.handles, self.progress, self.stats, self.work,
-                       self.n_classes, bool(log_last), self.zbuf, self.node)
+                       self.n_classes, bool(log_last), self.node)
         opt.t += done
         self.penalty_norm2 = float(self.stats[3])  # after a run that ended with a logged step
         self.seconds["kernel"] += float(self.stats[2])
