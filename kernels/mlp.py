@@ -73,18 +73,24 @@ def _forward_row(X, r, params, layout, work):
 
 
 @njit(cache=True, nogil=True)
-def mlp_loss_grad(X, y, sw, params, rows, grad, with_loss, layout, work):
+def mlp_loss_grad(X, y, sw, params, rows, grad, with_loss, layout, work, hits):
     """Add sum_i sw_i * d loss_i / d params over ``rows`` into ``grad``; return the loss sum.
 
     X: (n, D) float32/float64 C-contiguous; y: int64 (n,) in 0..K-1; sw: float64 (n,) or
     size 0 (all ones); params, grad: float64 (n_params,); rows: int64 (m,); layout: int64
     (L, 5); work: float64 (>= 2*A,) scratch (see the module docstring). Returns the
-    weighted loss sum (0.0 unless with_loss). No allocation.
+    weighted loss sum (0.0 unless with_loss). hits: float64 (1,), or size 0 for none:
+    hits[0] = the weight of the rows whose label is the first index of their largest class
+    probability (NaN as largest), the probabilities as mlp_predict_proba computes them: what
+    Model.batch_hits counts, from this pass's forward pass (a logged step needs no second
+    one). No allocation.
     """
     L = layout.shape[0]
     A = layout[L - 1, 4] + layout[L - 1, 1]
     K = layout[L - 1, 1]
     unweighted = sw.size == 0
+    with_hits = hits.size > 0
+    hit_sum = 0.0
     loss = 0.0
     for k in range(rows.size):
         r = rows[k]
@@ -99,6 +105,16 @@ def mlp_loss_grad(X, y, sw, params, rows, grad, with_loss, layout, work):
         yr = y[r]
         if with_loss:
             loss += s * (math.log(ssum) + zmax - work[zo + yr])
+        if with_hits:  # argmax_rows' rule on mlp_predict_proba's e / ssum
+            best = 0
+            pb = math.exp(work[zo] - zmax) / ssum
+            for c in range(1, K):
+                pc = math.exp(work[zo + c] - zmax) / ssum
+                if pc > pb or (pc != pc and pb == pb):
+                    best = c
+                    pb = pc
+            if best == yr:
+                hit_sum += s
         # Output deltas: s * (p - onehot(y)).
         for c in range(K):
             work[A + zo + c] = s * math.exp(work[zo + c] - zmax) / ssum
@@ -131,6 +147,8 @@ def mlp_loss_grad(X, y, sw, params, rows, grad, with_loss, layout, work):
                 for i in range(n_in):  # ReLU'(z) = 1 where the activation is positive
                     if work[pa + i] <= 0.0:
                         work[dp + i] = 0.0
+    if with_hits:
+        hits[0] = hit_sum
     return loss
 
 

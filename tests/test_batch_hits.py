@@ -65,6 +65,32 @@ def test_mlp_batch_hits_are_the_confusion_trace():
     assert model.batch_hits(shard, params, rows) == (np.trace(cm), cm.sum())
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_mlp_loss_grad_hits_are_its_batch_hits(weighted):
+    """The MLP's logged step: loss and gradient bitwise loss_grad's, the hits from the same forward
+    pass equal to batch_hits' (argmax of mlp_predict_proba's probabilities), a NaN row included
+    (all its probabilities NaN: class 0)."""
+    X, y = make_problem("softmax", n=300, d=5, k=3, seed=7)
+    X[[10, 40]] = np.nan
+    y[10], y[40] = 0, 2
+    sw = np.random.default_rng(8).uniform(0.1, 3.0, len(y)) if weighted else None
+    shard = shard_of(X, y, 0, 1, sw=sw)
+    model = make_model("mlp", 5, 3, hidden="8")
+    assert model.fused_hits(shard)
+    params = model.init_params(0)
+    rows = np.arange(0, 300, 2, dtype=np.int64)
+    g_ref, g = np.zeros(model.n_params), np.zeros(model.n_params)
+    hits = np.full(1, -1.0)
+    with np.errstate(all="ignore"):
+        loss_ref = model.loss_grad(shard, params, rows, g_ref, True)
+        loss = model.loss_grad_hits(shard, params, rows, g, hits)
+        correct, weight = model.batch_hits(shard, params, rows)
+    np.testing.assert_array_equal(np.array(loss), np.array(loss_ref))  # NaN == NaN here
+    np.testing.assert_array_equal(g, g_ref)
+    assert 0 < correct < weight
+    assert hits[0] == pytest.approx(correct, rel=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["logistic", "softmax", "softmax7"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("sparse", [False, True])

@@ -25,6 +25,7 @@ from .classmetrics import classification_metrics, n_class_stats
 from .linear import _proba_stats
 
 MAX_HIDDEN_LAYERS = 2
+_NO_HITS = np.zeros(0)  # mlp_loss_grad's hits for a step that does not count them
 
 
 def parse_hidden(text) -> tuple[int, ...]:
@@ -108,7 +109,16 @@ class MLPClassifier(Model):
     # -- objective ---------------------------------------------------------
     def loss_grad(self, shard, params, rows, grad, with_loss=True):
         return kernels.mlp_loss_grad(shard.X, shard.y, shard.sw, params, rows, grad, with_loss,
-                                     self.layout, self._work)
+                                     self.layout, self._work, _NO_HITS)
+
+    def loss_grad_hits(self, shard, params, rows, grad, hits) -> float:
+        """Loss, gradient and the batch's hits from one forward pass per row (kernels.mlp_loss_grad
+        with hits; batch_hits runs the forward pass again)."""
+        return kernels.mlp_loss_grad(shard.X, shard.y, shard.sw, params, rows, grad, True,
+                                     self.layout, self._work, hits)
+
+    def fused_hits(self, shard) -> bool:
+        return True
 
     def predict_proba(self, shard, params, rows) -> np.ndarray:
         """(m, K) float64 class probabilities of the rows ``rows`` of shard.X."""
