@@ -14,7 +14,7 @@ from .base import Model, check_integer_labels, is_sparse
 from .classmetrics import class_stats, classification_metrics, n_class_stats
 
 
-_NO_HITS = np.zeros(0)  # logistic_loss_grad_hits' hits for a step that does not count them
+_NO_HITS = np.zeros(0)  # the hits kernels' hits for a step that does not count them (every classifier)
 
 
 class LinearRegression(Model):

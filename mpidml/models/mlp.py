@@ -22,10 +22,9 @@ from .. import kernels
 from ..errors import ConfigError
 from .base import Model, check_integer_labels
 from .classmetrics import classification_metrics, n_class_stats
-from .linear import _proba_stats
+from .linear import _NO_HITS, _proba_stats
 
 MAX_HIDDEN_LAYERS = 2
-_NO_HITS = np.zeros(0)  # mlp_loss_grad's hits for a step that does not count them
 
 
 def parse_hidden(text) -> tuple[int, ...]:

@@ -12,9 +12,7 @@ import numpy as np
 from .. import kernels
 from .base import Model, check_integer_labels, is_sparse
 from .classmetrics import classification_metrics, n_class_stats
-from .linear import _proba_stats
-
-_NO_HITS = np.zeros(0)  # softmax_loss_grad_hits' hits for a step that does not count them
+from .linear import _NO_HITS, _proba_stats
 
 
 class SoftmaxRegression(Model):

@@ -124,25 +124,24 @@ def _make_steps(kind: int):
             # with_loss: a run-time bool, never a literal False, which would make Numba compile a
             # second specialisation of the kernel for Literal[bool](False) (~6 s)
             wl = log_last and s == s1 - 1
+            hits = sums[P:P + 1] if wl else sums[P:P]  # a classifier's logged step: its hits (sums[P])
             if kind == DENSE_LOGISTIC:  # a logged step's hits from the same pass (sums[P]; none: size 0)
                 sums[P + n_tail - 2] = kernels.logistic_loss_grad_hits(data[0], y, sw, params, rows, grad_sum, wl,
-                                                                       sums[P:P + 1] if wl else sums[P:P])
+                                                                       hits)
             elif kind == DENSE_LINEAR:
                 sums[P + n_tail - 2] = kernels.linear_loss_grad(data[0], y, sw, params, rows, grad_sum, wl)
             elif kind == DENSE_SOFTMAX:  # as DENSE_LOGISTIC
                 sums[P + n_tail - 2] = kernels.softmax_loss_grad_hits(data[0], y, sw, params, rows, grad_sum, wl, work,
-                                                                      sums[P:P + 1] if wl else sums[P:P])
+                                                                      hits)
             elif kind == CSR_LOGISTIC:  # as DENSE_LOGISTIC
                 sums[P + n_tail - 2] = kernels.csr_logistic_loss_grad_hits(data[0], data[1], data[2], y, sw, params,
-                                                                           rows, grad_sum, wl,
-                                                                           sums[P:P + 1] if wl else sums[P:P])
+                                                                           rows, grad_sum, wl, hits)
             elif kind == CSR_LINEAR:
                 sums[P + n_tail - 2] = kernels.csr_linear_loss_grad(data[0], data[1], data[2], y, sw, params, rows,
                                                                     grad_sum, wl)
             elif kind == CSR_SOFTMAX:  # as DENSE_LOGISTIC
                 sums[P + n_tail - 2] = kernels.csr_softmax_loss_grad_hits(data[0], data[1], data[2], y, sw, params,
-                                                                          rows, grad_sum, wl, n_classes, work,
-                                                                          sums[P:P + 1] if wl else sums[P:P])
+                                                                          rows, grad_sum, wl, n_classes, work, hits)
             sums[P + n_tail - 1] = _rows_weight_sum(sw, rows)
             if wl and (kind == DENSE_LOGISTIC or kind == DENSE_SOFTMAX or kind == CSR_LOGISTIC
                        or kind == CSR_SOFTMAX):
