@@ -640,15 +640,6 @@ def _block16_narrow(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB,
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def _block(wide, X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, oH, with_loss, nb):
-    """_block16 (wide) or _block16_narrow: inlined with a constant wide, only one is compiled."""
-    if wide:
-        return _block16(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, oH, with_loss, nb)
-    return _block16_narrow(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, oH, with_loss,
-                           nb)
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, hits, wide):
     """softmax_loss_grad_ws 16 rows at a time in explicit vectors (work >= work_size).
 
@@ -713,8 +704,12 @@ def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, hits, wide):
                 # ahead (2 blocks) was no better. (8-row blocks: into L1 and none were slower, as
                 # was a burst at each block's start.)
                 nb = (r + 16) * D if r + 32 <= lo + cnt else -1
-                loss += _block(wide, X, y, sw, rows, i, r, True, 16, K, kq, work, oW, oG, oGB, oZ, oT, oB,
-                               oH, with_loss, nb)
+                if wide:  # a constant: the other call is pruned
+                    loss += _block16(X, y, sw, rows, i, r, True, 16, K, kq, work, oW, oG, oGB, oZ, oT, oB, oH,
+                                     with_loss, nb)
+                else:
+                    loss += _block16_narrow(X, y, sw, rows, i, r, True, 16, K, kq, work, oW, oG, oGB, oZ, oT, oB,
+                                            oH, with_loss, nb)
                 r += 16
                 i += 16
         else:
@@ -726,8 +721,12 @@ def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, hits, wide):
             # 462 / 241 with it vs 421 / 185 with no prefetch (one run); 355 / 158 with this vs
             # 386 / 163 for the former 8-row kernel (another run).
             pr = prefetch_rows(X, rows, max(pr, i), min(m, i + 48), True)
-            loss += _block(wide, X, y, sw, rows, i, 0, False, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB,
-                           oH, with_loss, -1)
+            if wide:
+                loss += _block16(X, y, sw, rows, i, 0, False, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, oH,
+                                 with_loss, -1)
+            else:
+                loss += _block16_narrow(X, y, sw, rows, i, 0, False, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB,
+                                        oH, with_loss, -1)
             i += nvalid
     for k in range(K):
         for j in range(D):

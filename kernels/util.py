@@ -101,6 +101,22 @@ def exp_nonpos(x):
     return e if x >= -708.0 else (0.0 if x < -708.0 else x)  # a NaN logit must not vanish
 
 
+@njit(cache=True, nogil=True, inline="always")
+def after_sizes(value, n_elements):
+    """``value``, unchanged: the caller's arrays counted as used here (``n_elements``, the sum of
+    their ``.size``), after its loops and branches.
+
+    An array passed to an ``inline="always"`` helper becomes a local of the inlined code, with an
+    NRT incref where it is bound and a decref after its last use. Numba's reference-count pruning
+    can leave the pair in place when that last use sits in a branch or a loop of the helper; in a
+    kernel's hot loop each is then a call out of the kernel that spills every vector register
+    (the softmax vector path had five pairs per 16-row block). Returning
+    ``after_sizes(result, a.size + b.size)`` moves those last uses to the helper's end.
+    tests/test_kernel_ir.py looks for refcount calls inside loops.
+    """
+    return value if n_elements >= 0 else value
+
+
 @njit(cache=True, nogil=True, fastmath=False, inline="always")
 def prefetch_ahead(X, pf, end):
     """Prefetch X (2-D C-contiguous) flat elements [pf, end + lead) one cache line apart.
@@ -156,7 +172,7 @@ def prefetch_rows(X, rows, pr, stop, into_l2):
         else:
             _prefetch(X, base + D - 1)
         pr += 1
-    return pr
+    return after_sizes(pr, X.size + rows.size)
 
 
 @njit(cache=True, nogil=True, fastmath=False, inline="always")
