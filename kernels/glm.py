@@ -172,11 +172,14 @@ def _eight_rows(X, y, sw, params, i0, i1, i2, i3, i4, i5, i6, i7, grad, with_los
     (consecutive rows); -1: no prefetch (the caller's). X must be C-contiguous.
 
     X, grad and sw keep an NRT incref/decref pair per block (their last uses sit in the tail loop
-    and the sw branch). Without them (util.after_sizes at the end: tests/test_kernel_ir.py's loop
-    check then passes) rows in cache ran 10-15 % faster but full passes streamed from memory
-    5-15 % slower on AMD Zen 3, side by side in one process (1e6 x 64 float64, 7 rounds, three
-    processes: gradient 34.4-37.2 vs 31.6-33.3 ms, loss + gradient 34.6-39.5 vs 31.9-33.1; a
-    16 or 32 KiB prefetch lead did not recover it), so they stay until measured otherwise.
+    and the sw branch). Without them (util.after_sizes at the end; tests/test_kernel_ir.py's loop
+    check then passes), on AMD Zen 3, 1e6 x 64 float64, min of 7 per process, 5 processes each
+    alternating: 4800 rows in cache 18.5-19.7 vs 21.8-23.6 ns per row, full passes the same
+    within the noise (gradient 30.4-33.4 vs 31.0-38.6 ms), but 2048-row mini-batches slower:
+    the same rows again 81-87 vs 78-80 us, fresh rows 206-225 vs 203-225 us. SGD steps run
+    mini-batches, so the pair stays until a layout without it is faster there too. (Single
+    processes timing both versions disagreed with each other by up to 15 % either way: where
+    each compiled loop lands matters on this core.)
     """
     D = X.shape[1]
     D8 = D - D % 8
