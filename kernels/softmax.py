@@ -640,7 +640,7 @@ def _block16_narrow(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB,
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, hits, wide):
+def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, hits, block):
     """softmax_loss_grad_ws 16 rows at a time in explicit vectors (work >= work_size).
 
     Blocks are 16 consecutive rows inside a run of ``rows`` (the next block prefetched
@@ -653,9 +653,10 @@ def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, hits, wide):
     multiple of 8 (the last features are read with masked loads). hits: as
     softmax_loss_grad_hits' (its lanes summed in order at the end).
 
-    wide: True for _block16's tiles (AVX-512), False for _block16_narrow's (AVX2); the same
-    sums bit for bit. A constant of the caller (_vector_path_wide / _vector_path_narrow):
-    inlined, the other branch is pruned.
+    block: _block16 (its tiles for AVX-512) or _block16_narrow (AVX2), the same sums bit for
+    bit; the function itself, from the caller (_vector_path_wide / _vector_path_narrow), so
+    only that one is compiled and called directly. (An inlined helper choosing between them by
+    a flag kept five NRT refcount pairs per block: tests/test_kernel_ir.py.)
 
     The blocks, and _transpose8 and _softmax8 in them, are calls, not inlined: Numba's inlining
     copies a callee's IR block by block, each copy with its whole variable scope, and this path,
@@ -704,12 +705,8 @@ def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, hits, wide):
                 # ahead (2 blocks) was no better. (8-row blocks: into L1 and none were slower, as
                 # was a burst at each block's start.)
                 nb = (r + 16) * D if r + 32 <= lo + cnt else -1
-                if wide:  # a constant: the other call is pruned
-                    loss += _block16(X, y, sw, rows, i, r, True, 16, K, kq, work, oW, oG, oGB, oZ, oT, oB, oH,
-                                     with_loss, nb)
-                else:
-                    loss += _block16_narrow(X, y, sw, rows, i, r, True, 16, K, kq, work, oW, oG, oGB, oZ, oT, oB,
-                                            oH, with_loss, nb)
+                loss += block(X, y, sw, rows, i, r, True, 16, K, kq, work, oW, oG, oGB, oZ, oT, oB, oH, with_loss,
+                              nb)
                 r += 16
                 i += 16
         else:
@@ -721,12 +718,8 @@ def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, hits, wide):
             # 462 / 241 with it vs 421 / 185 with no prefetch (one run); 355 / 158 with this vs
             # 386 / 163 for the former 8-row kernel (another run).
             pr = prefetch_rows(X, rows, max(pr, i), min(m, i + 48), True)
-            if wide:
-                loss += _block16(X, y, sw, rows, i, 0, False, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, oH,
-                                 with_loss, -1)
-            else:
-                loss += _block16_narrow(X, y, sw, rows, i, 0, False, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB,
-                                        oH, with_loss, -1)
+            loss += block(X, y, sw, rows, i, 0, False, nvalid, K, kq, work, oW, oG, oGB, oZ, oT, oB, oH, with_loss,
+                          -1)
             i += nvalid
     for k in range(K):
         for j in range(D):
@@ -748,13 +741,13 @@ def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, hits, wide):
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _vector_path_wide(X, y, sw, params, rows, grad, with_loss, work, hits):
     """softmax_loss_grad_hits' vector path in _block16's tiles (for AVX-512); see _vector_blocks."""
-    return _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, hits, True)
+    return _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, hits, _block16)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _vector_path_narrow(X, y, sw, params, rows, grad, with_loss, work, hits):
     """softmax_loss_grad_hits' vector path in _block16_narrow's tiles (for AVX2); see _vector_blocks."""
-    return _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, hits, False)
+    return _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, hits, _block16_narrow)
 
 
 # The one the dispatch takes on this CPU (the tests run both on any CPU: the same sums bit for bit).
