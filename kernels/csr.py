@@ -22,6 +22,7 @@ so a CSR row and the same row densified give the same loss to rounding.
 import numpy as np
 from numba import njit
 
+from .glm import _hit
 from .softmax import _residuals
 from .util import FASTMATH, LINEAR, LOGISTIC, link_residual
 
@@ -63,8 +64,8 @@ def csr_glm_loss_grad(indptr, indices, data, y, sw, params, rows, grad, with_los
             grad[np.uint64(indices[k])] += res * data[k]
         gb += res
         loss += l
-        if with_hits and (1.0 if z > 0.0 else 0.0) == yr:
-            hit_sum += s
+        if with_hits:
+            hit_sum += _hit(z, yr, s)
     grad[D] += gb
     if with_hits:
         hits[0] = hit_sum
