@@ -19,9 +19,9 @@ interleaved so that machine noise hits all parts alike:
 * ``kernel``: ``model.loss_grad`` alone on exactly the rows each rank gets at each step of the
   same run (loss computed on the same steps as the trainer logs; there a model whose loss kernel
   counts the batch's hits, logistic or softmax, dense or CSR, calls that kernel:
-  ``loss_grad_hits``, as the step does; another model's separate batch accuracy is in ``other``). A synchronous step waits
-  for the slowest rank, so the per-step MAX over ranks is summed (``kernel``); the per-rank
-  mean is reported as ``kernel_mean_rank``;
+  ``loss_grad_hits``, as the step does; another model's separate batch accuracy is in
+  ``other``). A synchronous step waits for the slowest rank, so the per-step MAX over ranks is
+  summed (``kernel``); the per-rank mean is reported as ``kernel_mean_rank``;
 * ``allreduce``: a raw ``comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)`` of the same
   (P+4)-long float64 buffer ([gradient sum, correct, counted, loss sum, weight sum]), back to back, once per step;
 * ``reduction``: how the step sums that buffer (``--reduction auto``: through the node's shared

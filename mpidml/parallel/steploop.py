@@ -16,9 +16,8 @@ It is the Python loop's arithmetic in the same order with the same kernels (the 
 ``loss_grad`` kernel: ``logistic_loss_grad_hits``, ``softmax_loss_grad_hits`` and their CSR twins
 without hits, ``linear_loss_grad``, ``csr_linear_loss_grad``; on logged steps the classifiers'
 same kernels with hits (their ``loss_grad_hits``: the hits from the loss kernel's pass);
-``rows_weight_sum``,
-``mean_gradient_norm2``, ``sgd_update`` / ``adam_update``) and the same reduction (the
-trainer's node reducer, :mod:`mpidml.parallel.nodereduce`, where ranks share a node, else one
+``rows_weight_sum``, ``mean_gradient_norm2``, ``sgd_update`` / ``adam_update``) and the same
+reduction (the trainer's node reducer, :mod:`mpidml.parallel.nodereduce`, where ranks share a node, else one
 MPI_Allreduce of the same buffer, float64 or float32 on the wire), so both loops give
 bitwise the same parameters (``tests/test_steploop_mpi.py``); ``--step-loop python``
 keeps the Python loop. Heartbeats: the loop counts finished steps in ``progress[0]``,
