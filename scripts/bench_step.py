@@ -124,6 +124,7 @@ def worker(args) -> int:
     from mpidml.comm import Context
     from mpidml.config import TrainConfig
     from mpidml.data import DenseShard, shard_bounds
+    from mpidml.data.buffers import aligned_empty
     from mpidml.metrics import Reporter
     from mpidml.models import make_model
     from mpidml.models.base import Model
@@ -139,7 +140,8 @@ def worker(args) -> int:
     K = args.classes if args.model == "softmax" else 1
     lo, hi = shard_bounds(N, size, rank)
     rng = np.random.default_rng([12345, rank])
-    X = rng.standard_normal((hi - lo, D))
+    X = aligned_empty((hi - lo, D), np.float64)  # as read_shard allocates it (on a cache line)
+    rng.standard_normal(out=X)
     w = rng.standard_normal((K, D)) / np.sqrt(D)
     z = X @ w.T
     if args.model == "logistic":

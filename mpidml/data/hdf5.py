@@ -31,6 +31,7 @@ import h5py
 import numpy as np
 
 from ..errors import ConfigError, DataError, MpidmlError
+from .buffers import aligned_empty
 from .partition import shard_bounds
 
 __all__ = ["DenseShard", "h5py_has_mpi", "inspect", "read_shard"]
@@ -407,7 +408,7 @@ def read_shard(path, comm, *, x_name: str = "X", y_name: str = "y", driver: str 
     n_iter = -(-n_max // step)
     n_iter_vec = -(-n_max // step_vec)
 
-    X = np.empty((n_local, n_features), dtype=x_dt)
+    X = aligned_empty((n_local, n_features), x_dt)  # on a cache line: see buffers.py
     ybuf = np.empty(n_local, dtype=y_buf_dt)
     wbuf = np.empty(n_local if w_name is not None else 0, dtype=np.float64)
     problem: list[str] = []  # first problem found; raised after the file is closed

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .buffers import aligned_empty
 from .hdf5 import DenseShard
 from .partition import all_shard_bounds
 
@@ -82,7 +83,7 @@ def assign_ranks(y_local: np.ndarray, lo: int, n_total: int, mode: str, seed: in
 
 def _exchange(comm, send: np.ndarray, send_counts, recv_counts, tail: int) -> np.ndarray:
     """Alltoallv of rows (each ``tail`` elements) already ordered by destination rank."""
-    recv = np.empty((int(recv_counts.sum()),) + send.shape[1:], dtype=send.dtype)
+    recv = aligned_empty((int(recv_counts.sum()),) + send.shape[1:], send.dtype)  # X's rows: see buffers.py
     if comm is None:
         recv[...] = send
         return recv

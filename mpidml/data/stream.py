@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 
 from ..errors import DataError
+from .buffers import aligned_empty
 from .hdf5 import _convert_labels, _first_nonfinite, inspect, nonfinite_x_message
 from .partition import shard_bounds
 
@@ -55,7 +56,7 @@ class StreamingShard:
         self._file = h5py.File(path, "r")
         self._dset = self._file[x_name]
         self._map = _contiguous_map(path, self._dset, self.x_dtype)
-        self._buffers = [np.empty((self.chunk_rows, n_features), dtype=self.x_dtype) for _ in range(2)]
+        self._buffers = [aligned_empty((self.chunk_rows, n_features), self.x_dtype) for _ in range(2)]
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpidml-prefetch")
         self.bytes_read = 0
 
