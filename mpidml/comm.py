@@ -79,10 +79,11 @@ class Context:
         if timeout:
             self.watchdog = Watchdog(timeout, self.rank)
 
-    def beat(self, what: str = "step") -> None:
-        """A step completed: tell the watchdog (if any)."""
+    def beat(self, what: str = "step", allowance: float = 0.0) -> None:
+        """A step (or a start-up phase) completed: tell the watchdog (if any). ``allowance``:
+        the next beat may take max(--timeout, allowance) seconds (see Watchdog.beat)."""
         if self.watchdog is not None:
-            self.watchdog.beat(what)
+            self.watchdog.beat(what, allowance)
 
     # -- error agreement -------------------------------------------------
     def agree(self, error: BaseException | None) -> None:
@@ -214,22 +215,32 @@ class Watchdog:
     (exit code 4). If Abort itself cannot get through, the process exits anyway.
     Compiled code that runs many steps in one call (mpidml.parallel.steploop) counts them
     in an int64 array instead (:meth:`watch`); a change of the count is a beat.
+
+    Start-up is watched too (a collective read can hang as well as a step), phase by phase:
+    reading the data gets --timeout; from then to the end of the kernels' warm-up, where they
+    compile, at least COMPILE_ALLOWANCE seconds, since a cold Numba cache takes tens of seconds
+    there (28 s measured for softmax on 2 ranks) and a healthy first run must not be killed by
+    a --timeout sized for steps.
     """
 
     EXIT_CODE = 4
+    COMPILE_ALLOWANCE = 600.0  # seconds: the limit while kernels compile, if --timeout is shorter
 
     def __init__(self, timeout: float, rank: int):
         self.timeout = float(timeout)
         self.rank = rank
         self.last = time.monotonic()
         self.what = "start-up"
+        self.limit = self.timeout  # for the phase since the last beat
         self._progress = None  # int64 array whose [0] counts steps done by compiled code
         self._seen = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mpidml-watchdog", daemon=True)
         self._thread.start()
 
-    def beat(self, what: str = "step") -> None:
+    def beat(self, what: str = "step", allowance: float = 0.0) -> None:
+        """``what`` completed; the next beat must come within max(timeout, allowance) seconds."""
+        self.limit = max(self.timeout, float(allowance))
         self.last = time.monotonic()
         self.what = what
 
@@ -249,9 +260,12 @@ class Watchdog:
                 self._seen = int(progress[0])
                 self.beat("step")
             idle = time.monotonic() - self.last
-            if idle > self.timeout:
+            limit = self.limit
+            if idle > limit:
+                allowed = f"--timeout {self.timeout:g}" if limit == self.timeout else \
+                    f"--timeout {self.timeout:g}, {limit:g} s allowed after {self.what}"
                 sys.stderr.write(f"mpidml: error: [rank {self.rank}] no training step completed in {idle:.0f} s "
-                                 f"(--timeout {self.timeout:g}; last: {self.what}); a rank is hung or stalled, "
+                                 f"({allowed}; last: {self.what}); a rank is hung or stalled, "
                                  "aborting the job\n")
                 sys.stderr.flush()
                 threading.Timer(5.0, os._exit, args=(self.EXIT_CODE,)).start()

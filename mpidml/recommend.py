@@ -235,10 +235,22 @@ def mf_ps_trainer(ctx, model, shard, mu, cfg):
 
 def run_train_mf(cfg, ctx) -> dict:
     """``mpidml train --model mf`` collectively; returns the summary (on rank 0, None elsewhere)."""
+    from .train import RunDir
+
+    run_dir = RunDir(ctx, cfg)
+    try:
+        return _run_train_mf(cfg, ctx, run_dir)
+    except MpidmlError:
+        run_dir.discard()  # failed before its first step: the same --out works for the next try
+        raise
+
+
+def _run_train_mf(cfg, ctx, run_dir) -> dict:
     from .launcher import launcher_info
     from .metrics import Reporter, write_json_atomic
     from .parallel.als import ALSTrainer
-    from .train import prepare_run_dir, thread_settings, versions
+    from .comm import Watchdog
+    from .train import thread_settings, versions
 
     t_start = time.perf_counter()
     ctx.start_watchdog(cfg.timeout)
@@ -251,16 +263,15 @@ def run_train_mf(cfg, ctx) -> dict:
         parts = (n_workers, ctx.rank - cfg.servers if ctx.rank >= cfg.servers else -1)
     else:
         parts = None
-    ctx.collective(lambda: prepare_run_dir(cfg.out, cfg.overwrite) if ctx.is_root else None)
-    if ctx.is_root:
-        with open(os.path.join(cfg.out, "config.toml"), "w") as fh:
-            fh.write(cfg.to_toml())
+    run_dir.prepare()
     prefix = f"[rank {ctx.rank}] " if (ctx.size > 1 and cfg.verbose) else ""
     shard = load_ratings(ctx, cfg.data, parts=parts)
     holdout = load_ratings(ctx, cfg.holdout, n_users=shard.n_users, n_items=shard.n_items) if cfg.holdout else None
     model = ctx.collective(MFModel, shard.n_users, shard.n_items, cfg.rank)
     mu = global_mean(ctx, shard)
+    ctx.beat("reading the data", allowance=Watchdog.COMPILE_ALLOWANCE)  # a cold Numba cache takes tens of seconds
     compile_seconds = warm_up_mf_kernels(ctx)
+    ctx.beat("compiling the kernels")
 
     reporter = Reporter(cfg.out if ctx.is_root else None, total=cfg.epochs if ps else cfg.max_iter,
                         unit="epoch" if ps else "iter", mode=cfg.progress, prefix=prefix,
@@ -274,6 +285,7 @@ def run_train_mf(cfg, ctx) -> dict:
                              tol=cfg.tol, reporter=reporter)
     params = model.init_params(cfg.seed)
     t_fit = time.perf_counter()
+    run_dir.started()
     ctx.beat("start of training")
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected explicitly (exit 3)

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import __version__, faults
 from .checkpoint import Checkpointer, checkpoint_path, data_fingerprint, list_checkpoints, load_checkpoint
-from .comm import Context, mpi_library_version
+from .comm import Context, Watchdog, mpi_library_version
 from .config import TrainConfig
 from .data import h5py_has_mpi, inspect, read_shard
 from .data.csr import inspect_csr, is_csr, read_csr_shard
@@ -67,6 +67,63 @@ def prepare_run_dir(path: str, overwrite: bool, resume: bool = False) -> None:
         os.remove(probe)
     except OSError as e:
         raise ConfigError(f"run directory {path} is not writable: {e.strerror}") from None
+
+
+class RunDir:
+    """The run directory of a run, prepared on root; undone if the run fails before its first step.
+
+    A new run writes config.toml (and soon metrics.jsonl) before its data is read. When the data
+    or an option only the data can refute stops it (a NaN, a wrong dataset name, a batch larger
+    than the data), the corrected command must be able to use the same ``--out``:
+    :meth:`discard` removes what this run wrote, and the directory itself if this run created it.
+    A resumed run, or a run past :meth:`started`, keeps everything (its checkpoints matter).
+    """
+
+    WRITTEN = ("config.toml", "metrics.jsonl", "summary.json", "model.h5")
+
+    def __init__(self, ctx: Context, cfg, resuming: bool = False):
+        self.ctx, self.cfg, self.resuming = ctx, cfg, resuming
+        self.created = False
+        self.armed = False  # root only: this run wrote into the directory and has not started
+
+    def prepare(self) -> None:
+        """Collective: create (or clear, with --overwrite) RUN/ and write RUN/config.toml."""
+        def on_root():
+            self.created = not os.path.exists(self.cfg.out)
+            prepare_run_dir(self.cfg.out, self.cfg.overwrite, self.resuming)
+            if not self.resuming:  # a resumed run keeps the config it was started with
+                self.armed = True
+                with open(os.path.join(self.cfg.out, "config.toml"), "w") as fh:
+                    fh.write(config_toml(self.cfg))
+        self.ctx.collective(lambda: on_root() if self.ctx.is_root else None)
+
+    def started(self) -> None:
+        self.armed = False
+
+    def discard(self) -> None:
+        """Root: remove what this not-yet-started run wrote (no-op elsewhere and after started())."""
+        if not self.armed:
+            return
+        self.armed = False
+        out = self.cfg.out
+        for name in self.WRITTEN:
+            try:
+                os.remove(os.path.join(out, name))
+            except OSError:
+                pass
+        shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
+        if self.created:
+            try:
+                os.rmdir(out)  # only if empty: nothing of the user's is removed
+            except OSError:
+                pass
+
+
+def config_toml(cfg) -> str:
+    """RUN/config.toml: the resolved options, with the input files as absolute paths, so that
+    ``--resume RUN`` finds them from any working directory (a requeued batch job)."""
+    paths = {k: os.path.abspath(getattr(cfg, k)) for k in ("data", "holdout") if getattr(cfg, k, "")}
+    return dataclasses.replace(cfg, **paths).to_toml()
 
 
 def versions() -> dict:
@@ -354,22 +411,36 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
         from .recommend import run_train_mf
 
         return run_train_mf(cfg, ctx)
+    run_dir = RunDir(ctx, cfg, bool(cfg.resume))
+    try:
+        return _run_train(cfg, ctx, run_dir)
+    except MpidmlError:
+        run_dir.discard()  # failed before its first step: the same --out works for the next try
+        raise
+
+
+def _run_train(cfg: TrainConfig, ctx: Context, run_dir: RunDir) -> dict:
     t_start = time.perf_counter()
     ctx.start_watchdog(cfg.timeout)
     resuming = bool(cfg.resume)
     strategy = STRATEGIES[cfg.strategy]
     # The strategy checks the options against the number of ranks before anything is written.
     parts = ctx.collective(strategy.data_parts, ctx, cfg)
-    ctx.collective(lambda: prepare_run_dir(cfg.out, cfg.overwrite, resuming) if ctx.is_root else None)
-    if ctx.is_root and not resuming:  # a resumed run keeps the config it was started with
-        with open(os.path.join(cfg.out, "config.toml"), "w") as fh:
-            fh.write(cfg.to_toml())
+    run_dir.prepare()
     verbose_prefix = f"[rank {ctx.rank}] " if (ctx.size > 1 and cfg.verbose) else ""
     say = Reporter(None, mode=cfg.progress if cfg.progress != "bar" else "log", prefix=verbose_prefix,
                    enabled=ctx.is_root or cfg.verbose)
 
     y_dtype = np.int64 if cfg.model in ("softmax", "mlp") else np.float64
     meta, shard = load_training_data(ctx, cfg, y_dtype, parts)
+    if cfg.optimizer in ("sgd", "adam") and cfg.batch_size > meta["n_rows"]:
+        # (the trainers check it too) before anything compiles: the same N on every rank
+        err = ConfigError(f"--batch-size {cfg.batch_size} is larger than the dataset ({meta['n_rows']} rows)")
+        err.agreed = True
+        raise err
+    # From here to the first step the kernels compile (the preprocessing, label and plan kernels
+    # on first use, then warm_up_kernels): tens of seconds with a cold Numba cache.
+    ctx.beat("reading the data", allowance=Watchdog.COMPILE_ALLOWANCE)
     io_reason = ("h5py built with MPI" if h5py_has_mpi() else "h5py built without MPI") if cfg.driver == "auto" \
         else f"forced with --driver {cfg.driver}"
     if meta.get("sparse"):
@@ -410,6 +481,7 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
     # the allreduce trainer's compiled step loop, if the run uses it (collective decision)
     step_loop = trainer.step_loop() if hasattr(trainer, "step_loop") else None
     warm_up_kernels(ctx, model, shard, step_loop=step_loop)
+    ctx.beat("compiling the kernels")
     compile_seconds = time.perf_counter() - t0
     reporter.t0 = time.perf_counter()  # metrics times count from here, after the warm-up
     ckpt_meta = {"config_hash": cfg.training_hash(), "config": cfg.training_options(), "n_params": model.n_params,
@@ -420,6 +492,7 @@ def run_train(cfg: TrainConfig, ctx: Context) -> dict:
     params = model.init_params(cfg.seed)  # zeros, or the MLP's seeded random start (same on every rank)
     t_fit = time.perf_counter()
     fit_start_unix = time.time()  # wall clock, so benchmarks can measure launch -> first step
+    run_dir.started()
     ctx.beat("start of training")
     try:
         # Overflow to Inf/NaN is detected explicitly (exit code 3), not warned about.

@@ -178,6 +178,52 @@ def test_watchdog_aborts_a_stalled_job(data, tmp_path):
     assert time.monotonic() - t0 < 30
 
 
+def test_watchdog_gives_a_cold_compile_its_allowance(data, tmp_path):
+    # A --timeout sized for steps must not kill a healthy first run while Numba fills an empty
+    # cache (several seconds here); the steps themselves are still watched (test above).
+    proc = run(MPIDML + ["train", str(data), "--optimizer", "sgd", "--batch-size", "100", "--epochs", "1",
+                         "--timeout", "1", "--out", str(tmp_path / "r")] + FAST,
+               ranks=2, check=False, timeout=300, env={"NUMBA_CACHE_DIR": str(tmp_path / "cold-cache")})
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["time"]["jit_compile"] > 1.0  # the compile did take longer than --timeout
+
+
+FAILED_STARTS = {  # a failure found after the run directory was prepared: (data, extra options, message)
+    "NaN in X": ("nan", [], "row 7"),
+    "batch larger than N": ("good", ["--optimizer", "sgd", "--batch-size", "5000"], "larger than the dataset"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILED_STARTS))
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_run_that_fails_before_its_first_step_leaves_its_out_reusable(case, existed, data, tmp_path):
+    which, extra, expect = FAILED_STARTS[case]
+    path = data if which == "good" else bad_files(tmp_path)["NaN in X"][0]
+    out = tmp_path / "run"
+    if existed:
+        out.mkdir()
+    proc = run(MPIDML + ["train", str(path), "--out", str(out)] + extra + FAST, ranks=2, check=False, timeout=60)
+    assert_one_line_error(proc, expect, case=f"{case}: the run directory is left reusable")
+    assert (out.exists() and os.listdir(out) == []) if existed else not out.exists()
+    run(MPIDML + ["train", str(data), "--out", str(out)] + FAST, ranks=2, timeout=60)  # the same --out
+    assert (out / "model.h5").exists()
+
+
+def test_resume_finds_the_data_from_another_working_directory(data, tmp_path):
+    # A requeued batch job may start elsewhere: config.toml keeps the data file's absolute path.
+    shutil.copy(data, tmp_path / "lr.h5")
+    args = ["--optimizer", "sgd", "--batch-size", "100", "--epochs", "2", "--checkpoint-every", "10"] + FAST
+    proc = run(MPIDML + ["train", "lr.h5", "--out", "part"] + args, ranks=2, check=False, timeout=60,
+               cwd=tmp_path, env={"MPIDML_FAULT": "kill@step:1:25"})
+    assert proc.returncode != 0 and os.listdir(tmp_path / "part" / "checkpoints")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run(MPIDML + ["train", "--resume", str(tmp_path / "part")] + FAST, ranks=2, timeout=60, cwd=elsewhere)
+    s = json.loads((tmp_path / "part" / "summary.json").read_text())
+    assert s["resumed_from"] and s["io"]["path"] == str(tmp_path / "lr.h5")
+
+
 def test_divergence_stops_with_exit_3_and_names_the_checkpoint(data, tmp_path):
     out = tmp_path / "r"
     proc = run(MPIDML + ["train", str(data), "--model", "linear", "--optimizer", "sgd", "--lr", "1e6",
