@@ -120,9 +120,25 @@ class Checkpointer:
 
     ``meta`` (config hash, data fingerprint, model/optimizer names, n_params) is
     stored in every file and compared on resume.
+
+    A write that fails with an OSError (disk full, quota, permissions, the directory
+    gone or replaced by a file) becomes ``cannot write checkpoint PATH: REASON`` (a
+    ConfigError); the temporary file is removed and the previous checkpoint is kept.
+    Only rank 0 writes, so the other ranks learn of a failure only through an agreement:
+
+    * with ``ctx`` (a :class:`mpidml.comm.Context`; give it only where every rank calls
+      :meth:`save` for the same step, as the allreduce strategy does, not the parameter
+      server, whose rank 0 saves alone) the constructor and :meth:`save` are collective
+      and raise the same agreed error on every rank (:meth:`Context.agree`): one line,
+      exit code 2 everywhere;
+    * without ``ctx`` the error is raised on rank 0 alone as a :class:`RootOnlyError`,
+      which stays unagreed, so the command line prints its one line and aborts the job
+      with exit code 2 (its path for an error one rank found) instead of exiting rank 0
+      while the others wait in their next collective.
     """
 
-    def __init__(self, run_dir: str, every: int, meta: dict, is_root: bool, rank: int, keep: int = 2):
+    def __init__(self, run_dir: str, every: int, meta: dict, is_root: bool, rank: int, keep: int = 2,
+                 ctx=None):
         self.dir = os.path.join(run_dir, CKPT_DIR)
         self.run_dir = run_dir
         self.every = int(every)
@@ -130,46 +146,110 @@ class Checkpointer:
         self.is_root = is_root
         self.rank = rank
         self.keep = max(1, int(keep))
+        self.ctx = ctx
         self.last_path: str | None = None
         self.seconds = 0.0
+        error = None
         if is_root:
-            os.makedirs(self.dir, exist_ok=True)
-            for tmp in glob.glob(os.path.join(self.dir, "*.tmp")):  # left by a crash mid-write
-                os.remove(tmp)
+            try:
+                os.makedirs(self.dir, exist_ok=True)
+                for tmp in glob.glob(os.path.join(self.dir, "*.tmp")):  # left by a crash mid-write
+                    os.remove(tmp)
+            except OSError as e:
+                error = RootOnlyError(f"cannot write checkpoints to {self.dir}: {_reason(e)}")
             done = list_checkpoints(run_dir)
             self.last_path = done[-1][1] if done else None
+        self._raise(error)
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step > 0 and step % self.every == 0
 
     def save(self, step: int, epoch: int, params: np.ndarray, state: dict) -> str | None:
-        """Root: write the checkpoint of ``step`` atomically. Other ranks: no-op."""
-        if not self.is_root:
-            return None
+        """Root: write the checkpoint of ``step`` atomically. Other ranks: no-op (with ``ctx``:
+        they wait for the root's verdict, so a failed write raises on every rank)."""
+        error, path = None, None
+        if self.is_root:
+            try:
+                path = self._write(step, epoch, params, state)
+            except RootOnlyError as e:  # an OSError of the write, with the path (see _write)
+                error = e
+        self._raise(error)
+        return path
+
+    def _raise(self, error: RootOnlyError | None) -> None:
+        """Collective with ``ctx``: raise the root's error (or nothing) on every rank, agreed.
+        Without ``ctx``: raise it where it happened (rank 0)."""
+        if self.ctx is not None:
+            self.ctx.agree(ConfigError(str(error)) if error is not None else None)
+        elif error is not None:
+            raise error
+
+    def _write(self, step: int, epoch: int, params: np.ndarray, state: dict) -> str:
         import time
 
         t0 = time.perf_counter()
         path = checkpoint_path(self.run_dir, step)
         tmp = path + ".tmp"
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("params", data=params)
-            f.attrs["step"] = np.int64(step)
-            f.attrs["epoch"] = np.int64(epoch)
-            f.attrs["mpidml_version"] = __version__
-            f.attrs["meta"] = json.dumps(self.meta, sort_keys=True)
-            f.flush()
-            faults.point("checkpoint", self.rank, step)  # test hook: die half-way through the write
-            _write_group(f.create_group("state"), state)
-            f.attrs["complete"] = np.bool_(True)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("params", data=params)
+                f.attrs["step"] = np.int64(step)
+                f.attrs["epoch"] = np.int64(epoch)
+                f.attrs["mpidml_version"] = __version__
+                f.attrs["meta"] = json.dumps(self.meta, sort_keys=True)
+                f.flush()
+                faults.point("checkpoint", self.rank, step)  # test hook: die half-way through the write
+                _write_group(f.create_group("state"), state)
+                f.attrs["complete"] = np.bool_(True)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException as e:
+            # Nothing half-written stays behind; the previous checkpoint was never touched.
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+            if isinstance(e, OSError):
+                raise RootOnlyError(f"cannot write checkpoint {path}: {_reason(e)}") from e
+            raise
         _fsync_dir(self.dir)
         self.last_path = path
         for _, old in list_checkpoints(self.run_dir)[:-self.keep]:
-            os.remove(old)
+            try:
+                os.remove(old)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise RootOnlyError(f"wrote checkpoint {path} but cannot remove the old checkpoint {old}: "
+                                  f"{_reason(e)}") from e
         self.seconds += time.perf_counter() - t0
         return path
+
+
+class RootOnlyError(ConfigError):
+    """A checkpoint write failed on rank 0, and only rank 0 knows.
+
+    It refuses to be marked ``agreed``: a caller that marks every error of the training loop
+    agreed (those come from values all ranks share) would otherwise exit rank 0 alone and
+    leave the others waiting in their next collective. Unagreed, the command line reports
+    it in one line and aborts the job (exit code 2). :class:`Checkpointer` with a ``ctx``
+    agrees on a plain ConfigError instead.
+    """
+
+    agreed = property(lambda self: False, lambda self, value: None)
+
+
+def _reason(e: OSError) -> str:
+    """The short reason of an OSError (h5py's messages embed the errno's text at the end)."""
+    if e.errno and not isinstance(e.errno, bool):
+        try:
+            return os.strerror(e.errno)
+        except (ValueError, OverflowError):
+            pass
+    text = str(e) or type(e).__name__
+    m = re.search(r"error message = '([^']*)'", text)
+    return m.group(1) if m else text
 
 
 def load_checkpoint(path: str, expect: dict | None) -> dict:

@@ -488,7 +488,10 @@ def _run_train(cfg: TrainConfig, ctx: Context, run_dir: RunDir) -> dict:
                  "data": ctx.collective(lambda: data_fingerprint(cfg.data, cfg.x_name, cfg.y_name)
                                         if ctx.is_root else None)}
     resume = load_resume_state(ctx, cfg, ckpt_meta, reporter) if resuming else None
-    trainer.checkpointer = Checkpointer(cfg.out, cfg.checkpoint_every, ckpt_meta, ctx.is_root, ctx.rank)
+    # allreduce: every rank saves the same steps, so a failed write is agreed on (one line, exit 2
+    # everywhere); the parameter server's rank 0 saves alone (its failure aborts the job, exit 2)
+    trainer.checkpointer = Checkpointer(cfg.out, cfg.checkpoint_every, ckpt_meta, ctx.is_root, ctx.rank,
+                                        ctx=ctx if cfg.strategy == "allreduce" else None)
     params = model.init_params(cfg.seed)  # zeros, or the MLP's seeded random start (same on every rank)
     t_fit = time.perf_counter()
     fit_start_unix = time.time()  # wall clock, so benchmarks can measure launch -> first step
