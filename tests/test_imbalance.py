@@ -52,3 +52,25 @@ def test_class_weighted_lbfgs_reaches_sklearn_optimum(spec, sk):
     # Balanced weights make the weight sum N (all classes present), as in scikit-learn.
     if spec == "balanced":
         assert sw.sum() == pytest.approx(len(y), rel=1e-12)
+
+
+@pytest.mark.parametrize("model,k,spec", [("logistic", 2, {0: 1.0, 1: 5.0}),
+                                          ("softmax", 3, {0: 1.0, 1: 3.0, 2: 0.5})])
+def test_explicit_class_weights_optimum_is_sklearns_with_documented_C(model, k, spec):
+    """The documented objective divides by W = sum of the (class x sample) weights, so the optimum
+    is LogisticRegression(class_weight=..., C=1/(l2*W)), not C=1/(l2*N): W != N for explicit weights."""
+    X, y = make_imbalanced(n=400, d=4, seed=3, k=k)
+    text = ",".join(f"{c}:{w:g}" for c, w in spec.items())
+    params, _, _, cw = train_rows(Context(MPI.COMM_SELF), X, y, class_weight=text, model=model,
+                                  optimizer="lbfgs", tol=1e-12, max_iter=2000, l2=L2)
+    W = float(np.sum([spec[int(c)] for c in y]))  # independent of mpidml's class_weight_vector
+    np.testing.assert_allclose(cw, [spec[c] for c in range(k)])
+    assert abs(W - len(y)) > 0.1 * len(y)  # the two candidate C's really differ here
+    D, K = X.shape[1], (1 if k == 2 else k)
+    coef, intercept = params[:K * D].reshape(K, D), params[K * D:]
+    ref = LogisticRegression(C=1.0 / (L2 * W), class_weight=spec, tol=1e-14, max_iter=100_000).fit(X, y)
+    np.testing.assert_allclose(coef, ref.coef_, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(intercept, ref.intercept_, rtol=0, atol=1e-6)
+    # ...and it is not the optimum of the C = 1/(l2*N) objective (what unit weights would give).
+    off = LogisticRegression(C=1.0 / (L2 * len(y)), class_weight=spec, tol=1e-14, max_iter=100_000).fit(X, y)
+    assert np.max(np.abs(coef - off.coef_)) > 100 * 1e-6

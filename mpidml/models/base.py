@@ -10,8 +10,10 @@ The objective, the same for every model so results compare with other tools:
 
     f(params) = (1/W) * sum_i sw_i * loss_i + (l2/2) * ||params[penalized]||^2
 
-with W the global sum of sample weights (N for unit weights). Intercepts are
-not penalised, which gives scikit-learn's optimum with C = 1/(l2*N).
+with W the global sum of sample weights (N for unit weights; with --class-weight the
+class weights are folded into sw, mpidml.imbalance). Intercepts are not penalised,
+which gives scikit-learn's optimum (with sample_weight=sw) at C = 1/(l2*W), i.e.
+C = 1/(l2*N) for unit weights.
 
 The interface is deliberately shard-typed (``loss_grad(shard, ...)``) so that
 later models fit it: a CSR shard for sparse text, a ratings shard for matrix
