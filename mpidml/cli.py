@@ -74,6 +74,17 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
+def positive_int(text: str) -> int:
+    """An integer > 0 (``--threads``: checked before any thread pool sees it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
 def _flag(p, name, type_, help_, metavar=None):
     p.add_argument(f"--{name}", dest=name.replace("-", "_"), type=type_, default=None, help=help_, metavar=metavar)
 
@@ -143,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(t, "ps-mode", str, "ps: sync (same updates as allreduce; default) | async | ssp (bounded staleness)")
     _flag(t, "staleness", int, "ps ssp: clocks a worker may run ahead of the slowest (default 0)", "S")
     _flag(t, "servers", int, "ps: ranks 0..K-1 each hold a slice of the parameters (default 1)", "K")
-    _flag(t, "threads", int, "threads per rank for Numba/OpenMP/BLAS (default 1)")
+    _flag(t, "threads", positive_int, "threads per rank for Numba/OpenMP/BLAS (default 1)")
     _flag(t, "x-name", str, "name of the features dataset (default X)")
     _flag(t, "y-name", str, "name of the labels dataset (default y)")
     _flag(t, "driver", str, "auto | mpio | independent: how ranks read HDF5 (default auto)")
@@ -152,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(t, "max-memory", parse_bytes, "bytes of X per rank (e.g. 512M, 2G); a larger shard is streamed from "
           "the file chunk by chunk, reading ahead while computing (default: no limit)", "BYTES")
     _flag(t, "checkpoint-every", int, "steps (L-BFGS/GD: iterations) between checkpoints (default 0: only at the end)")
-    _flag(t, "timeout", float, "abort the whole job if no step completes in this many seconds (default 0: off)",
-          "SECONDS")
+    _flag(t, "timeout", float, "abort the whole job if no step completes in this many seconds (default 0: off; "
+          "the kernels' compilation at start-up gets at least 600)", "SECONDS")
     _flag(t, "resume", str, "continue RUN from its newest checkpoint (options default to RUN/config.toml)", "RUN")
     _switch(t, "overwrite", "replace the contents of an existing run directory")
     _switch(t, "verbose", "let every rank print its log lines")
@@ -164,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(e, "x-name", str, "features dataset (default X)")
     _flag(e, "y-name", str, "labels dataset (default y)")
     _flag(e, "driver", str, "auto | mpio | independent")
-    _flag(e, "threads", int, "threads per rank (default 1)")
+    _flag(e, "threads", positive_int, "threads per rank (default 1)")
 
     pr = sub.add_parser("predict", help="write labels and probabilities (or predictions) for every row",
                         description="Each rank predicts its block of rows; PRED.h5 gets labels (N,) and proba (N, K) "
@@ -174,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", required=True, help="HDF5 file to write")
     _flag(pr, "x-name", str, "features dataset (default X)")
     pr.add_argument("--overwrite", action="store_true")
-    _flag(pr, "threads", int, "threads per rank (default 1)")
+    _flag(pr, "threads", positive_int, "threads per rank (default 1)")
 
     g = sub.add_parser("generate", help="write a synthetic dataset with known true parameters")
     g.add_argument("kind", choices=("linear", "logistic", "softmax", "mf"))
@@ -225,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top-k", type=int, default=10, help="coefficients shown per sign and class (default 10)")
 
     i = sub.add_parser("info", help="versions, MPI library, parallel HDF5 support, thread settings")
-    _flag(i, "threads", int, "threads per rank (default 1)")
+    _flag(i, "threads", positive_int, "threads per rank (default 1)")
     return parser
 
 
@@ -313,7 +324,7 @@ def cmd_train(args) -> int:
         result = {k: summary.get(k) for k in keys if summary.get(k) is not None}
         result["wall_seconds"] = round(summary["time"]["wall"], 3)
         result["run_dir"] = summary["run_dir"]
-        print(json.dumps(result))
+        print_json(result)
     return 0
 
 
@@ -373,22 +384,26 @@ def cmd_evaluate(args) -> int:
     if ctx.is_root:
         out = {"model": model.name, "data": os.path.abspath(args.data), "ranks": ctx.size,
                "io_driver": shard.driver, **result}
-        print(json.dumps(out))
+        print_json(out)
     return 0
 
 
 def cmd_predict(args) -> int:
+    from .comm import Context
+    from .predict import check_output, run_predict
     from .recommend import is_mf_model, predict_mf_command
 
     if is_mf_model(args.model):
+        # The output path, checked up front on rank 0 and agreed (run_predict does the same).
+        ctx = Context()
+        ctx.collective(lambda: check_output(args.output, args.overwrite, {"data": args.data, "model": args.model})
+                       if ctx.is_root else None)
+        ctx.free()
         return predict_mf_command(args)
-    from .comm import Context
-    from .predict import run_predict
-
     ctx = Context()
     result = run_predict(ctx, args.model, args.data, args.output, x_name=args.x_name or "X", overwrite=args.overwrite)
     if ctx.is_root:
-        print(json.dumps(result))
+        print_json(result)
     return 0
 
 
@@ -412,7 +427,7 @@ def cmd_generate(args) -> int:
                           chunk_size=args.chunk_size)
     if ctx.is_root:
         _note_root_write(ctx, args, meta)
-        print(json.dumps({"output": os.path.abspath(args.output), "ranks": ctx.size, **_jsonable(meta)}))
+        print_json({"output": os.path.abspath(args.output), "ranks": ctx.size, **_jsonable(meta)})
     return 0
 
 
@@ -450,7 +465,7 @@ def cmd_convert(args) -> int:
             zero_based=zero_based, dtype=args.dtype, chunk_rows=args.chunk_rows, overwrite=args.overwrite,
             unsupported=given) if ctx.is_root else {"write": "root"})
         if ctx.is_root:
-            print(json.dumps({"output": os.path.abspath(args.output), "ranks": ctx.size, **_jsonable(meta)}))
+            print_json({"output": os.path.abspath(args.output), "ranks": ctx.size, **_jsonable(meta)})
         return 0
     # npy/npz: every rank writes its rows collectively (when h5py has MPI); text: rank 0 alone.
     meta = ctx.collective(convert, args.src, args.output, fmt=args.fmt, y_src=args.y_src, label_col=args.label_col,
@@ -459,8 +474,15 @@ def cmd_convert(args) -> int:
                           comm=ctx.comm, write=args.write, layout=args.layout, chunk_size=args.chunk_size)
     if ctx.is_root:
         _note_root_write(ctx, args, meta)
-        print(json.dumps({"output": os.path.abspath(args.output), "ranks": ctx.size, **_jsonable(meta)}))
+        print_json({"output": os.path.abspath(args.output), "ranks": ctx.size, **_jsonable(meta)})
     return 0
+
+
+def print_json(obj, **kwargs) -> None:
+    """Strict JSON on stdout (mpidml.metrics.print_json: NaN/Inf become null)."""
+    from .metrics import print_json as strict
+
+    strict(obj, **kwargs)
 
 
 def _jsonable(d: dict) -> dict:
@@ -503,7 +525,7 @@ def cmd_info(args) -> int:
         info["blas"] = [{k: p.get(k) for k in ("internal_api", "num_threads", "version")} for p in threadpool_info()]
     except ImportError:
         pass
-    print(json.dumps(info, indent=2))
+    print_json(info, indent=2)
     return 0
 
 

@@ -25,6 +25,12 @@ def _clean(value):
     return value
 
 
+def print_json(obj, **kwargs) -> None:
+    """Print ``obj`` as strict JSON on stdout: NaN/Inf (an undefined metric, e.g. the recall of a
+    class absent from the data) become null, as in summary.json."""
+    print(json.dumps(_clean(obj), allow_nan=False, **kwargs))
+
+
 def stderr_is_terminal() -> bool:
     """Is the user's stderr a terminal?
 

@@ -29,7 +29,7 @@ from . import kernels
 from .data import shard_bounds
 from .data.csr import inspect_csr, is_csr, read_csr_shard
 from .data.hdf5 import nonfinite_x_message
-from .data.writer import collective_dxpl, create_rows_dataset, resolve_write, write_rows
+from .data.writer import check_output_path, collective_dxpl, create_rows_dataset, resolve_write, write_rows
 from .errors import ConfigError, DataError
 
 
@@ -73,6 +73,41 @@ def predict_block(model, params, X, rows=None) -> dict:
             else (proba[:, 1] > proba[:, 0]).astype(np.int64), "proba": proba}
 
 
+def check_output(output: str, overwrite: bool, inputs: dict) -> None:
+    """ConfigError/DataError unless PRED.h5 can be written to ``output``: not one of the
+    ``inputs`` ({role: path}, e.g. the data and model files, even with ``overwrite``), not a
+    directory, not an existing file without ``overwrite``, in an existing directory where a
+    file can be created (tried: the temporary file next to ``output`` is created and removed).
+    Run on one rank (the root, which renames the temporary file into place at the end)."""
+    for role, path in inputs.items():
+        if path and os.path.exists(output) and os.path.exists(path) and os.path.samefile(output, path):
+            raise ConfigError(f"output {output} is the same file as the input {role} {path}; give another name")
+    check_output_path(output, overwrite, "use --overwrite to replace it")
+    probe = temporary_name(output, os.getpid())
+    try:
+        with open(probe, "wb"):
+            pass
+    except OSError as exc:
+        raise DataError(f"cannot write predictions to {output}: {exc.strerror or exc}") from None
+    try:
+        os.remove(probe)
+    except OSError:
+        pass
+
+
+def temporary_name(output: str, pid: int) -> str:
+    """The file the ranks write before the root renames it onto ``output`` (the root's pid)."""
+    return f"{output}.tmp{int(pid)}"
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        if os.path.isfile(path):
+            os.remove(path)
+    except OSError:
+        pass
+
+
 def run_predict(ctx, model_path: str, data: str, output: str, x_name: str = "X", overwrite: bool = False) -> dict:
     """Collective over ctx: predictions for every row of ``data`` into ``output``."""
     from .modelio import load_model
@@ -89,8 +124,8 @@ def run_predict(ctx, model_path: str, data: str, output: str, x_name: str = "X",
             raise DataError(f"{data} has {meta[1]} features but the model expects {model.n_features}")
         if meta[0] < ctx.size:
             raise DataError(f"{data} has {meta[0]} rows, fewer than the {ctx.size} ranks; use fewer ranks")
-        if ctx.is_root and os.path.exists(output) and not overwrite:
-            raise ConfigError(f"{output} exists; use --overwrite to replace it")
+        if ctx.is_root:  # before any work: a bad output path must not cost the whole prediction
+            check_output(output, overwrite, {"data": data, "model": model_path})
         return meta
 
     n_rows, _ = ctx.collective(check)
@@ -108,7 +143,7 @@ def run_predict(ctx, model_path: str, data: str, output: str, x_name: str = "X",
     first = np.arange(min(1, hi - lo), dtype=np.int64)  # each kernel compiled by one rank (cold cache)
     compile_in_groups(ctx, [lambda: predict_block(model, params, X, first)])
     arrays = predict_block(model, params, X)
-    tmp = f"{output}.tmp{int(ctx.bcast_array(np.array([os.getpid()], dtype=np.int64))[0])}"
+    tmp = temporary_name(output, ctx.bcast_array(np.array([os.getpid()], dtype=np.int64))[0])
     attrs = {"model": model.name, "source": os.path.abspath(data), "n_rows": n_rows}
     collective = resolve_write("auto", ctx.comm)
 
@@ -131,23 +166,38 @@ def run_predict(ctx, model_path: str, data: str, output: str, x_name: str = "X",
                 f.create_dataset(name, shape=(n_rows,) + a.shape[1:], dtype=a.dtype)
             f.attrs.update(attrs)
 
-    if collective:
-        ctx.collective(write_collective)
-    else:
-        ctx.collective(create)
-        for turn in range(ctx.size):
-            def write():
-                if ctx.rank == turn:
-                    with h5py.File(tmp, "r+") as f:
-                        for name, a in arrays.items():
-                            f[name][lo:hi] = a
-            ctx.collective(write)
+    def one_writer(step):
+        """``step`` (I/O on one rank at a time, so an error cannot leave another rank waiting)
+        with an OSError (disk full, directory removed meanwhile) as an agreed DataError."""
+        def run():
+            try:
+                step()
+            except OSError as exc:
+                raise DataError(f"cannot write predictions to {output}: {exc}") from None
+        return run
 
-    def finish():
+    try:
+        if collective:  # an error here is not agreed (the other ranks may be inside H5Dwrite): it aborts
+            ctx.collective(write_collective)
+        else:
+            ctx.collective(one_writer(create))
+            for turn in range(ctx.size):
+                def write():
+                    if ctx.rank == turn:
+                        with h5py.File(tmp, "r+") as f:
+                            for name, a in arrays.items():
+                                f[name][lo:hi] = a
+                ctx.collective(one_writer(write))
+
+        def finish():
+            if ctx.is_root:
+                os.replace(tmp, output)
+
+        ctx.collective(one_writer(finish))
+    except BaseException:  # no stray temporary file, whatever ends the write
         if ctx.is_root:
-            os.replace(tmp, output)
-
-    ctx.collective(finish)
+            _remove_quietly(tmp)
+        raise
     return {"output": os.path.abspath(output), "model": model.name, "n_rows": n_rows, "ranks": ctx.size,
             "write": "collective" if collective else "serial", "datasets": sorted(arrays), "seconds": time.perf_counter() - t0}
 

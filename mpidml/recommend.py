@@ -16,7 +16,6 @@ temporary file, fsynced and renamed.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -28,6 +27,7 @@ import numpy as np
 from . import __version__
 from .data.ratings import generate_ratings, read_ratings_shard
 from .errors import ConfigError, DataError, DivergedError, MpidmlError
+from .metrics import print_json
 from .modelio import write_h5_atomically
 from .models.mf import MFModel
 
@@ -66,7 +66,7 @@ def generate_mf_command(ctx, args) -> int:
         meta["path"] = os.path.abspath(meta["path"])
         if meta["test_path"]:
             meta["test_path"] = os.path.abspath(meta["test_path"])
-        print(json.dumps({"output": meta["path"], "ranks": ctx.size, **meta}))
+        print_json({"output": meta["path"], "ranks": ctx.size, **meta})
     return 0
 
 
@@ -368,9 +368,9 @@ def evaluate_mf_command(args) -> int:
     if ctx.is_root:
         n = sums[2]
         l2 = float(attrs.get("l2", 0.0))
-        print(json.dumps({"model": "mf", "data": os.path.abspath(args.data), "ranks": ctx.size, "n_ratings": int(n),
-                          "rmse": math.sqrt(sums[0] / n), "mae": sums[1] / n,
-                          "objective": 0.5 * sums[0] / n + model.penalty(params, l2), "l2": l2}))
+        print_json({"model": "mf", "data": os.path.abspath(args.data), "ranks": ctx.size, "n_ratings": int(n),
+                    "rmse": math.sqrt(sums[0] / n), "mae": sums[1] / n,
+                    "objective": 0.5 * sums[0] / n + model.penalty(params, l2), "l2": l2})
     return 0
 
 
@@ -406,8 +406,8 @@ def predict_mf_command(args) -> int:
         ctx.collective(write)
     ctx.collective(lambda: os.replace(tmp, args.output) if ctx.is_root else None)
     if ctx.is_root:
-        print(json.dumps({"output": os.path.abspath(args.output), "model": "mf", "n_rows": shard.n_total,
-                          "ranks": ctx.size, "datasets": ["prediction"], "seconds": time.perf_counter() - t0}))
+        print_json({"output": os.path.abspath(args.output), "model": "mf", "n_rows": shard.n_total,
+                    "ranks": ctx.size, "datasets": ["prediction"], "seconds": time.perf_counter() - t0})
     return 0
 
 
