@@ -591,6 +591,10 @@ def test_read_shard_nonfinite(tmp_path):
     s = read_shard(p, _comm_self(), driver="independent", check_finite=False)
     assert np.isnan(s.X[37, 2])
     X[37, 2] = 0.0
+    _write(p, X, y)
+    with pytest.raises(DataError) as err:  # Inf: no --impute hint, which fills NaN only
+        read_shard(p, _comm_self(), driver="independent", chunk_rows=10)
+    assert "(inf) at global row 80, column 1; remove or fix that value (--impute mean fills NaN only)" in str(err.value)
     X[80, 1] = 0.0
     y[12] = -np.inf
     _write(p, X, y)

@@ -306,6 +306,9 @@ def nonfinite_x_message(path, x_name: str, value, row: int, col: int, allow_nan:
     if allow_nan:
         return (f"{path}: dataset '{x_name}' (X) has an infinite value ({value}) at global row {row}, "
                 f"column {col}; --impute mean fills NaN only: remove or fix that value")
+    if value == value:  # +-Inf: --impute mean would not help
+        return (f"{path}: dataset '{x_name}' (X) has a non-finite value ({value}) at global row {row}, "
+                f"column {col}; remove or fix that value (--impute mean fills NaN only)")
     return (f"{path}: dataset '{x_name}' (X) has a non-finite value ({value}) at global row {row}, "
             f"column {col}; remove it or use --impute mean to fill NaN with the column mean")
 
