@@ -118,3 +118,5 @@ def test_training_streamed_equals_in_memory_on_two_ranks(data, tmp_path, options
     assert s["accuracy"] == s_mem["accuracy"]
     # the same path, not just the same optimum (L-BFGS: its diagonal from the streamed column sums)
     assert (s["steps"], s["evaluations"]) == (s_mem["steps"], s_mem["evaluations"])
+    if options[1] != "lbfgs":  # the mini-batch loop says why it is not the compiled one
+        assert s["step_loop"] == {"loop": "python", "python_because": "the shard is streamed from the file (--max-memory)"}

@@ -212,6 +212,8 @@ def why_not(model, shard, cfg, n_pen: int) -> str | None:
         return "MPI symbols not found in mpi4py's module"
     if cfg.optimizer not in ("sgd", "adam"):
         return f"optimizer {cfg.optimizer}"
+    if getattr(shard, "X", 0) is None:  # a StreamingShard (--max-memory): X stays in the file
+        return "the shard is streamed from the file (--max-memory)"
     kind = _kind_of(model, shard)
     if kind is None:
         return f"model {getattr(model, 'name', type(model).__name__)} (compiled: linear, logistic, softmax)"
