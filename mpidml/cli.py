@@ -272,8 +272,19 @@ def set_threads(n: int | None) -> int:
     return int(os.environ["NUMBA_NUM_THREADS"])
 
 
+def launcher_rank() -> int:
+    """This process's rank as the launcher set it (Open MPI, PMI/PMIx, srun), without MPI: 0 if none."""
+    for var in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("scaling", "report") and launcher_rank() != 0:
+        return 0  # started by mpirun/srun on several ranks: one writes the files, as `info` prints once
     if args.command == "scaling":  # post-processing only: no MPI
         from .scaling import main as scaling_main
 

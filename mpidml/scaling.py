@@ -28,6 +28,8 @@ import os
 import re
 import sys
 
+from .errors import DataError, MpidmlError
+
 __all__ = ["collect", "write_plot", "main"]
 
 MODES = ("strong", "weak")
@@ -104,7 +106,8 @@ def collect(out_dir: str) -> dict:
             with open(path) as fh:
                 points.append(_point(mode, int(m.group(1)), run_dir, json.load(fh)))
     if not points:
-        raise SystemExit(f"mpidml scaling: no {'/'.join(MODES)}/n*/summary.json under {out_dir}")
+        raise DataError(f"no {'/'.join(MODES)}/n*/summary.json under {out_dir} (the output directory of "
+                        "slurm/scaling.sbatch or bench_scaling.py)")
     _add_ratios(points)
     points.sort(key=lambda p: (MODES.index(p["mode"]), p["tasks"]))
     meta_path = os.path.join(out_dir, "sweep.json")
@@ -184,7 +187,11 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", default=None, help="where to write the PNG (default OUT/scaling.png)")
     ap.add_argument("--no-plot", action="store_true", help="write the JSON only")
     args = ap.parse_args(argv)
-    result = collect(args.out)
+    try:
+        result = collect(args.out)
+    except MpidmlError as e:
+        sys.stderr.write(f"mpidml: error: {e}\n")
+        return e.exit_code
     json_path = args.json or os.path.join(args.out, "scaling.json")
     plot_path = args.plot or os.path.join(args.out, "scaling.png")
     if not args.no_plot and write_plot(result, plot_path):

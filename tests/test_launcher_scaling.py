@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from mpidml.errors import DataError
 from mpidml.launcher import expand_tasks_per_node, launcher_info
 from mpidml.scaling import collect, main as scaling_main
 
@@ -72,5 +73,11 @@ def test_scaling_epochs_count_for_minibatch(tmp_path):
     d.mkdir(parents=True)
     (d / "summary.json").write_text(json.dumps(_summary(1, 6.0, evaluations=1, epochs=3)))
     assert collect(str(tmp_path))["points"][0]["time_per_epoch"] == pytest.approx(2.0)
-    with pytest.raises(SystemExit, match="no strong/weak"):
+    with pytest.raises(DataError, match="no strong/weak"):
         collect(str(tmp_path / "nothing"))
+
+
+def test_scaling_without_a_sweep_is_one_line_exit_2(tmp_path, capsys):
+    assert scaling_main([str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mpidml: error: no strong/weak/n*/summary.json under")

@@ -270,3 +270,12 @@ def test_feature_names_fall_back_to_column_numbers(tmp_path):
         f["X"].attrs["feature_names"] = np.array([b"a", b"b", b"c", b"d"])
     assert feature_names(str(path), "X", 4)[0] == ["a", "b", "c", "d"]
     assert feature_names(str(tmp_path / "gone.h5"), "X", 2)[0] == ["x0", "x1"]
+
+
+def test_report_under_mpirun_writes_once(logistic_run, tmp_path):
+    # Post-processing needs no MPI; launched on 2 ranks by habit, one rank does the work
+    # (two would write the same files at once), as `mpidml info` prints once.
+    proc = run(MPIDML + ["report", str(logistic_run), "--out", str(tmp_path / "rep")], ranks=2)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1 and json.loads(lines[0])["images"]
+    assert (tmp_path / "rep" / "index.html").exists()
