@@ -152,6 +152,9 @@ class TrainConfig:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.momentum == 0:
             raise ConfigError("--nesterov needs --momentum > 0")
+        if self.momentum and self.optimizer not in ("sgd", "gd"):
+            raise ConfigError(f"--momentum applies to --optimizer sgd and gd, not {self.optimizer}"
+                              + (" (Adam's momentum is --beta1)" if self.optimizer == "adam" else ""))
         if self.staleness < 0:
             raise ConfigError(f"--staleness must be >= 0, got {self.staleness}")
         if self.servers < 1:

@@ -106,6 +106,9 @@ BAD_OPTIONS = [
     ("zero batch size", ["--batch-size", "0"], "--batch-size must be > 0"),
     ("negative batch size", ["--batch-size", "-5"], "--batch-size must be > 0"),
     ("batch larger than N", ["--optimizer", "sgd", "--batch-size", "5000"], "larger than the dataset (3001 rows)"),
+    ("momentum with adam", ["--optimizer", "adam", "--momentum", "0.9"],
+     "--momentum applies to --optimizer sgd and gd, not adam (Adam's momentum is --beta1)"),
+    ("momentum with lbfgs", ["--momentum", "0.9"], "--momentum applies to --optimizer sgd and gd, not lbfgs"),
 ]
 
 
