@@ -35,6 +35,18 @@ def test_multiclass_metrics_match_sklearn(weighted, rng):
 
 
 @pytest.mark.parametrize("weighted", [False, True])
+def test_macro_f1_counts_classes_predicted_but_absent_like_sklearn(weighted, rng):
+    # Class 3 never occurs in y but is predicted, class 4 neither: scikit-learn averages over
+    # the labels in y or in the predictions (class 3's F1 is 0 there), not over y's alone.
+    k, n = 5, 900
+    y = rng.integers(0, 3, n)
+    pred = np.where(rng.random(n) < 0.7, y, rng.integers(0, 4, n))
+    sw = rng.uniform(0.1, 3.0, n) if weighted else None
+    m = classification_metrics(split_sum(y, pred, None, sw, k, 3), k)
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro", sample_weight=sw), rel=1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("spread", [1.0, 4.0])
 def test_binary_auc_from_histograms_matches_sklearn(weighted, spread, rng):
     n = 5000

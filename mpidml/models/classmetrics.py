@@ -60,13 +60,14 @@ def classification_metrics(s: np.ndarray, n_classes: int) -> dict:
     recall = _ratio(tp, support)
     f1 = _ratio(2 * tp, support + predicted)
     present = support > 0
+    seen = present | (predicted > 0)  # scikit-learn's labels for a macro average: in y or predicted
     out = {
         "accuracy": float(np.trace(cm) / total) if total else float("nan"),
         "balanced_accuracy": float(np.mean(recall[present])) if present.any() else float("nan"),
         "precision": precision.tolist(),
         "recall": recall.tolist(),
         "f1": f1.tolist(),
-        "macro_f1": float(np.mean(np.nan_to_num(f1[present]))) if present.any() else float("nan"),
+        "macro_f1": float(np.mean(f1[seen])) if seen.any() else float("nan"),
         "class_counts": support.tolist(),
         "predicted_counts": predicted.tolist(),
         "correct_counts": tp.tolist(),
