@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="HDF5 file to write")
     c.add_argument("--format", dest="fmt", default="auto", choices=("auto", "npy", "npz", "csv", "svmlight"))
     c.add_argument("--labels", dest="y_src", default=None, help=".npy file with the labels (for .npy input)")
-    c.add_argument("--label-col", type=int, default=0, help="CSV: label column (negative counts from the end)")
+    c.add_argument("--label-col", type=int, default=0, help="CSV: the label column (default 0: the first; negative counts from the end, -1: the last)")
     c.add_argument("--delimiter", default=None, help="CSV delimiter (default: ',' or tab for .tsv)")
     c.add_argument("--features", dest="n_features", type=int, default=None, help="svmlight: number of features")
     c.add_argument("--zero-based", default="auto", choices=("auto", "true", "false"))

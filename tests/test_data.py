@@ -474,7 +474,7 @@ def test_convert_random_bytes(tmp_path, ext):
         src = tmp_path / f"r{i}{ext}"
         src.write_bytes(data)
         try:
-            convert(src, tmp_path / f"r{i}.h5", y_src=y)
+            convert(src, tmp_path / f"r{i}.h5", y_src=y if ext == ".npy" else None)  # labels file: .npy only
         except DataError:
             pass
     _no_temp_left(tmp_path)
@@ -704,3 +704,13 @@ def test_read_shard_mpio_path_simulated(tmp_path, monkeypatch):
     assert [len(c) for c in calls] == [6] * 4
     assert calls[3][:3] == [2, 2, 1]
     np.testing.assert_array_equal(np.concatenate(parts), X[:18])
+
+
+def test_convert_refuses_labels_for_input_that_has_its_own(tmp_path):
+    # A separate labels file is for .npy X only: for CSV it was silently ignored.
+    src = tmp_path / "d.csv"
+    src.write_text("1,0.5,2\n0,1.5,3\n")
+    np.save(tmp_path / "y.npy", np.array([0.0, 1.0]))
+    with pytest.raises(ConfigError, match=r"--labels \(y_src\) applies to \.npy input only; csv input carries its "
+                                          r"labels \(the column --label-col\)"):
+        convert(str(src), str(tmp_path / "o.h5"), y_src=str(tmp_path / "y.npy"))

@@ -256,8 +256,8 @@ def _load_npy(path: str, role: str):
 
 def _convert_npy(src, y_src, out: _Output, chunk_rows: int) -> dict:
     if y_src is None:
-        raise ConfigError(f"{src} is a .npy file holding X only; give the labels as y_src "
-                          "(a second .npy file)")
+        raise ConfigError(f"{src} is a .npy file holding X only; give the labels as a second .npy "
+                          "file (--labels y.npy; y_src in Python)")
     X, xshape, _ = _load_npy(src, "X")
     _check_x_shape(xshape, src)
     Y, yshape, _ = _load_npy(y_src, "y")
@@ -453,12 +453,12 @@ def _convert_csv(src, out: _Output, *, label_col, delimiter, has_header, n_featu
                         "feature column (set the delimiter?)")
     lc = label_col + n_cols if label_col < 0 else label_col
     if not 0 <= lc < n_cols:
-        raise ConfigError(f"label_col {label_col} is out of range for {src}, which has "
+        raise ConfigError(f"label_col {label_col} (--label-col) is out of range for {src}, which has "
                           f"{n_cols} columns")
     d = n_cols - 1
     if n_features is not None and n_features != d:
         raise DataError(f"{src} line {first[0]}: has {d} feature columns but n_features="
-                        f"{n_features} was given")
+                        f"{n_features} (--features) was given")
     if out.layout == "contiguous":
         # A fixed-size (contiguous) X needs the row count first: one cheap pass without parsing.
         n_data = sum(1 for _, t in _lines(src) if t.strip() and not t.lstrip().startswith("#"))
@@ -752,7 +752,7 @@ def convert(src, dst, *, fmt="auto", y_src=None, label_col=0, delimiter=None, ha
         n_features = int(n_features)
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) \
             or chunk_rows < 1:
-        raise ConfigError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+        raise ConfigError(f"chunk_rows (--chunk-rows) must be a positive integer, got {chunk_rows!r}")
     chunk_rows = int(chunk_rows)
     dt = float_dtype(dtype)
     for value, what in ((x_key, "x_key"), (y_key, "y_key"), (x_name, "x_name"),
@@ -769,9 +769,12 @@ def convert(src, dst, *, fmt="auto", y_src=None, label_col=0, delimiter=None, ha
     if fmt == "auto":
         ext = os.path.splitext(src)[1].lower()
         if ext not in _EXTENSIONS:
-            raise ConfigError(f"cannot tell the format of {src} from its extension; pass the "
-                              f"format (one of {', '.join(FORMATS[1:])})")
+            raise ConfigError(f"cannot tell the format of {src} from its extension; give the "
+                              f"format with --format (fmt in Python: one of {', '.join(FORMATS[1:])})")
         fmt = _EXTENSIONS[ext]
+    if y_src is not None and fmt != "npy":
+        raise ConfigError(f"--labels (y_src) applies to .npy input only; {fmt} input carries its labels"
+                          + (" (the column --label-col)" if fmt == "csv" else ""))
     parallel = collective and fmt in ("npy", "npz")
     stub = {"written": False, "write": "root", "format": fmt, "src": src, "dst": dst}
     if comm is not None and comm.Get_rank() != 0 and not parallel:
@@ -898,8 +901,8 @@ def _collective_sources(fmt, src, y_src, x_key, y_key):
     identically on every rank (the checks read metadata only)."""
     if fmt == "npy":
         if y_src is None:
-            raise ConfigError(f"{src} is a .npy file holding X only; give the labels as y_src "
-                              "(a second .npy file)")
+            raise ConfigError(f"{src} is a .npy file holding X only; give the labels as a second .npy "
+                              "file (--labels y.npy; y_src in Python)")
         X, xshape, _ = _load_npy(src, "X")
         _check_x_shape(xshape, src)
         Y, yshape, _ = _load_npy(y_src, "y")
