@@ -788,7 +788,7 @@ def convert(src, dst, *, fmt="auto", y_src=None, label_col=0, delimiter=None, ha
         if other is not None and os.path.exists(dst) and os.path.exists(other) \
                 and os.path.samefile(other, dst):
             raise ConfigError(f"output {dst} is the same file as the input {other}")
-    check_output_path(dst, overwrite, "remove it or pass overwrite")
+    check_output_path(dst, overwrite, "use --overwrite to replace it (overwrite=True in Python)")
 
     if parallel:
         info = _convert_collective(fmt, src, dst, y_src, x_key, y_key, x_name, y_name, dt,

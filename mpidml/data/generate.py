@@ -183,7 +183,7 @@ def generate(kind, path, *, rows, features, classes=2, noise=0.1, seed=0, dtype=
     if comm is not None and comm.Get_rank() != 0 and not collective:
         return meta
 
-    check_output_path(path, overwrite, "remove it or allow overwriting")
+    check_output_path(path, overwrite, "use --overwrite to replace it (overwrite=True in Python)")
 
     y_dt = np.float64 if kind == "linear" else np.int64
     block_rows = stream_block_rows(features)

@@ -312,7 +312,7 @@ def convert_sparse(src, dst, *, fmt="auto", hash_features=None, n_features=None,
         raise DataError(f"input path {src} is a directory, not a file")
     if os.path.exists(dst) and os.path.samefile(src, dst):
         raise ConfigError(f"output {dst} is the same file as the input {src}")
-    check_output_path(dst, overwrite, "remove it or pass --overwrite")
+    check_output_path(dst, overwrite, "use --overwrite to replace it")
 
     tmp = f"{dst}.tmp{os.getpid()}"
     try:
