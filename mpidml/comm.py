@@ -92,7 +92,10 @@ class Context:
         Each rank passes the expected error it found locally (or None). The
         lowest failing rank's message is broadcast, so every rank raises an
         identical error marked ``agreed`` and exits the same way; no rank is
-        left waiting in a later collective.
+        left waiting in a later collective. When that rank is not rank 0 the message
+        starts with ``[rank r on HOST]``: a file missing on one node, a bad row in
+        one rank's shard (rank 0 also runs the checks made once for the job, which
+        need no such prefix).
         """
         flag = np.array([self.rank if error is not None else self.size], dtype=np.int64)
         self.comm.Allreduce(MPI.IN_PLACE, flag, op=MPI.MIN)
@@ -102,7 +105,8 @@ class Context:
         msg = np.zeros(_MSG_BYTES, dtype=np.uint8)
         kind = np.zeros(1, dtype=np.int64)
         if self.rank == first:
-            text = str(error).encode("utf-8", "replace")[: _MSG_BYTES - 1]
+            where = f"[rank {first} on {socket.gethostname()}] " if first > 0 else ""
+            text = (where + str(error)).encode("utf-8", "replace")[: _MSG_BYTES - 1]
             msg[: len(text)] = np.frombuffer(text, dtype=np.uint8)
             kind[0] = _ERROR_TYPES.index(type(error)) if type(error) in _ERROR_TYPES else 0
         self.comm.Bcast(kind, root=first)

@@ -5,6 +5,8 @@ rows, so each run compares P ranks against 1 rank; N = 1003 is not divisible
 by 2 or 3, so shards are uneven.
 """
 
+import socket
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -68,4 +70,7 @@ def test_error_on_one_rank_is_agreed_by_all():
     with pytest.raises(DataError, match="bad row 17") as info:
         ctx.collective(fails_on_last)
     assert info.value.agreed
+    # which rank and node, unless it is rank 0 (the job-wide checks run there)
+    where = f"[rank {ctx.size - 1} on {socket.gethostname()}] " if ctx.size > 1 else ""
+    assert str(info.value) == where + "bad row 17"
     assert ctx.collective(lambda: 42) == 42
