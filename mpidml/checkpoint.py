@@ -230,14 +230,14 @@ class Checkpointer:
 class RootOnlyError(ConfigError):
     """A checkpoint write failed on rank 0, and only rank 0 knows.
 
-    It refuses to be marked ``agreed``: a caller that marks every error of the training loop
-    agreed (those come from values all ranks share) would otherwise exit rank 0 alone and
-    leave the others waiting in their next collective. Unagreed, the command line reports
-    it in one line and aborts the job (exit code 2). :class:`Checkpointer` with a ``ctx``
-    agrees on a plain ConfigError instead.
+    ``agreed`` is False from the start, and the training loop, which marks its other errors
+    agreed (those come from values all ranks share), leaves an error that already says so
+    alone: marked, rank 0 would exit alone and leave the others waiting in their next
+    collective. Unagreed, the command line reports it in one line and aborts the job (exit
+    code 2). :class:`Checkpointer` with a ``ctx`` agrees on a plain ConfigError instead.
     """
 
-    agreed = property(lambda self: False, lambda self, value: None)
+    agreed = False
 
 
 def _reason(e: OSError) -> str:

@@ -502,8 +502,10 @@ def _run_train(cfg: TrainConfig, ctx: Context, run_dir: RunDir) -> dict:
         with np.errstate(over="ignore", invalid="ignore"):
             fit = trainer.fit(params, resume)
     except MpidmlError as e:
-        # Raised from values every rank holds identically (global N, reduced sums).
-        e.agreed = True
+        # Raised from values every rank holds identically (global N, reduced sums), unless the
+        # error says otherwise (checkpoint.RootOnlyError: a write only rank 0 made).
+        if getattr(e, "agreed", None) is None:
+            e.agreed = True
         raise
     finally:
         reporter.close()

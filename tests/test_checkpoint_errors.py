@@ -69,13 +69,15 @@ def train_failing(tmp_path, data, mode, ranks=3, optimizer=("--optimizer", "sgd"
     return proc, out, time.monotonic() - t0
 
 
-def the_error_line(proc):
+def the_error_line(proc, root_only=False):
+    """The one error line. root_only: the parameter server's rank 0 saves alone, so its error is
+    reported as rank 0's ("[rank 0] ") and the job aborted with code 2; with allreduce every
+    rank agrees on it (Checkpointer with ctx) and exits 2 by itself: no prefix."""
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mpidml: error:")]
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr}"
-    # "[rank 0] " while the caller raises it on rank 0 alone (the job is aborted with code 2);
-    # without it once the error is agreed on every rank (Checkpointer with ctx).
+    assert lines[0].startswith("mpidml: error: [rank 0] ") == root_only, lines[0]
     return lines[0].replace("mpidml: error: [rank 0] ", "mpidml: error: ")
 
 
@@ -110,6 +112,17 @@ def test_lbfgs_final_checkpoint_failure_is_one_line_exit_2(data, tmp_path):
     assert all(not n.endswith(".tmp") for n in os.listdir(out / "checkpoints"))
 
 
+def test_parameter_server_checkpoint_failure_is_one_line_exit_2(data, tmp_path):
+    # Rank 0 serves and saves alone: its error aborts the job (no rank waits in a collective).
+    proc, out, elapsed = train_failing(tmp_path, data, "enospc", ranks=3, optimizer=(
+        "--strategy", "ps", "--ps-mode", "sync", "--optimizer", "sgd", "--batch-size", "100"))
+    line = the_error_line(proc, root_only=True)
+    assert line == f"mpidml: error: cannot write checkpoint {out / 'checkpoints' / 'ckpt-000000010.h5'}: " \
+                   f"{os.strerror(errno.ENOSPC)}", line
+    assert elapsed < TIMEOUT
+    assert sorted(os.listdir(out / "checkpoints")) == ["ckpt-000000005.h5"]
+
+
 # -- the Checkpointer alone (one process) ---------------------------------------------------------
 
 def test_failed_write_raises_root_only_error_and_cleans_up(tmp_path, monkeypatch):
@@ -125,8 +138,7 @@ def test_failed_write_raises_root_only_error_and_cleans_up(tmp_path, monkeypatch
     monkeypatch.setattr(ck.h5py, "File", full)
     with pytest.raises(ck.RootOnlyError, match=r"^cannot write checkpoint .*ckpt-000000002\.h5: Disk quota exceeded$") as e:
         c.save(2, 0, np.arange(3.0), {"opt": {"lr": 0.1}})
-    e.value.agreed = True  # the training loop's blanket mark does not stick: rank 0 alone knows
-    assert not e.value.agreed
+    assert e.value.agreed is False  # rank 0 alone knows: the training loop must not mark it agreed
     assert c.last_path == first
     assert [p for _, p in list_checkpoints(str(tmp_path))] == [first]
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["ckpt-000000001.h5"]
