@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from test_cli import MPIDML, run
+from test_failures import assert_one_line_error
 
 
 def strict_json(text: str):
@@ -23,14 +24,6 @@ def strict_json(text: str):
         raise ValueError(f"not strict JSON: {name}")
 
     return json.loads(text, parse_constant=refuse)
-
-
-def assert_one_line_error(proc, expect):
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("mpidml: error:")]
-    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr}"
-    assert len(errors) == 1, proc.stderr
-    assert expect in errors[0], errors[0]
-    assert "Traceback" not in proc.stderr
 
 
 @pytest.fixture(scope="module")
