@@ -315,3 +315,19 @@ def test_resume_refuses_other_config_other_data_and_bad_checkpoints(data, tmp_pa
     newest.write_bytes(b"\x89HDF\r\n" + os.urandom(3000))
     proc = run(MPIDML + ["train", "--resume", str(out)] + FAST, ranks=2, check=False, timeout=60)
     assert_one_line_error(proc, "corrupt or truncated", case="resume from a corrupt checkpoint")
+
+
+def test_lbfgs_that_cannot_leave_its_start_says_why(tmp_path):
+    # A feature ~1e200 makes the gradient so large that no step from 0 decreases f: the run
+    # ends (exit 0, not converged) with a message that points at the scaling, not at
+    # "precision near the optimum", and logs iteration 0 once.
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((500, 4))
+    X[:, 2] *= 1e200
+    path = write_h5(tmp_path / "big.h5", X=X, y=(rng.random(500) < 0.5).astype(float))
+    run(MPIDML + ["train", str(path), "--out", str(tmp_path / "r")] + FAST, ranks=2, timeout=60)
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert not s["converged"] and s["steps"] == 0
+    assert "failed at the starting point" in s["message"] and "try --standardize" in s["message"]
+    lines = [json.loads(ln) for ln in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [rec["iter"] for rec in lines] == [0]

@@ -232,6 +232,11 @@ class LBFGS:
     def message(self) -> str:
         return _MESSAGES[self._status]
 
+    @property
+    def line_search_failed(self) -> bool:
+        """True if it stopped because no step along the search direction decreased f enough."""
+        return self._status == _LS_FAILED
+
     # -- small deterministic kernels ------------------------------------------------
 
     def _dot(self, a: np.ndarray, b: np.ndarray) -> float:

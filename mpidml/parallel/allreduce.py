@@ -263,11 +263,13 @@ class AllreduceTrainer:
         if resume is None:
             self.reporter.log({"iter": 0, "loss": lb.f, "grad_max": float(np.max(np.abs(lb.g))),
                                "evals": self.n_evals})
+        logged = lb.n_iter  # logged above, or before the checkpoint it resumes from
         while not lb.converged and lb.n_iter < cfg.max_iter:
             stop = lb.step(self.objective)
             self.steps = lb.n_iter
             self._check_finite(lb.f, "loss")
-            if lb.n_iter % log_every == 0 or stop:
+            if (lb.n_iter % log_every == 0 or stop) and lb.n_iter != logged:
+                logged = lb.n_iter
                 self.reporter.log({"iter": lb.n_iter, "loss": lb.f, "grad_max": float(np.max(np.abs(lb.g))),
                                    "evals": self.n_evals})
             self._step_done(lb.n_iter, 0, lb.x, state)
@@ -275,7 +277,11 @@ class AllreduceTrainer:
                 break
         params[:] = lb.x
         self._final_checkpoint(lb.n_iter, 0, params, state)
-        return {"converged": bool(lb.converged), "message": lb.message, "iterations": lb.n_iter,
+        message = lb.message
+        if lb.line_search_failed and lb.n_iter == 0:  # not near an optimum: no step at all from the start
+            message += (f"; it failed at the starting point, where max|grad| = {np.max(np.abs(lb.g)):.3g}: "
+                        "features on very different scales? try --standardize")
+        return {"converged": bool(lb.converged), "message": message, "iterations": lb.n_iter,
                 "evaluations": self.n_evals}
 
     def _fit_gd(self, params, resume):
