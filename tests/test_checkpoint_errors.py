@@ -73,7 +73,8 @@ def the_error_line(proc, root_only=False):
     """The one error line. root_only: the parameter server's rank 0 saves alone, so its error is
     reported as rank 0's ("[rank 0] ") and the job aborted with code 2; with allreduce every
     rank agrees on it (Checkpointer with ctx) and exits 2 by itself: no prefix."""
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mpidml: error:")]
+    # (an aborted job's line may land inside mpirun's abort banner, after a space: find it anywhere)
+    lines = [ln[ln.index("mpidml: error:"):] for ln in proc.stderr.splitlines() if "mpidml: error:" in ln]
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr}"
