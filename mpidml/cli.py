@@ -13,6 +13,8 @@ import json
 import os
 import sys
 
+from .metrics import print_json  # light (json, os): strict JSON for every line the commands print
+
 THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -272,18 +274,9 @@ def set_threads(n: int | None) -> int:
     return int(os.environ["NUMBA_NUM_THREADS"])
 
 
-def launcher_rank() -> int:
-    """This process's rank as the launcher set it (Open MPI, PMI/PMIx, srun), without MPI: 0 if none."""
-    for var in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
-        value = os.environ.get(var, "")
-        if value.isdigit():
-            return int(value)
-    return 0
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("scaling", "report") and launcher_rank() != 0:
+    if args.command in ("scaling", "report") and _launcher_rank() != 0:
         return 0  # started by mpirun/srun on several ranks: one writes the files, as `info` prints once
     if args.command == "scaling":  # post-processing only: no MPI
         from .scaling import main as scaling_main
@@ -401,16 +394,11 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     from .comm import Context
-    from .predict import check_output, run_predict
+    from .predict import run_predict
     from .recommend import is_mf_model, predict_mf_command
 
     if is_mf_model(args.model):
-        # The output path, checked up front on rank 0 and agreed (run_predict does the same).
-        ctx = Context()
-        ctx.collective(lambda: check_output(args.output, args.overwrite, {"data": args.data, "model": args.model})
-                       if ctx.is_root else None)
-        ctx.free()
-        return predict_mf_command(args)
+        return predict_mf_command(args)  # checks the output path as run_predict does
     ctx = Context()
     result = run_predict(ctx, args.model, args.data, args.output, x_name=args.x_name or "X", overwrite=args.overwrite)
     if ctx.is_root:
@@ -487,13 +475,6 @@ def cmd_convert(args) -> int:
         _note_root_write(ctx, args, meta)
         print_json({"output": os.path.abspath(args.output), "ranks": ctx.size, **_jsonable(meta)})
     return 0
-
-
-def print_json(obj, **kwargs) -> None:
-    """Strict JSON on stdout (mpidml.metrics.print_json: NaN/Inf become null)."""
-    from .metrics import print_json as strict
-
-    strict(obj, **kwargs)
 
 
 def _jsonable(d: dict) -> dict:

@@ -246,10 +246,10 @@ def run_train_mf(cfg, ctx) -> dict:
 
 
 def _run_train_mf(cfg, ctx, run_dir) -> dict:
+    from .comm import Watchdog
     from .launcher import launcher_info
     from .metrics import Reporter, write_json_atomic
     from .parallel.als import ALSTrainer
-    from .comm import Watchdog
     from .train import thread_settings, versions
 
     t_start = time.perf_counter()
@@ -381,16 +381,18 @@ def predict_mf_command(args) -> int:
     temporary file that rank 0 renames into place (as mpidml.predict does for dense models).
     """
     from .comm import Context
+    from .predict import check_output, temporary_name
 
     ctx = Context()
     t0 = time.perf_counter()
     ctx.collective(_refuse_dense_options, args, ("x_name",))
     model, params, mu, _ = ctx.collective(load_mf_model, args.model)
-    ctx.collective(lambda: _check_output(args.output, args.overwrite) if ctx.is_root else None)
+    ctx.collective(lambda: check_output(args.output, args.overwrite, {"data": args.data, "model": args.model})
+                   if ctx.is_root else None)
     shard = load_ratings(ctx, args.data, n_users=model.n_users, n_items=model.n_items, with_rating=False)
     warm_up_mf_kernels(ctx)
     prediction = model.predict(shard.user, shard.item, params, mu)
-    tmp = f"{args.output}.tmp{int(ctx.bcast_array(np.array([os.getpid()], dtype=np.int64))[0])}"
+    tmp = temporary_name(args.output, ctx.bcast_array(np.array([os.getpid()], dtype=np.int64))[0])
 
     def create():
         with h5py.File(tmp, "w") as f:
@@ -411,6 +413,3 @@ def predict_mf_command(args) -> int:
     return 0
 
 
-def _check_output(path: str, overwrite: bool) -> None:
-    if os.path.exists(path) and not overwrite:
-        raise ConfigError(f"{path} exists; use --overwrite to replace it")
