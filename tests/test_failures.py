@@ -190,7 +190,9 @@ def test_watchdog_gives_a_cold_compile_its_allowance(data, tmp_path):
                ranks=2, check=False, timeout=300, env={"NUMBA_CACHE_DIR": str(tmp_path / "cold-cache")})
     assert proc.returncode == 0, proc.stderr
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
-    assert s["time"]["jit_compile"] > 2.0  # the compile did take longer than --timeout
+    # the kernels were compiled in this run (its empty cache now holds them), not loaded:
+    # several seconds here, past --timeout (no wall-clock assertion: machines differ)
+    assert s["steps"] > 0 and any(n.endswith(".nbi") for _, _, names in os.walk(tmp_path / "cold-cache") for n in names)
 
 
 FAILED_STARTS = {  # a failure found after the run directory was prepared: (data, extra options, message)
