@@ -143,9 +143,28 @@ def run_predict(ctx, model_path: str, data: str, output: str, x_name: str = "X",
     first = np.arange(min(1, hi - lo), dtype=np.int64)  # each kernel compiled by one rank (cold cache)
     compile_in_groups(ctx, [lambda: predict_block(model, params, X, first)])
     arrays = predict_block(model, params, X)
-    tmp = temporary_name(output, ctx.bcast_array(np.array([os.getpid()], dtype=np.int64))[0])
     attrs = {"model": model.name, "source": os.path.abspath(data), "n_rows": n_rows}
-    collective = resolve_write("auto", ctx.comm)
+    how = write_predictions(ctx, output, arrays, lo, n_rows, attrs)
+    return {"output": os.path.abspath(output), "model": model.name, "n_rows": n_rows, "ranks": ctx.size,
+            "write": how, "datasets": sorted(arrays), "seconds": time.perf_counter() - t0}
+
+
+def write_predictions(ctx, output: str, arrays: dict, lo: int, n_rows: int, attrs: dict, write: str = "auto") -> str:
+    """Collective over ctx: PRED.h5 at ``output`` with one dataset per entry of ``arrays``.
+
+    arrays: {name: (n_local,) or (n_local, K) array}, this rank's rows ``lo .. lo + n_local - 1``
+    of each dataset (N = ``n_rows`` rows in all; every rank passes the same names, dtypes and
+    K); attrs: the file's attributes. The ranks write a temporary file next to ``output``
+    (:func:`temporary_name`, the root's pid) that the root renames onto ``output`` at the end,
+    so a failure never leaves a half-written PRED.h5 or a stray temporary file. ``write``:
+    ``auto`` (collective MPI-IO when h5py has MPI and there are several ranks), ``root`` (the
+    root creates the datasets, the ranks write their rows in turn; an OSError there, e.g. disk
+    full, is an agreed DataError ``cannot write predictions to OUTPUT: REASON`` on every rank),
+    or ``collective``. Returns ``"collective"`` or ``"serial"``.
+    """
+    collective = resolve_write(write, ctx.comm)
+    tmp = temporary_name(output, ctx.bcast_array(np.array([os.getpid()], dtype=np.int64))[0])
+    hi = lo + (len(next(iter(arrays.values()))) if arrays else 0)
 
     def write_collective():
         # Every rank makes the same calls in the same order (datasets sorted by name).
@@ -173,7 +192,7 @@ def run_predict(ctx, model_path: str, data: str, output: str, x_name: str = "X",
             try:
                 step()
             except OSError as exc:
-                raise DataError(f"cannot write predictions to {output}: {exc}") from None
+                raise DataError(f"cannot write predictions to {output}: {exc.strerror or exc}") from None
         return run
 
     try:
@@ -182,12 +201,12 @@ def run_predict(ctx, model_path: str, data: str, output: str, x_name: str = "X",
         else:
             ctx.collective(one_writer(create))
             for turn in range(ctx.size):
-                def write():
+                def write_turn():
                     if ctx.rank == turn:
                         with h5py.File(tmp, "r+") as f:
                             for name, a in arrays.items():
                                 f[name][lo:hi] = a
-                ctx.collective(one_writer(write))
+                ctx.collective(one_writer(write_turn))
 
         def finish():
             if ctx.is_root:
@@ -198,8 +217,7 @@ def run_predict(ctx, model_path: str, data: str, output: str, x_name: str = "X",
         if ctx.is_root:
             _remove_quietly(tmp)
         raise
-    return {"output": os.path.abspath(output), "model": model.name, "n_rows": n_rows, "ranks": ctx.size,
-            "write": "collective" if collective else "serial", "datasets": sorted(arrays), "seconds": time.perf_counter() - t0}
+    return "collective" if collective else "serial"
 
 
 def _inspect_x(path: str, x_name: str) -> tuple[int, int]:

@@ -377,11 +377,12 @@ def evaluate_mf_command(args) -> int:
 def predict_mf_command(args) -> int:
     """PRED.h5 with ``prediction`` (N,) float64 for every (user, item) row of DATA, in row order.
 
-    Each rank predicts its block of rows; the ranks then write their rows in turn into a
-    temporary file that rank 0 renames into place (as mpidml.predict does for dense models).
+    Each rank predicts its block of rows; :func:`mpidml.predict.write_predictions` writes
+    them (collectively with parallel HDF5, else in turn) into a temporary file that rank 0
+    renames into place, as ``mpidml predict`` does for dense models.
     """
     from .comm import Context
-    from .predict import check_output, temporary_name
+    from .predict import check_output, write_predictions
 
     ctx = Context()
     t0 = time.perf_counter()
@@ -392,24 +393,11 @@ def predict_mf_command(args) -> int:
     shard = load_ratings(ctx, args.data, n_users=model.n_users, n_items=model.n_items, with_rating=False)
     warm_up_mf_kernels(ctx)
     prediction = model.predict(shard.user, shard.item, params, mu)
-    tmp = temporary_name(args.output, ctx.bcast_array(np.array([os.getpid()], dtype=np.int64))[0])
-
-    def create():
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("prediction", shape=(shard.n_total,), dtype=np.float64)
-            f.attrs.update({"model": "mf", "source": os.path.abspath(args.data), "n_rows": shard.n_total})
-
-    ctx.collective(lambda: create() if ctx.is_root else None)
-    for turn in range(ctx.size):
-        def write():
-            if ctx.rank == turn:
-                with h5py.File(tmp, "r+") as f:
-                    f["prediction"][shard.lo:shard.hi] = prediction
-        ctx.collective(write)
-    ctx.collective(lambda: os.replace(tmp, args.output) if ctx.is_root else None)
+    attrs = {"model": "mf", "source": os.path.abspath(args.data), "n_rows": shard.n_total}
+    how = write_predictions(ctx, args.output, {"prediction": prediction}, shard.lo, shard.n_total, attrs)
     if ctx.is_root:
         print_json({"output": os.path.abspath(args.output), "model": "mf", "n_rows": shard.n_total,
-                    "ranks": ctx.size, "datasets": ["prediction"], "seconds": time.perf_counter() - t0})
+                    "ranks": ctx.size, "write": how, "datasets": ["prediction"], "seconds": time.perf_counter() - t0})
     return 0
 
 

@@ -303,6 +303,24 @@ def test_predict_writes_collectively_and_equals_one_rank(tmp_path):
     assert not list(tmp_path.glob("p2.h5.tmp*"))
 
 
+def test_mf_predict_writes_collectively_and_equals_one_rank(tmp_path):
+    """mpidml predict with a matrix-factorization model: the same writer as dense models (mpio on 2 ranks)."""
+    data = tmp_path / "r.h5"
+    run(MPIDML + ["generate", "mf", "--users", "100", "--items", "60", "--rank", "2", "--ratings", "3001",
+                  "--seed", "5", "-o", str(data)])
+    out = tmp_path / "run"
+    mpirun(2, MPIDML + ["train", str(data), "--model", "mf", "--rank", "2", "--optimizer", "als", "--max-iter", "3",
+                        "--out", str(out)])
+    one = last_json(run(MPIDML + ["predict", str(out / "model.h5"), str(data), "-o", str(tmp_path / "p1.h5")]))
+    two = last_json(mpirun(2, MPIDML + ["predict", str(out / "model.h5"), str(data), "-o", str(tmp_path / "p2.h5")]))
+    assert one["write"] == "serial" and two["write"] == "collective" and two["ranks"] == 2
+    with h5py.File(tmp_path / "p1.h5", "r") as a, h5py.File(tmp_path / "p2.h5", "r") as b:
+        assert sorted(a) == sorted(b) == ["prediction"] and b["prediction"].shape == (3001,)
+        np.testing.assert_array_equal(a["prediction"][...], b["prediction"][...])
+        assert dict(a.attrs) == dict(b.attrs)
+    assert not list(tmp_path.glob("p2.h5.tmp*"))
+
+
 def test_cli_generate_is_identical_on_1_2_3_ranks(tmp_path):
     args = ["generate", "softmax", "--rows", "70001", "--features", "3", "--classes", "4", "--seed", "9"]
     ref = tmp_path / "n1.h5"
