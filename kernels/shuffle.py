@@ -206,7 +206,7 @@ def _hash_chunk32(gids, first, c0, m, n, k0, k1, k2, k3, mask, s1, s2, raw32, wa
         for j in range(m):
             raw32[j] = _rounds32(np.uint32(first + np.int64(j)), k0, k1, k2, k3, mask, s1, s2)
     w = _walk_list(raw32, m, n, walk)
-    vals = raw32[PLAN_CHUNK:2 * PLAN_CHUNK]  # see _hash_chunk
+    vals = raw32[PLAN_CHUNK:2 * PLAN_CHUNK]  # right after the chunk's uint32 values (raw's first half)
     _collect(raw32, walk, w, vals)
     while w > 0:
         for t in range(w):
