@@ -36,6 +36,14 @@ the 0.5x target cannot be met there by any kernel; the targets block reports it 
 Pages (--pages): X from NumPy (default), or anonymous memory advised onto huge or onto 4 KiB
 pages; each result records the process's AnonHugePages, so the page size in effect is visible.
 
+Placement (--align, default 64): X, and the parameter and gradient vectors, start on a cache
+line, as mpidml allocates them (mpidml.buffers); --align 0: NumPy's default placement for all.
+Each result records params_offset_in_line; the GLM kernels are also timed in the same rounds with
+params and grad 48 bytes into a line ("grad_params_off_line"; its ratio to the read is
+"grad_params_off_line_vs_stream_bw"): the GLM margins load w once per row, and 8-lane loads of
+w 48 bytes into a line straddle two lines (on AMD Zen 3 the logistic gradient ran at 0.73-0.75x
+of the read with w on a line, 0.70-0.71x 48 bytes in; mpidml/buffers.py has more).
+
 Sizes: each X has min(--rows, --max-bytes // (D * itemsize)) rows, i.e. --rows rows unless X would
 exceed --max-bytes (default 512 MiB); the actual row count is in each result.
 """
@@ -68,10 +76,12 @@ except ImportError:  # pragma: no cover
     def expit(z):
         return 0.5 * (1.0 + np.tanh(0.5 * z))
 
+from mpidml.buffers import aligned_zeros  # noqa: E402
 from mpidml.kernels import linear_loss_grad, logistic_loss_grad, softmax_loss_grad_ws  # noqa: E402
 from mpidml.kernels.simd import LANES, WIDE_REGISTERS, vadd, vfma, vlane, vsplat  # noqa: E402
 from mpidml.kernels.softmax import WORK_ROWS, work_size  # noqa: E402
 
+PARAMS_OFFSET = 48  # bytes into a line: where NumPy put a small params array in one run here
 FMA_PEAK_STEPS = 2_000_000  # ~10-20 ms of FMAs per timing
 FMA_CHAINS = 12 if WIDE_REGISTERS else 6
 
@@ -176,6 +186,22 @@ def make_x(n, d, dtype, align, rng, pages="default"):
     return X
 
 
+def vector(values, align):
+    """A float64 copy of ``values`` placed as mpidml allocates parameters and gradients (on a cache
+    line, mpidml.buffers.aligned_zeros) when ``align``, else NumPy's default placement (--align 0)."""
+    out = aligned_zeros(len(values)) if align else np.zeros(len(values))
+    out[:] = values
+    return out
+
+
+def off_line(values, offset=PARAMS_OFFSET):
+    """A float64 copy of ``values`` starting ``offset`` bytes into a cache line."""
+    buf = aligned_zeros(len(values) + 8)
+    out = buf[offset // 8:offset // 8 + len(values)]
+    out[:] = values
+    return out
+
+
 def _anon_huge_kib():
     """AnonHugePages of this process (kB), or None: how much of its memory is on huge pages."""
     try:
@@ -262,7 +288,8 @@ def main(argv=None):
     ap.add_argument("--max-bytes", type=int, default=512 * 2**20, help="cap on X.nbytes (rows are reduced)")
     ap.add_argument("--align", type=int, default=64,
                     help="allocate X aligned to this many bytes: 64 (default) as mpidml's data layer does "
-                         "(mpidml.data.buffers); 0: NumPy's default allocation (16 bytes into a line)")
+                         "(mpidml.buffers), and the parameter and gradient vectors on a line as mpidml's models "
+                         "and trainers allocate them; 0: NumPy's default allocation for all three")
     ap.add_argument("--pages", choices=("default", "huge", "4k"), default="default",
                     help="X's pages: NumPy's allocation (default: it asks for transparent huge pages), or "
                          "anonymous memory advised huge (MADV_HUGEPAGE) or 4 KiB (MADV_NOHUGEPAGE)")
@@ -291,19 +318,19 @@ def main(argv=None):
                 if kern == "softmax":
                     k = a.classes
                     y = rng.integers(0, k, n).astype(np.int64)
-                    params = rng.standard_normal(k * (d + 1)) / np.sqrt(d)
+                    params = vector(rng.standard_normal(k * (d + 1)) / np.sqrt(d), a.align)
                     work = np.empty(work_size(k, d))
 
-                    def run(with_loss, g=np.zeros(params.size), rows=rows):
+                    def run(with_loss, g=vector(np.zeros(params.size), a.align), rows=rows):
                         return softmax_loss_grad_ws(X, y, sw, params, rows, g, with_loss, work)
                     ref = numpy_softmax
                 else:
                     k = None
                     fn = linear_loss_grad if kern == "linear" else logistic_loss_grad
                     y = (rng.random(n) < 0.5).astype(np.float64)
-                    params = rng.standard_normal(d + 1) / np.sqrt(d)
+                    params = vector(rng.standard_normal(d + 1) / np.sqrt(d), a.align)
 
-                    def run(with_loss, g=np.zeros(d + 1), fn=fn, rows=rows):
+                    def run(with_loss, g=vector(np.zeros(d + 1), a.align), fn=fn, rows=rows, params=params):
                         return fn(X, y, sw, params, rows, g, with_loss)
                     ref = numpy_linear if kern == "linear" else numpy_logistic
                 # round-robin: each repeat times the kernel, its loss variant, NumPy and the read
@@ -319,6 +346,9 @@ def main(argv=None):
                     small = np.empty(WORK_ROWS * k)
                     g_s = np.zeros(params.size)
                     timed["grad_scalar_path"] = lambda: softmax_loss_grad_ws(X, y, sw, params, rows, g_s, False, small)
+                elif a.align:  # the GLM gradient with params and grad PARAMS_OFFSET bytes into a line, beside it
+                    p_off, g_off = off_line(params), off_line(np.zeros(d + 1))
+                    timed["grad_params_off_line"] = lambda: run(False, g=g_off, params=p_off)
                 times = benchlib.time_round_robin(timed, a.repeats)
                 batch = None
                 if a.batch and n >= 2 * a.batch:
@@ -361,9 +391,12 @@ def main(argv=None):
                     }
                     if "grad_scalar_path" in times:
                         ratios[s]["scalar_path_over_grad"] = times["grad_scalar_path"][s] / times["grad"][s]
+                    if "grad_params_off_line" in times:
+                        ratios[s]["grad_params_off_line_vs_stream_bw"] = ts / times["grad_params_off_line"][s]
                 results.append({
                     "kernel": kern, "dtype": dtype.name, "rows": n, "features": d, "classes": k,
                     "x_bytes": nbytes, "x_align64": X.ctypes.data % 64 == 0, "x_pages": a.pages,
+                    "params_offset_in_line": params.ctypes.data % 64,
                     "anon_huge_pages_kib": _anon_huge_kib(),
                     "seconds": times, "gb_per_s": gbps, "ratios": ratios, "roofline": roofline,
                     "check_vs_numpy": check,

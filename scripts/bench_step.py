@@ -124,7 +124,7 @@ def worker(args) -> int:
     from mpidml.comm import Context
     from mpidml.config import TrainConfig
     from mpidml.data import DenseShard, shard_bounds
-    from mpidml.data.buffers import aligned_empty
+    from mpidml.buffers import aligned_empty
     from mpidml.metrics import Reporter
     from mpidml.models import make_model
     from mpidml.models.base import Model

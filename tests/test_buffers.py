@@ -1,4 +1,4 @@
-"""X buffers start on a cache line (mpidml.data.buffers): the allocator itself, and every place
+"""X buffers start on a cache line (mpidml.buffers): the allocator itself, and every place
 that allocates a shard's rows for the kernels (read_shard, the streaming chunks and batches,
 reshard)."""
 
@@ -7,11 +7,18 @@ import numpy as np
 import pytest
 
 from mpidml.data import read_shard
-from mpidml.data.buffers import ALIGN, aligned_empty
+from mpi4py import MPI
+
+from mpidml.buffers import ALIGN, aligned_empty, aligned_zeros
+from mpidml.comm import Context
 from mpidml.data.reshard import reshard
 from mpidml.data.stream import ROW_ALIGN, open_streaming_shard
 from mpidml.models import make_model
+from mpidml.models.mf import MFModel
+from mpidml.optim import LBFGS
 from mpidml.models.streamed import StreamedModel
+
+from helpers import make_problem, train
 
 
 def _aligned(a, align=ALIGN):
@@ -86,3 +93,60 @@ def test_streaming_chunks_and_batches_are_on_a_cache_line(files):
         assert _aligned(streamed._batch)
     finally:
         shard.close()
+
+
+@pytest.mark.parametrize("shape", [0, 1, 65, (3, 7), 100_000])
+def test_aligned_zeros_is_zeros_on_a_line(shape):
+    a = aligned_zeros(shape)
+    want = (shape,) if isinstance(shape, int) else shape
+    assert a.shape == want and a.dtype == np.float64 and a.flags.c_contiguous
+    assert a.size == 0 or _aligned(a)
+    assert not np.any(a)
+
+
+@pytest.mark.parametrize("name", ["linear", "logistic", "softmax", "mlp"])
+def test_init_params_start_on_a_cache_line(name):
+    for d in (1, 7, 64, 65):
+        assert _aligned(make_model(name, d, 3).init_params(seed=1))
+
+
+def test_mf_init_params_start_on_a_cache_line():
+    assert _aligned(MFModel(11, 13, 4).init_params(seed=2))
+
+
+def test_lbfgs_evaluates_every_trial_point_on_a_cache_line():
+    """The iterates L-BFGS hands to the objective are the parameters the loss kernels read."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((80, 65))
+    H = A.T @ A / 80 + 0.1 * np.eye(65)
+    b = rng.standard_normal(65)
+    seen = []
+
+    def fun_grad(x, g):
+        seen.append(x.ctypes.data % ALIGN + g.ctypes.data % ALIGN)
+        g[:] = H @ x - b
+        return 0.5 * x @ H @ x - b @ x
+
+    res = LBFGS(65, tol=1e-10, max_iter=200).minimize(fun_grad, np.zeros(65))
+    np.testing.assert_allclose(res.x, np.linalg.solve(H, b), rtol=1e-6, atol=1e-8)
+    assert len(seen) > 10 and set(seen) == {0}
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "sgd"])
+def test_training_hands_the_kernels_params_and_grad_on_a_line(monkeypatch, optimizer):
+    """Every loss_grad call of a one-rank training run (L-BFGS's full passes; SGD's mini-batch
+    steps in the Python loop) gets params and grad on a cache line."""
+    from mpidml.models.linear import LogisticRegression
+
+    seen = []
+    inner = LogisticRegression._loss_grad_hits
+
+    def spy(self, shard, params, rows, grad, with_loss, hits):
+        seen.append((params.ctypes.data % ALIGN, grad.ctypes.data % ALIGN))
+        return inner(self, shard, params, rows, grad, with_loss, hits)
+
+    monkeypatch.setattr(LogisticRegression, "_loss_grad_hits", spy)
+    X, y = make_problem("logistic", n=300, d=65)
+    extra = {"batch_size": 64, "epochs": 2, "step_loop": "python"} if optimizer == "sgd" else {"max_iter": 20}
+    train(Context(MPI.COMM_SELF), X, y, model="logistic", optimizer=optimizer, **extra)
+    assert len(seen) > 5 and set(seen) == {(0, 0)}

@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 
 from ..errors import ConfigError, DataError, MpidmlError
-from .buffers import aligned_empty
+from ..buffers import aligned_empty
 from .partition import shard_bounds
 
 __all__ = ["DenseShard", "h5py_has_mpi", "inspect", "read_shard"]

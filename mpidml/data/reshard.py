@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .buffers import aligned_empty
+from ..buffers import aligned_empty
 from .hdf5 import DenseShard
 from .partition import all_shard_bounds
 

@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from ..errors import DataError
-from .buffers import aligned_empty
+from ..buffers import aligned_empty
 from .hdf5 import _convert_labels, _first_nonfinite, inspect, nonfinite_x_message
 from .partition import shard_bounds
 

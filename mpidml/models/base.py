@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
+from ..buffers import aligned_zeros
 
 
 class Model:
@@ -46,8 +47,10 @@ class Model:
         """Initial parameters (zeros: a convex objective needs no random start).
 
         Non-convex models (the MLP) draw a random start from ``seed``, the same on every rank.
+        On a cache line (mpidml.buffers.aligned_zeros): the kernels load w in 8-lane vectors, and
+        the trainers update these parameters in place.
         """
-        return np.zeros(self.n_params, dtype=np.float64)
+        return aligned_zeros(self.n_params)
 
     def coef_intercept(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Views of params as scikit-learn's ``coef_`` (K, D) and ``intercept_`` (K,)."""

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..kernels import mf as mfk
+from ..buffers import aligned_zeros
 
 __all__ = ["MFModel"]
 
@@ -69,7 +70,7 @@ class MFModel:
 
     def init_params(self, seed: int = 0) -> np.ndarray:
         """Zero users and biases; item factors ~ N(0, INIT_STD^2) from ``seed`` (same on every rank)."""
-        params = np.zeros(self.n_params)
+        params = aligned_zeros(self.n_params)
         _, iblock = self.blocks(params)
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
         iblock[:, :self.rank] = rng.normal(0.0, INIT_STD, size=(self.n_items, self.rank))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
+from ..buffers import aligned_zeros
 from ..errors import ConfigError
 from .base import Model, check_integer_labels
 from .classmetrics import classification_metrics, n_class_stats
@@ -75,7 +76,7 @@ class MLPClassifier(Model):
     def init_params(self, seed: int = 0) -> np.ndarray:
         """He initialisation from ``seed`` (identical on every rank); biases 0."""
         rng = np.random.default_rng([int(seed), 0x6D6C70])  # "mlp": independent of the epoch shuffles
-        params = np.zeros(self.n_params)
+        params = aligned_zeros(self.n_params)
         for l, W in enumerate(self.weights(params)):
             gain = 2.0 if l < self.n_layers - 1 else 1.0
             W[...] = rng.standard_normal(W.shape) * np.sqrt(gain / W.shape[1])

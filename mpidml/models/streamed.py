@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.buffers import aligned_empty
+from ..buffers import aligned_empty
 
 
 class _View:
@@ -29,7 +29,7 @@ class StreamedModel:
     def __init__(self, inner, shard, max_batch: int):
         self.inner = inner
         self._arange = np.arange(max(shard.chunk_rows, max_batch, 1), dtype=np.int64)
-        self._batch = aligned_empty((max(max_batch, 1), shard.n_features), shard.x_dtype)  # see data/buffers.py
+        self._batch = aligned_empty((max(max_batch, 1), shard.n_features), shard.x_dtype)  # see mpidml/buffers.py
         self._y = np.empty(max(max_batch, 1), dtype=shard.y.dtype)
         self._sw = np.empty(max(max_batch, 1) if shard.sw.size else 0)
 

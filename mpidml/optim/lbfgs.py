@@ -46,6 +46,8 @@ import math
 
 import numpy as np
 
+from ..buffers import aligned_zeros
+
 __all__ = ["LBFGS", "LBFGSResult"]
 
 _EPS = float(np.finfo(np.float64).eps)
@@ -191,30 +193,31 @@ class LBFGS:
             if h0.shape != (n,) or not (np.all(np.isfinite(h0)) and np.all(h0 > 0.0)):
                 raise ValueError(f"h0 must be a positive finite vector of shape ({n},)")
             self._h0 = h0
-        # current iterate
-        self.x = np.zeros(n)
-        self.g = np.zeros(n)
+        # current iterate; every n-vector on a cache line (mpidml.buffers.aligned_zeros): the trial
+        # points are the parameters the loss kernels read, and the buffers trade places
+        self.x = aligned_zeros(n)
+        self.g = aligned_zeros(n)
         self.f = math.nan
         self.n_iter = 0
         self.n_evals = 0
         self._status = _NOT_STARTED
         # curvature pairs: ring of `memory` slots (slot buffers are swapped, never copied)
-        self._S = [np.zeros(n) for _ in range(m)]
-        self._Y = [np.zeros(n) for _ in range(m)]
+        self._S = [aligned_zeros(n) for _ in range(m)]
+        self._Y = [aligned_zeros(n) for _ in range(m)]
         self._rho = np.zeros(m)
         self._alpha = np.zeros(m)
         self._head = 0      # slot that receives the next pair
         self._count = 0     # pairs in use
         self._gamma = 0.0   # s'y/y'y of the newest accepted pair (0: none yet)
-        self._s_new = np.empty(n)
-        self._y_new = np.empty(n)
+        self._s_new = aligned_zeros(n)
+        self._y_new = aligned_zeros(n)
         # work buffers: direction, scratch, line-search trial point and best point
-        self._d = np.empty(n)
-        self._tmp = np.empty(n)
-        self._xt = np.empty(n)
-        self._gt = np.empty(n)
-        self._xlo = np.empty(n)
-        self._glo = np.empty(n)
+        self._d = aligned_zeros(n)
+        self._tmp = aligned_zeros(n)
+        self._xt = aligned_zeros(n)
+        self._gt = aligned_zeros(n)
+        self._xlo = aligned_zeros(n)
+        self._glo = aligned_zeros(n)
 
     # -- properties -----------------------------------------------------------------
 

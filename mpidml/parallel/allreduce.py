@@ -31,6 +31,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import faults, kernels
+from ..buffers import aligned_zeros
 from ..errors import ConfigError, DivergedError
 from ..optim import LBFGS, SGD, Adam, make_schedule
 
@@ -58,10 +59,12 @@ class AllreduceTrainer:
         # [grad_sum (P), correct, counted, loss_sum, weight_sum]: the one buffer reduced per step.
         # correct/counted: a classifier's weighted hits and weight in the batch, filled on the
         # mini-batch steps that log (batch accuracy), 0 otherwise: no second collective for it.
-        self.buf = np.zeros(P + _N_TAIL, dtype=np.float64)
+        # on a cache line like the parameters (mpidml.buffers): the kernels add to grad_sum
+        # in 8-lane vectors
+        self.buf = aligned_zeros(P + _N_TAIL)
         self.grad_sum = self.buf[:P]
-        self.grad = np.zeros(P, dtype=np.float64)
-        self._tmp = np.zeros(P, dtype=np.float64)
+        self.grad = aligned_zeros(P)
+        self._tmp = aligned_zeros(P)
         # --comm-dtype float32: the gradient sums travel as float32 (half the bytes) through
         # preallocated buffers (cast, reduce, cast back); parameters, optimizer state and the
         # objective stay float64. Mini-batch steps reduce the whole buffer in float32 (the batch

@@ -93,6 +93,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import faults
+from ..buffers import aligned_zeros
 from ..data import all_shard_bounds
 from ..errors import ConfigError
 from ..optim import SGD, Adam, make_schedule
@@ -648,7 +649,7 @@ class ParameterServerTrainer:
         n, K, W = layout.n, layout.K, layout.W
         me = self.ctx.rank - K  # worker index
         delay = parse_delays(os.environ.get(DELAY_ENV, ""), self.ctx.size, K).get(self.ctx.rank, 0.0)
-        gbuf = np.zeros(n + N_SCALARS)
+        gbuf = aligned_zeros(n + N_SCALARS)  # the kernel adds its gradient sum in vectors
         gsum, scal = gbuf[:n], gbuf[n:]
         self.link = link = WorkerLink(self.comm, layout, params, gbuf)
         N, B, spe, T = int(shard.n_total), int(cfg.batch_size), plan["steps_per_epoch"], plan["steps"]

@@ -34,6 +34,7 @@ from mpi4py import MPI
 from numba import njit
 
 from .. import kernels
+from ..buffers import aligned_zeros
 from ..kernels import update
 from ..kernels.util import FASTMATH, LINEAR, LOGISTIC
 from . import native
@@ -265,9 +266,9 @@ class StepLoop:
         n = n_params + n_tail
         if n >= 2**31:
             raise ValueError(f"{n} values exceed one MPI_Allreduce's int count")
-        self.sums = np.zeros(n)
-        self.red = np.zeros(n)
-        self.grad = np.zeros(n_params)
+        self.sums = aligned_zeros(n)  # the kernel adds its gradient sum to sums[:n_params]
+        self.red = aligned_zeros(n)
+        self.grad = aligned_zeros(n_params)
         wire = np.float32 if comm_dtype == "float32" else np.float64
         self.send32 = np.zeros(n if wire == np.float32 else 0, dtype=np.float32)
         self.recv32 = np.zeros_like(self.send32)
