@@ -234,7 +234,7 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model, hits):
     side with the former four-rows-with-scalar-links kernel on 1e6 x 64 float64 (a plain
     read of X 28-29 ms): gradient 33.7 vs 37.4 ms, loss + gradient 34.6 vs 41.8 ms; rows in
     L1 about 2x faster; D = 16: 48 vs 75 ms. Consecutive rows are prefetched one line
-    LOSS_PREFETCH_BYTES ahead of each load (_row_dot). Scattered rows (a mini-batch) go through
+    ~96 rows ahead of each load, 8-48 KiB (_row_dot; util.LOSS_PREFETCH_BYTES). Scattered rows (a mini-batch) go through
     the same 8-row block with whole rows prefetched up to ROWS_AHEAD past the block: more
     rows' cache misses in flight.
     """
@@ -248,7 +248,8 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model, hits):
         if hits.size > 0:
             hits[0] = 0.0
         return 0.0
-    lead = LOSS_PREFETCH_BYTES // X.itemsize
+    # ~96 rows ahead, within [PREFETCH_BYTES, LOSS_PREFETCH_BYTES] (util.py has the numbers)
+    lead = min(max(96 * D * X.itemsize, PREFETCH_BYTES), LOSS_PREFETCH_BYTES) // X.itemsize
     loss = 0.0
     gb = 0.0
     rsum = vsplat(0.0)  # 8-row blocks: weighted residual and loss sums, lane-wise

@@ -28,14 +28,19 @@ LOGISTIC = 1
 # misses in flight (measured: dot+link+axpy at 0.55x of a plain sum's bandwidth without,
 # 0.85x with an 8 KiB lead, AMD Zen 5, 1 thread).
 PREFETCH_BYTES = 8192
-# glm_loss_grad's runs of rows prefetch further ahead. On AMD Zen 3 (32 KiB L1) 8 KiB was too
-# short there: the logistic gradient over 1e6 x 64 float64 (X and params on a cache line; each
-# process alternating the versions, compiled side by side; read-bandwidth ratio, min of 5-7;
-# three processes): 8 KiB 0.65-0.68, 32 KiB 0.67-0.70, 48 KiB 0.67-0.71; with the same X
-# shifted 16 or 32 bytes into a line 8 KiB 0.59-0.67, 48 KiB 0.67-0.71. Past L1's size the
-# lines wait in L2 (L1 evicts them before use) and the hardware prefetcher moves them on to L1
-# as the rows are read in address order. The score passes keep 8 KiB: linear_scores with
-# K = 10 took 53.5-54.5 ms at 48 KiB vs 51.3-52.3 at 8 (glm_margin the same either way).
+# glm_loss_grad's runs of rows prefetch further ahead: ~96 rows, at least PREFETCH_BYTES and at
+# most LOSS_PREFETCH_BYTES. On AMD Zen 3 (32 KiB L1) 8 KiB was too short for 512-byte rows: the
+# logistic gradient over 1e6 x 64 float64 (X and params on a cache line; each process
+# alternating the versions, compiled side by side; read-bandwidth ratio, min of 5-7; three
+# processes): 8 KiB 0.65-0.68, 32 KiB 0.67-0.70, 48 KiB 0.67-0.71 (paired per process +1 to +7 %);
+# with the same X shifted 16 or 32 bytes into a line 8 KiB 0.59-0.67, 48 KiB 0.67-0.71. Past
+# L1's size the lines wait in L2 (L1 evicts them before use) and the hardware prefetcher moves
+# them on to L1 as the rows are read in address order. Small rows want fewer bytes ahead: D = 16
+# float32 (64-byte rows) took 10.6-10.8 ms at 8 KiB and 11.7-12.3 at 48 KiB (5 processes; in a
+# sixth, in a slow hour, both 13.6-13.9), D = 32 float64 was best at 16-24 KiB; 96 rows gives
+# 8 KiB, 24 KiB and 48 KiB for those three (10.5 ms at D = 16 float32). The
+# score passes keep 8 KiB: linear_scores with K = 10 took 53.5-54.5 ms at 48 KiB vs 51.3-52.3
+# at 8 (glm_margin the same either way).
 LOSS_PREFETCH_BYTES = 49152
 CACHE_LINE = 64
 
