@@ -42,7 +42,8 @@ Each result records params_offset_in_line; the GLM kernels are also timed in the
 params and grad 48 bytes into a line ("grad_params_off_line"; its ratio to the read is
 "grad_params_off_line_vs_stream_bw"): the GLM margins load w once per row, and 8-lane loads of
 w 48 bytes into a line straddle two lines (on AMD Zen 3 the logistic gradient ran at 0.73-0.75x
-of the read with w on a line, 0.70-0.71x 48 bytes in; mpidml/buffers.py has more).
+of the read with w on a line, 0.70-0.71x 48 bytes in, in three runs of four; the fourth had it the
+other way round: a small effect, mpidml/buffers.py has more).
 
 Sizes: each X has min(--rows, --max-bytes // (D * itemsize)) rows, i.e. --rows rows unless X would
 exceed --max-bytes (default 512 MiB); the actual row count is in each result.
