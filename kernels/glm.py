@@ -3,8 +3,8 @@ from numba import njit
 
 from .simd import ld, vabs, vadd, vdiv, vexp_nonpos, vfma, vhsum8, vlane, vload, vload_n, vlog1p_unit, vmax, vmul, \
     vselect_eq, vselect_ge, vselect_gt, vset8, vsplat, vstore, vsub
-from .util import FASTMATH, LINEAR, LOSS_PREFETCH_BYTES, PREFETCH_BYTES, _prefetch, link_residual, next_run, \
-    prefetch_ahead, prefetch_scattered
+from .util import FASTMATH, LINEAR, LOSS_PREFETCH_BYTES, LOSS_PREFETCH_ROWS, PREFETCH_BYTES, _prefetch, \
+    link_residual, next_run, prefetch_ahead, prefetch_scattered
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
@@ -234,9 +234,9 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model, hits):
     side with the former four-rows-with-scalar-links kernel on 1e6 x 64 float64 (a plain
     read of X 28-29 ms): gradient 33.7 vs 37.4 ms, loss + gradient 34.6 vs 41.8 ms; rows in
     L1 about 2x faster; D = 16: 48 vs 75 ms. Consecutive rows are prefetched one line
-    ~96 rows ahead of each load, 8-48 KiB (_row_dot; util.LOSS_PREFETCH_BYTES). Scattered rows (a mini-batch) go through
-    the same 8-row block with whole rows prefetched up to ROWS_AHEAD past the block: more
-    rows' cache misses in flight.
+    LOSS_PREFETCH_ROWS (96) rows ahead of each load, within 8-48 KiB (_row_dot; util.py has
+    the numbers). Scattered rows (a mini-batch) go through the same 8-row block with whole
+    rows prefetched up to ROWS_AHEAD past the block: more rows' cache misses in flight.
     """
     if not X.flags.c_contiguous:  # the vector loads index X's buffer flat
         raise ValueError("glm_loss_grad: X must be C-contiguous")
@@ -248,8 +248,8 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model, hits):
         if hits.size > 0:
             hits[0] = 0.0
         return 0.0
-    # ~96 rows ahead, within [PREFETCH_BYTES, LOSS_PREFETCH_BYTES] (util.py has the numbers)
-    lead = min(max(96 * D * X.itemsize, PREFETCH_BYTES), LOSS_PREFETCH_BYTES) // X.itemsize
+    # LOSS_PREFETCH_ROWS rows ahead, within [PREFETCH_BYTES, LOSS_PREFETCH_BYTES] (util.py has the numbers)
+    lead = min(max(LOSS_PREFETCH_ROWS * D * X.itemsize, PREFETCH_BYTES), LOSS_PREFETCH_BYTES) // X.itemsize
     loss = 0.0
     gb = 0.0
     rsum = vsplat(0.0)  # 8-row blocks: weighted residual and loss sums, lane-wise

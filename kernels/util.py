@@ -28,8 +28,8 @@ LOGISTIC = 1
 # misses in flight (measured: dot+link+axpy at 0.55x of a plain sum's bandwidth without,
 # 0.85x with an 8 KiB lead, AMD Zen 5, 1 thread).
 PREFETCH_BYTES = 8192
-# glm_loss_grad's runs of rows prefetch further ahead: ~96 rows, at least PREFETCH_BYTES and at
-# most LOSS_PREFETCH_BYTES. On AMD Zen 3 (32 KiB L1) 8 KiB was too short for 512-byte rows: the
+# glm_loss_grad's runs of rows prefetch further ahead: LOSS_PREFETCH_ROWS rows, at least
+# PREFETCH_BYTES and at most LOSS_PREFETCH_BYTES. On AMD Zen 3 (32 KiB L1) 8 KiB was too short for 512-byte rows: the
 # logistic gradient over 1e6 x 64 float64 (X and params on a cache line; each process
 # alternating the versions, compiled side by side; read-bandwidth ratio, min of 5-7; three
 # processes): 8 KiB 0.65-0.68, 32 KiB 0.67-0.70, 48 KiB 0.67-0.71 (paired per process +1 to +7 %);
@@ -41,6 +41,7 @@ PREFETCH_BYTES = 8192
 # 8 KiB, 24 KiB and 48 KiB for those three (10.5 ms at D = 16 float32). The
 # score passes keep 8 KiB: linear_scores with K = 10 took 53.5-54.5 ms at 48 KiB vs 51.3-52.3
 # at 8 (glm_margin the same either way).
+LOSS_PREFETCH_ROWS = 96
 LOSS_PREFETCH_BYTES = 49152
 CACHE_LINE = 64
 

@@ -20,9 +20,9 @@ large array (arrays handed to the library API), 0.67-0.71 vs 0.64-0.69 in three 
 0.77-0.79 vs 0.72-0.75 in three others; X on a line, as the data layer reads it, 0.67-0.71 vs
 0.65-0.70 (ad hoc), and in ``scripts/bench_kernels.py``'s rounds (its grad_params_off_line,
 three runs) 0.73-0.75 vs 0.70-0.71, float32 X 0.69-0.76 vs 0.65-0.70 (a fourth run, in a slower
-hour: 0.71 vs 0.73, float32 0.74 vs 0.70). So the models'
-init_params, L-BFGS's iterates and the trainers' gradient buffers come from here; the trainers
-update them in place (a ``.copy()`` is NumPy's ordinary allocation again).
+hour: 0.71 vs 0.73, float32 0.74 vs 0.70). So the models' init_params, L-BFGS's iterates and
+the trainers' gradient buffers come from here; the trainers update them in place (a ``.copy()``
+is NumPy's ordinary allocation again).
 """
 
 from __future__ import annotations
