@@ -41,6 +41,9 @@ PREFETCH_BYTES = 8192
 # 8 KiB, 24 KiB and 48 KiB for those three (10.5 ms at D = 16 float32). The
 # score passes keep 8 KiB: linear_scores with K = 10 took 53.5-54.5 ms at 48 KiB vs 51.3-52.3
 # at 8 (glm_margin the same either way).
+# With each block's lines spread over its two loops (glm._eight_rows) the distance matters
+# less: D = 64 float64, three processes, 8 KiB 0.81-0.92, 24 KiB 0.82-0.89, 48 KiB 0.88-0.91,
+# 96 KiB 0.84-0.87 of the read; 256-byte rows the same from 24 to 96 KiB. 48 KiB kept.
 LOSS_PREFETCH_ROWS = 96
 LOSS_PREFETCH_BYTES = 49152
 CACHE_LINE = 64
