@@ -43,7 +43,8 @@ params and grad 48 bytes into a line ("grad_params_off_line"; its ratio to the r
 "grad_params_off_line_vs_stream_bw"): the GLM margins load w once per row, and 8-lane loads of
 w 48 bytes into a line straddle two lines (on AMD Zen 3 the logistic gradient ran at 0.73-0.75x
 of the read with w on a line, 0.70-0.71x 48 bytes in, in three runs of four; the fourth had it the
-other way round: a small effect, mpidml/buffers.py has more).
+other way round: a small effect, mpidml/buffers.py has more; since the kernel spreads its
+prefetches over each block, 0.85-0.90x on a line vs 0.85-0.91x 48 bytes in, four runs: none).
 
 Sizes: each X has min(--rows, --max-bytes // (D * itemsize)) rows, i.e. --rows rows unless X would
 exceed --max-bytes (default 512 MiB); the actual row count is in each result.
