@@ -3,8 +3,8 @@ from numba import njit
 
 from .simd import ld, vabs, vadd, vdiv, vexp_nonpos, vfma, vhsum8, vlane, vload, vload_n, vlog1p_unit, vmax, vmul, \
     vselect_eq, vselect_ge, vselect_gt, vset8, vsplat, vstore, vsub
-from .util import FASTMATH, LINEAR, LOSS_PREFETCH_BYTES, LOSS_PREFETCH_ROWS, PREFETCH_BYTES, _prefetch, \
-    link_residual, next_run, prefetch_ahead, prefetch_scattered
+from .util import CACHE_LINE, FASTMATH, LINEAR, LOSS_PREFETCH_BYTES, LOSS_PREFETCH_ROWS, PREFETCH_BYTES, \
+    SCATTERED_ROWS_AHEAD, _prefetch, link_residual, next_run, prefetch_ahead, prefetch_rows, prefetch_scattered
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
@@ -169,7 +169,7 @@ def _margins8(X, params, a0, a1, a2, a3, a4, a5, a6, a7, lead, half):
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def _eight_rows(X, y, sw, params, i0, i1, i2, i3, i4, i5, i6, i7, grad, with_loss, model, rsum, lsum, lead,
-                with_hits, hsum):
+                with_hits, hsum, rows, nxt):
     """Rows i0..i7 of X (any rows), in vectors: grad[:D] += their weighted residual x row.
 
     Returns (rsum, lsum, hsum) with the 8 rows' weighted residuals and losses added lane-wise,
@@ -190,7 +190,16 @@ def _eight_rows(X, y, sw, params, i0, i1, i2, i3, i4, i5, i6, i7, grad, with_los
     0.67-0.69), D = 128 0.77-0.79 vs 0.67-0.75, 1024 0.72-0.77 vs 0.71-0.73; float32 D = 256
     0.93-0.95 vs 0.67-0.70, 1024 0.82-0.87 vs 0.68-0.71; D = 16 float64 0.69-0.71 vs
     0.65-0.67, D = 5 0.59-0.61 vs 0.50-0.51; 256-byte rows (D = 32 float64, 64 float32), D = 16
-    float32 and D = 67 the same within the noise. Mini-batches (scattered rows) unaffected.
+    float32 and D = 67 the same within the noise.
+
+    nxt >= 0 (scattered rows, lead = -1): rows[nxt:nxt + 8] are prefetched during the gradient
+    sweep, one line of each of the 8 rows per line of the sweep (the caller requests lines past
+    the first D8 features). Before, the caller requested the next block's whole rows at the
+    start of each block, a burst of 8 rows' lines at once. 2048 scattered rows of 1e6 x 64
+    float64 (AMD Zen 3, ns per row, min of 7 over 100 fresh batches, both versions in each of
+    several processes): fresh rows 67-75 vs 80-90 (two blocks ahead; one block ahead 76-83,
+    three or four blocks ahead as two), the same rows again 33-37 vs 34-38; D = 16 35 vs 40,
+    D = 67 83 vs 114, D = 256 207 vs 254. -1: none.
 
     X, grad and sw keep an NRT incref/decref pair per block (their last uses sit in the tail loop
     and the sw branch). Without them (util.after_sizes at the end; tests/test_kernel_ir.py's loop
@@ -204,6 +213,7 @@ def _eight_rows(X, y, sw, params, i0, i1, i2, i3, i4, i5, i6, i7, grad, with_los
     """
     D = X.shape[1]
     D8 = D - D % 8
+    step = CACHE_LINE // X.itemsize
     a0, a1, a2, a3, a4, a5, a6, a7 = i0 * D, i1 * D, i2 * D, i3 * D, i4 * D, i5 * D, i6 * D, i7 * D
     z = _margins8(X, params, a0, a1, a2, a3, a4, a5, a6, a7, lead, True)
     yv = vset8(ld(y, i0), ld(y, i1), ld(y, i2), ld(y, i3), ld(y, i4), ld(y, i5), ld(y, i6), ld(y, i7))
@@ -228,6 +238,15 @@ def _eight_rows(X, y, sw, params, i0, i1, i2, i3, i4, i5, i6, i7, grad, with_los
             _prefetch(X, q + 8)
             _prefetch(X, q + 16)
             _prefetch(X, q + 24)
+        if nxt >= 0 and (j & (step - 1)) == 0:  # scattered: a line of each of 8 rows further on
+            _prefetch(X, ld(rows, nxt) * D + j)
+            _prefetch(X, ld(rows, nxt + 1) * D + j)
+            _prefetch(X, ld(rows, nxt + 2) * D + j)
+            _prefetch(X, ld(rows, nxt + 3) * D + j)
+            _prefetch(X, ld(rows, nxt + 4) * D + j)
+            _prefetch(X, ld(rows, nxt + 5) * D + j)
+            _prefetch(X, ld(rows, nxt + 6) * D + j)
+            _prefetch(X, ld(rows, nxt + 7) * D + j)
         u = vfma(vload(X, a1 + j), r1, vmul(vload(X, a0 + j), r0))
         u = vfma(vload(X, a2 + j), r2, u)
         u = vfma(vload(X, a3 + j), r3, u)
@@ -268,8 +287,8 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model, hits):
     L1 about 2x faster; D = 16: 48 vs 75 ms. Consecutive rows are prefetched
     LOSS_PREFETCH_ROWS (96) rows ahead, within 8-48 KiB (util.py has the numbers), each block's
     lines spread over its two loops (_eight_rows). Scattered rows (a mini-batch) go through the
-    same 8-row block with whole rows prefetched up to ROWS_AHEAD past the block: more rows'
-    cache misses in flight.
+    same 8-row block, each block requesting the rows SCATTERED_ROWS_AHEAD (16) further on
+    during its gradient sweep: more rows' cache misses in flight, spread out.
     """
     if not X.flags.c_contiguous:  # the vector loads index X's buffer flat
         raise ValueError("glm_loss_grad: X must be C-contiguous")
@@ -283,6 +302,11 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model, hits):
         return 0.0
     # LOSS_PREFETCH_ROWS rows ahead, within [PREFETCH_BYTES, LOSS_PREFETCH_BYTES] (util.py has the numbers)
     lead = min(max(LOSS_PREFETCH_ROWS * D * X.itemsize, PREFETCH_BYTES), LOSS_PREFETCH_BYTES) // X.itemsize
+    D8 = D - D % 8
+    step = CACHE_LINE // X.itemsize
+    # scattered rows whose lines the gradient sweep's prefetches (one per line of the first D8
+    # features, from the row's start) do not all reach: D % 8 > 0, or rows that start off a line
+    ragged = D8 < D or (D * X.itemsize) % CACHE_LINE != 0 or X.ctypes.data % CACHE_LINE != 0
     loss = 0.0
     gb = 0.0
     rsum = vsplat(0.0)  # 8-row blocks: weighted residual and loss sums, lane-wise
@@ -294,22 +318,34 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model, hits):
     pr = 0
     while i < m:
         lo, cnt = next_run(rows, i)
-        pr = prefetch_scattered(X, rows, pr, i, max(cnt, 8))  # scattered: 8 rows now, ROWS_AHEAD beyond
         if cnt < 8 and i + 8 <= m:
             # Scattered rows (a mini-batch): any eight at a time, so that more rows' loads are
-            # in flight and their link evaluations overlap; the rows ROWS_AHEAD further are
-            # requested too.
+            # in flight and their link evaluations overlap. The block's gradient sweep requests
+            # the 8 rows SCATTERED_ROWS_AHEAD further on, a line of each per step; rows before
+            # those not yet requested (a batch's first blocks) and a batch's last rows, at once.
+            nxt = i + SCATTERED_ROWS_AHEAD if i + SCATTERED_ROWS_AHEAD + 8 <= m else -1
+            pr = prefetch_rows(X, rows, max(pr, i), nxt if nxt >= 0 else m, False)
+            if nxt >= 0:
+                pr = max(pr, nxt + 8)
             rsum, lsum, hsum = _eight_rows(X, y, sw, params, ld(rows, i), ld(rows, i + 1), ld(rows, i + 2),
                                            ld(rows, i + 3), ld(rows, i + 4), ld(rows, i + 5), ld(rows, i + 6),
-                                           ld(rows, i + 7), grad, with_loss, model, rsum, lsum, -1, with_hits, hsum)
+                                           ld(rows, i + 7), grad, with_loss, model, rsum, lsum, -1, with_hits, hsum,
+                                           rows, nxt)
+            if ragged and nxt >= 0:  # those rows' lines the sweep's prefetches missed
+                for t in range(nxt, nxt + 8):
+                    b = ld(rows, t) * D
+                    for k in range(D8, D, step):
+                        _prefetch(X, b + k)
+                    _prefetch(X, b + D - 1)
             i += 8
             continue
+        pr = prefetch_scattered(X, rows, pr, i, max(cnt, 8))  # a run: ROWS_AHEAD rows beyond it
         hi = lo + cnt
         r = lo
         while r + 8 <= hi:
             ahead = lead if (r + 8) * D + lead <= X.size else -1  # prefetch only inside X
             rsum, lsum, hsum = _eight_rows(X, y, sw, params, r, r + 1, r + 2, r + 3, r + 4, r + 5, r + 6, r + 7,
-                                           grad, with_loss, model, rsum, lsum, ahead, with_hits, hsum)
+                                           grad, with_loss, model, rsum, lsum, ahead, with_hits, hsum, rows, -1)
             r += 8
         pf = r * D + lead  # the rows left (< 8) are prefetched from here on
         while r + 4 <= hi:

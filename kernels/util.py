@@ -154,6 +154,9 @@ def prefetch_ahead(X, pf, end):
 
 
 ROWS_AHEAD = 8  # scattered rows: how many rows ahead of the one being read are prefetched
+# glm_loss_grad's blocks of 8 scattered rows request the 8 rows this far ahead, spread over the
+# block's gradient sweep (glm._eight_rows has the numbers).
+SCATTERED_ROWS_AHEAD = 16
 
 
 @njit(cache=True, nogil=True, fastmath=False, inline="always")
