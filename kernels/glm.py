@@ -333,10 +333,10 @@ def glm_loss_grad(X, y, sw, params, rows, grad, with_loss, model, hits):
                                            rows, nxt)
             if ragged and nxt >= 0:  # those rows' lines the sweep's prefetches missed
                 for t in range(nxt, nxt + 8):
-                    b = ld(rows, t) * D
+                    rb = ld(rows, t) * D
                     for k in range(D8, D, step):
-                        _prefetch(X, b + k)
-                    _prefetch(X, b + D - 1)
+                        _prefetch(X, rb + k)
+                    _prefetch(X, rb + D - 1)
             i += 8
             continue
         pr = prefetch_scattered(X, rows, pr, i, max(cnt, 8))  # a run: ROWS_AHEAD rows beyond it
