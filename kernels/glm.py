@@ -197,9 +197,9 @@ def _eight_rows(X, y, sw, params, i0, i1, i2, i3, i4, i5, i6, i7, grad, with_los
     the first D8 features). Before, the caller requested the next block's whole rows at the
     start of each block, a burst of 8 rows' lines at once. 2048 scattered rows of 1e6 x 64
     float64 (AMD Zen 3, ns per row, min of 7 over 100 fresh batches, both versions in each of
-    several processes): fresh rows 67-75 vs 80-90 (two blocks ahead; one block ahead 76-83,
-    three or four blocks ahead as two), the same rows again 33-37 vs 34-38; D = 16 35 vs 40,
-    D = 67 83 vs 114, D = 256 207 vs 254. -1: none.
+    three processes): fresh rows 63-67 vs 80-100 (two blocks ahead; one block ahead 76-83,
+    three or four blocks ahead as two), the same rows again 30-32 vs 34-38; D = 16 35-38 vs
+    40-45, D = 67 83-86 vs 113-114, D = 256 207-275 vs 254-362 (one process each, two). -1: none.
 
     X, grad and sw keep an NRT incref/decref pair per block (their last uses sit in the tail loop
     and the sw branch). Without them (util.after_sizes at the end; tests/test_kernel_ir.py's loop
