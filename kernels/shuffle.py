@@ -131,6 +131,54 @@ def _rounds32(x, k0, k1, k2, k3, mask, s1, s2):
     return _round32(x, k3, mask, s1, s2)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _rounds32_u64(x, k0, k1, k2, k3, mask, s1, s2):
+    """:func:`_rounds32` (same arguments, same value) computed in uint64 lanes, each product
+    32 x 32 -> 64 bits of the low halves (vpmuludq) instead of a 32-bit one (vpmulld).
+
+    Which is faster depends on the CPU: vpmulld has a 10-cycle latency on Intel cores (3 on
+    AMD Zen), and each row's rounds are one chain of eight multiplies. On an Intel Xeon
+    (Emerald Rapids, AVX-512) the contiguous rows' rounds took 1.08 vs 2.24 ns per row and the
+    whole plan 4.4 vs 6.1 (N = 1e6); on Zen 3 the uint32 lanes were faster (hashing 1.1 vs 1.9).
+    The values are equal: x < 2^32 and the multipliers' low halves give the same low 32 bits,
+    and every value stays below 2^bits <= 2^32 after its mask."""
+    v = np.uint64(x)
+    mask64, t1, t2 = np.uint64(mask), np.uint64(s1), np.uint64(s2)
+    v = _round_lo32(v, np.uint64(k0), mask64, t1, t2)
+    v = _round_lo32(v, np.uint64(k1), mask64, t1, t2)
+    v = _round_lo32(v, np.uint64(k2), mask64, t1, t2)
+    return np.uint32(_round_lo32(v, np.uint64(k3), mask64, t1, t2))
+
+
+_LO32 = np.uint64(0xFFFFFFFF)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _round_lo32(x, key, mask, s1, s2):
+    """:func:`_round` for x, key, mask < 2^32: the products from the low halves only (one
+    vpmuludq per four or eight lanes)."""
+    x ^= key
+    x = ((x & _LO32) * _MUL_A) & mask
+    x ^= x >> s1
+    x = ((x & _LO32) * _MUL_B) & mask
+    return x ^ (x >> s2)
+
+
+def _rounds_in_u64_lanes():
+    """True where the plan's rounds for N <= 2^32 run faster in uint64 lanes
+    (:func:`_rounds32_u64`): x86 CPUs other than AMD's Zen (LLVM's CPU name, or
+    NUMBA_CPU_NAME when set). Elsewhere uint32 lanes (AMD Zen: measured; ARM's NEON has no
+    64-bit lane multiply). Numba's cache keys compiled code by the CPU's name, so a cache
+    filled on one kind of CPU is not loaded on another with this constant differing."""
+    import platform
+    from llvmlite import binding as llvm
+    from numba.core import config
+    name = config.CPU_NAME or llvm.get_host_cpu_name()
+    return platform.machine().lower() in ("x86_64", "amd64") and not name.startswith("znver")
+
+
+ROUNDS_IN_U64_LANES = _rounds_in_u64_lanes()
+
 PLAN_CHUNK = 2048  # rows hashed at a time: the chunk's values and walk list stay in L1
 
 
@@ -194,14 +242,21 @@ def _hash_chunk(gids, first, c0, m, n, k0, k1, k2, k3, mask, s1, s2, raw, walk):
 
 
 @njit(cache=True, nogil=True)
-def _hash_chunk32(gids, first, c0, m, n, k0, k1, k2, k3, mask, s1, s2, raw32, walk):
-    """_hash_chunk for a domain of at most 32 bits (N <= 2^32): the rounds in uint32 (see
-    _round32), values in raw32 (uint32); k0..k3, mask, s1, s2 uint32, first int64, n uint64
-    (N = 2^32 does not fit a uint32). Not inlined: inlined into epoch_batches, its rounds were
-    not vectorised (scalar imul; 0.6 ns per row slower)."""
-    if gids.size:
+def _hash_chunk32(gids, first, c0, m, n, k0, k1, k2, k3, mask, s1, s2, raw32, walk, u64_lanes):
+    """_hash_chunk for a domain of at most 32 bits (N <= 2^32): values in raw32 (uint32), the
+    rounds in uint32 lanes (see _round32) or, with u64_lanes, in uint64 lanes (_rounds32_u64,
+    the same values; epoch_batches passes ROUNDS_IN_U64_LANES); k0..k3, mask, s1, s2 uint32,
+    first int64, n uint64 (N = 2^32 does not fit a uint32). Not inlined: inlined into
+    epoch_batches, its rounds were not vectorised (scalar imul; 0.6 ns per row slower)."""
+    if gids.size and u64_lanes:
+        for j in range(m):
+            raw32[j] = _rounds32_u64(np.uint32(gids[c0 + j]), k0, k1, k2, k3, mask, s1, s2)
+    elif gids.size:
         for j in range(m):
             raw32[j] = _rounds32(np.uint32(gids[c0 + j]), k0, k1, k2, k3, mask, s1, s2)
+    elif u64_lanes:
+        for j in range(m):
+            raw32[j] = _rounds32_u64(np.uint32(first + np.int64(j)), k0, k1, k2, k3, mask, s1, s2)
     else:
         for j in range(m):
             raw32[j] = _rounds32(np.uint32(first + np.int64(j)), k0, k1, k2, k3, mask, s1, s2)
@@ -209,8 +264,12 @@ def _hash_chunk32(gids, first, c0, m, n, k0, k1, k2, k3, mask, s1, s2, raw32, wa
     vals = raw32[PLAN_CHUNK:2 * PLAN_CHUNK]  # right after the chunk's uint32 values (raw's first half)
     _collect(raw32, walk, w, vals)
     while w > 0:
-        for t in range(w):
-            vals[t] = _rounds32(vals[t], k0, k1, k2, k3, mask, s1, s2)
+        if u64_lanes:
+            for t in range(w):
+                vals[t] = _rounds32_u64(vals[t], k0, k1, k2, k3, mask, s1, s2)
+        else:
+            for t in range(w):
+                vals[t] = _rounds32(vals[t], k0, k1, k2, k3, mask, s1, s2)
         w = _put_back(raw32, vals, walk, w, n)
 
 
@@ -277,7 +336,8 @@ def epoch_batches(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_o
     7.0-7.1 to 5.2-5.3 ns per row at N = 1e6 (15 rounds each, two orders; 11.2 -> 10.0 at
     N = 2^20 + 1, 8.9 -> 8.1 at 1.4e6; the parts at N = 1e6 before: hashing 2.7, walk list 0.6,
     step 1.0, count 0.7, scatter 2.2-3.0). On an AVX2 CPU (AMD Zen 3): 7.7 ns per row, 6.3 with
-    the step in float64 vectors, 5.5 with the rounds in uint32 lanes (:func:`_round32`; three
+    the step in float64 vectors, 5.5 with the rounds in uint32 lanes (:func:`_round32`; on Intel
+    cores the uint64 lanes of :func:`_rounds32_u64` instead, see ROUNDS_IN_U64_LANES; three
     runs of 30 builds alternating with the uint64 rounds: min 5.51-5.56 vs 6.30-6.33; the
     hashing alone 1.1 vs 1.9). Tried and slower there: the walk list from 32-bit masks (3.2 vs
     3.0 ns per row for hashing + list), the scatter in two interleaved halves or blocks of 64,
@@ -315,7 +375,7 @@ def epoch_batches(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_o
                 raw[j] = np.uint64(gids[c0 + j] if gids.size else lo + c0 + j)
         elif narrow:
             _hash_chunk32(gids, np.int64(lo + c0), c0, m, n, k0_32, k1_32, k2_32, k3_32, mask32, s1_32, s2_32,
-                          raw32, walk)
+                          raw32, walk, ROUNDS_IN_U64_LANES)
         else:
             _hash_chunk(gids, np.uint64(lo + c0), c0, m, n, k0, k1, k2, k3, mask, s1, s2, raw, walk)
         if narrow:

@@ -213,19 +213,32 @@ def test_glm_margin_has_no_refcount_calls_from_inlined_helpers():
     assert not INLINED_REFCOUNT.findall(ir), sorted(set(INLINED_REFCOUNT.findall(ir)))
 
 
-def test_plan_hash_of_small_domains_runs_in_32_bit_vector_lanes():
+def test_plan_hash_of_small_domains_keeps_its_lane_width():
     """The epoch plan's rounds for N <= 2^32 (shuffle._hash_chunk32) must stay uint32 arithmetic.
 
     Numba types uint32 products and shifts as uint64; the casts and masked shift counts in
     _round32 let LLVM keep them 32-bit (vpmulld: eight lanes per AVX2 vector). Widened, the loop
-    still vectorises, but in 64-bit lanes (the plan was 0.6 ns per row slower on Zen 3)."""
+    still vectorises, but in 64-bit lanes (the plan was 0.6 ns per row slower on Zen 3).
+    The other form (_rounds32_u64, the choice on Intel cores) must run in 64-bit lanes, with no
+    32-bit vector multiply left. Each form in a loop of its own, as in _hash_chunk32 (which holds
+    both, chosen by its u64_lanes argument)."""
     from mpidml.kernels import shuffle
 
     u = np.uint32
-    fresh = njit(shuffle._hash_chunk32.py_func)
-    fresh(np.empty(0, np.int64), np.int64(0), 0, 2048, np.uint64(1_000_000), u(1), u(2), u(3), u(4), u(2**20 - 1),
-          u(10), u(7), np.empty(4096, np.uint32), np.empty(2048, np.int64))
-    ir = fresh.inspect_llvm(fresh.signatures[0])
-    ops = set(re.findall(r"\b(mul|lshr) <\d+ x (i\d+)>", ir))
+
+    def vector_ops(rounds):
+        def hash_rows(raw32, first, m, k0, k1, k2, k3, mask, s1, s2):
+            for j in range(m):
+                raw32[j] = rounds(np.uint32(first + np.int64(j)), k0, k1, k2, k3, mask, s1, s2)
+
+        fresh = njit(hash_rows)
+        fresh(np.empty(2048, np.uint32), np.int64(0), 2048, u(1), u(2), u(3), u(4), u(2**20 - 1), u(10), u(7))
+        ir = fresh.inspect_llvm(fresh.signatures[0])
+        return set(re.findall(r"\b(mul|lshr) <\d+ x (i\d+)>", ir))
+
+    ops = vector_ops(shuffle._rounds32)
     assert ("mul", "i32") in ops and ("lshr", "i32") in ops, ops
     assert not {op for op in ops if op[1] == "i64"}, ops
+    ops = vector_ops(shuffle._rounds32_u64)
+    assert ("mul", "i64") in ops and ("lshr", "i64") in ops, ops
+    assert ("mul", "i32") not in ops, ops

@@ -230,6 +230,34 @@ def test_epoch_plan_of_huge_datasets_matches_row_position(N):
         assert np.array_equal(plan.rows(s), np.flatnonzero(step == s)), s
 
 
+@pytest.mark.parametrize("u64_lanes", [False, True])
+@pytest.mark.parametrize("N", [1003, 4097, 2**20 + 1, 2**32])
+def test_plan_hash_in_either_lane_width_matches_row_position(N, u64_lanes):
+    """Both forms of the plan's rounds for N <= 2^32 (uint32 lanes, or uint64 lanes with
+    32 x 32 -> 64-bit products: shuffle.ROUNDS_IN_U64_LANES picks one by CPU, so the tests run
+    both on any CPU) give row_position's values, for contiguous rows and for a row set, the
+    walking values included (N = 4097 and 2^20 + 1: about half and 5 % of them walk)."""
+    from mpidml import kernels
+    from mpidml.kernels import shuffle
+
+    keys, bits = kernels.shuffle_keys(5, 3), kernels.domain_bits(N)
+    mask = (1 << bits) - 1
+    u = np.uint32
+    k32 = [u(int(k) & mask) for k in keys]
+    s1, s2 = u(max(1, bits // 2)), u(max(1, (bits + 2) // 3))
+    raw, walk = kernels.plan_scratch()
+    raw32 = raw.view(np.uint32)
+    rng = np.random.default_rng(N % 997)
+    first = N - shuffle.PLAN_CHUNK if N > shuffle.PLAN_CHUNK else 0
+    m = min(N, shuffle.PLAN_CHUNK)
+    for gids in (np.empty(0, np.int64), np.sort(rng.choice(N, size=m, replace=False)).astype(np.int64)):
+        rows = gids if gids.size else np.arange(first, first + m)
+        shuffle._hash_chunk32(gids, np.int64(first), 0, m, np.uint64(N), *k32, u(mask), s1, s2, raw32, walk,
+                              u64_lanes)
+        want = [kernels.row_position(int(g), N, bits, keys) for g in rows]
+        assert np.array_equal(raw32[:m], want), (N, u64_lanes, bool(gids.size))
+
+
 def test_model_lbfgs_h0_layout():
     from mpidml.models import make_model
 
