@@ -48,7 +48,11 @@ inside the loop and none pays when timed alone).
 ``other = step - kernel - reduction - optimizer`` is everything else (Python in the loop,
 the shuffle, row selection, load imbalance beyond the per-step max, ...), reported in
 microseconds per step and as a fraction of the step; the target (issue 6, item 2) is
-``other <= 5%`` of the step at a global batch >= 4096 on 2 ranks. ``trainer_timers`` is the
+``other <= 5%`` of the step at a global batch >= 4096 on 2 ranks. ``target`` takes three
+estimates: by subtraction of the parts timed alone, from the loop's no-kernel twin, and (where
+every step ran compiled) in the fit itself, its wall time per step less the compiled loop's own
+kernel and reduction timers and the optimizer; the twin runs the batch plan with warm caches
+and can read low. ``trainer_timers`` is the
 trainer's own compute/comm split of the same runs.
 
 ``--comm-dtype float32`` (issue 6, item 4) is measured beside float64 in the same run: the
@@ -499,6 +503,7 @@ def worker(args) -> int:
     by_sub = (step["min"] - kern["min"] - ar["min"] - opt["min"]) / step["min"]
     null_default = rec_null_compiled if compiled else rec_null  # the no-op-kernel twin of the loop "step" ran
     by_null = (min(null_default) - ar["min"] - opt["min"]) / step["min"]
+    by_fit = _other_in_fit(rec["float64"]["in_compiled_loop"], rec_opt)
     out = {
         "benchmark": "bench_step",
         "what": "one AllreduceTrainer mini-batch SGD step split into kernel / Allreduce / optimizer / other",
@@ -574,16 +579,23 @@ def worker(args) -> int:
         "target": {
             "other_fraction_max": 0.05, "batch_global_min": 4096, "ranks": 2,
             "applies": bool(B >= 4096 and size == 2),
-            "how": "two estimates of 'other' / step, each from the minimum (least disturbed) time of every "
-                   "part: by subtraction, min(step) - min(kernel) - min(reduction alone) - min(optimizer); and "
+            "how": "estimates of 'other' / step, each from the minimum (least disturbed) time of every "
+                   "part: by subtraction, min(step) - min(kernel) - min(reduction alone) - min(optimizer); "
                    "from the no-op-kernel twin of the loop that 'step' ran (step_loop: the compiled loop "
                    "without its kernel call, or the Python loop with a no-op model), min(null) - "
-                   "min(reduction alone) - min(optimizer). Met only if both are <= 5%; noisy when they differ by "
-                   "more than 5% of the step or one is < 0.",
+                   "min(reduction alone) - min(optimizer); and, where every step ran compiled, in the fit "
+                   "itself (other_fraction_in_fit: per repeat, rank 0's fit time per step less the compiled "
+                   "loop's own kernel and reduction timers, the wait for the slower rank counted as "
+                   "reduction, and less the optimizer alone; its value in the fastest fit counts, min and "
+                   "median over repeats beside it). The twin's batch plan runs "
+                   "with warm caches, where the real fit's follows the kernel's sweep, so the twin can read "
+                   "low. Met only if every estimate is <= 5%; noisy when two differ by more than 5% of the "
+                   "step or one is < 0.",
             "other_fraction_by_subtraction": by_sub,
             "other_fraction_from_null_model": by_null,
-            "noisy": bool(by_sub < 0 or abs(by_sub - by_null) > 0.05),
-            "met": bool(max(by_sub, by_null) <= 0.05),
+            "other_fraction_in_fit": by_fit,
+            "noisy": _noisy([by_sub, by_null] + ([by_fit["fastest_fit"]] if by_fit else [])),
+            "met": bool(max([by_sub, by_null] + ([by_fit["fastest_fit"]] if by_fit else [])) <= 0.05),
         },
     }
     if "float32" in dtypes:
@@ -607,6 +619,30 @@ def worker(args) -> int:
 
     print(json.dumps(out))
     return 0
+
+
+def _other_in_fit(recs, rec_opt) -> dict | None:
+    """'other' / step measured in the 'step' fits themselves (rank 0), min and median over repeats:
+    the fit's wall time per step (batch plan + compiled runs + Python around them) less the
+    compiled loop's own kernel and reduction timers (MPI_Wtime inside the loop; the reduction's
+    wait for the slower rank included) and the optimizer alone of the same repeat; fastest_fit:
+    that fraction in the repeat whose fit was fastest (the target's value). None unless
+    every step of every fit ran in the compiled loop (its timers cover only those)."""
+    if not recs or any(r["share_of_steps"] != 1.0 for r in recs):
+        return None
+    fracs, per_steps = [], []
+    for r, opt in zip(recs, rec_opt):
+        per_step = r["plan"] + r["runs"] + r["python_steps"]
+        per_steps.append(per_step)
+        fracs.append((per_step - r["kernel"] - r["allreduce"] - opt) / per_step)
+    # the verdict's value: the fraction in the fastest (least disturbed) fit; the minimum fraction
+    # is biased low (a disturbance inside the kernel inflates its timer and shrinks the fraction)
+    return {**benchlib.stats(fracs), "fastest_fit": fracs[per_steps.index(min(per_steps))]}
+
+
+def _noisy(estimates) -> bool:
+    """Estimates of one fraction disagree: one is < 0, or two differ by more than 0.05."""
+    return bool(min(estimates) < 0 or max(estimates) - min(estimates) > 0.05)
 
 
 def _python_loop(rec_py, rec_step, kern, ar, opt, in_us) -> dict:

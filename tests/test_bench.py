@@ -54,7 +54,16 @@ def test_bench_step_quick():
     assert positive(loop["step"]) and positive(loop["kernel"])
     assert loop["kernel"]["min"] < loop["step"]["min"]
     assert loop["allreduce_total"]["min"] >= loop["allreduce_after_last_arrival"]["min"] > 0
-    assert doc["target"]["applies"] and "other_fraction_by_subtraction" in doc["target"]
+    target = doc["target"]
+    assert target["applies"] and "other_fraction_by_subtraction" in target
+    # every step ran compiled: 'other' is also measured in the fit itself, and the verdict takes all three
+    in_fit = target["other_fraction_in_fit"]
+    assert 0 < in_fit["min"] <= in_fit["median"] < 1 and in_fit["n"] == 2
+    assert in_fit["min"] <= in_fit["fastest_fit"] <= max(in_fit["min"], 2 * in_fit["median"] - in_fit["min"])
+    estimates = [target["other_fraction_by_subtraction"], target["other_fraction_from_null_model"],
+                 in_fit["fastest_fit"]]
+    assert target["met"] == (max(estimates) <= 0.05)
+    assert target["noisy"] == (min(estimates) < 0 or max(estimates) - min(estimates) > 0.05)
     assert doc["comm_dtype_float32"]["bytes_per_step"]["float32"] * 2 == doc["comm_dtype_float32"]["bytes_per_step"]["float64"]
     # logistic SGD runs the compiled step loop; the same fit in Python is measured beside it
     assert doc["step_loop"] == "compiled" and positive(doc["python_loop"]["step"])
