@@ -12,7 +12,7 @@ interleaved so that machine noise hits all parts alike:
 * ``step``: the real thing, ``AllreduceTrainer.fit`` (SGD, global batch B, ``--epochs`` epochs;
   per-epoch shuffle, row selection, kernel, Allreduce, gradient finish, optimizer, logging
   checks, heartbeat, replica check), wall time / steps, the max over ranks. ``step_loop`` says
-  which loop ran: ``compiled`` (linear, logistic, softmax: runs of steps between log points in one
+  which loop ran: ``compiled`` (linear, logistic, softmax: runs of steps, logged ones included, in one
   Numba call that calls MPI_Allreduce itself, mpidml.parallel.steploop) or ``python``;
   ``python_loop`` is the same fit with ``--step-loop python`` in the same repeats, and
   ``in_compiled_loop`` the compiled loop's own MPI_Wtime timers;

@@ -162,6 +162,18 @@ def test_schedules():
     assert make_schedule("inverse_sqrt", 1.0, total_steps=100)(30) == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("name,kw", [("constant", {}), ("inverse_sqrt", {"decay_steps": 7}),
+                                     ("step", {"step_size": 5}), ("cosine", {"total_steps": 40})])
+def test_schedule_values_are_the_scalar_rates(name, kw):
+    """values(start, n): the trainer's per-epoch rates, bit for bit those of the scalar calls."""
+    s = make_schedule(name, 0.3, **kw)
+    got = s.values(13, 30)
+    assert got.dtype == np.float64 and got.shape == (30,)
+    assert got.tolist() == [s(13 + k) for k in range(30)]
+    with pytest.raises(ValueError):
+        s.values(-1, 3)
+
+
 @pytest.mark.parametrize("args,kw", [
     (("nope", 0.1), {}),
     (("constant", 0.0), {}),

@@ -189,3 +189,70 @@ def test_step_loop_refuses_bad_learning_rates_before_any_step():
         loop.run(params, plan, 0, 3, [0.1, 0.1], SGD(6, 0.1))
     assert loop.run(params, plan, 0, 3, [0.1, 0.1, 0.1], SGD(6, 0.1))[0] == 3
     assert not np.array_equal(params, before)
+
+
+def _linear_loop(n=400, d=5, batch=20, zero_column=None):
+    from mpidml.parallel.allreduce import EpochPlan
+    from mpidml.parallel.steploop import StepLoop
+
+    X, y = make_problem("linear", n=n, d=d, seed=4)
+    if zero_column is not None:
+        X[:, zero_column] = 0.0
+    shard = shard_of(X, y, 0, 1)
+    model = make_model("linear", d)
+    plan = EpochPlan(shard, n, batch, 0, "global")
+    plan.build(0)
+    return X, y, model, plan, StepLoop(model, shard, MPI.COMM_SELF, d + 1, 4, "float64", 1e-3, d)
+
+
+def test_step_loop_logs_several_steps_in_one_run():
+    """One run through several logged steps: a record per logged step, in order, each the sums
+    of its own step: the loss sum at the parameters the step started from (NumPy, from a
+    step-by-step replay of the same loop), its batch's weight, the penalty after its update."""
+    from mpidml.optim import SGD
+
+    X, y, model, plan, loop = _linear_loop()
+    steps, log_every, lr = 20, 3, 0.05
+    params = model.init_params(0)
+    start = params.copy()
+    done, _, records = loop.run(params, plan, 0, steps, np.full(steps, lr), SGD(6, lr), base=0, log_every=log_every,
+                                total=steps)
+    assert done == steps
+    logged = [g for g in range(steps) if (g + 1) % log_every == 0 or g + 1 == steps]  # 2, 5, ..., 17, 19
+    assert records.shape == (len(logged), 6)
+    # replay one step at a time (runs of one step, nothing logged), keeping the parameters
+    replay, before = start.copy(), {}
+    opt = SGD(6, lr)
+    for g in range(steps):
+        before[g] = replay.copy()
+        assert loop.run(replay, plan, g, g + 1, [lr], opt)[0] == 1
+        if g in logged:
+            r = records[logged.index(g)]
+            rows = plan.rows(g)
+            z = X[rows] @ before[g][:5] + before[g][5]
+            assert r[2] == pytest.approx(0.5 * np.sum((z - y[rows]) ** 2), rel=1e-12)
+            assert r[3] == len(rows) and r[0] == r[1] == 0.0  # weight = rows (unweighted); no accuracy
+            assert r[4] == pytest.approx(np.dot(replay[:5], replay[:5]), rel=1e-12)
+    assert np.array_equal(params, replay)  # the same steps either way
+    t = records[:, 5]
+    assert np.all(t >= 0) and np.all(np.diff(t) >= 0)
+
+
+def test_step_loop_stops_after_a_logged_step_with_a_non_finite_objective():
+    """A logged step whose objective is not finite ends the run right after it, its record
+    last (the trainer raises there, as the Python loop does); without logging the same steps
+    go on. Here the penalty overflows and nothing else: w_0 = 1e155 on a feature that is zero
+    everywhere, so the loss and the gradient (l2 w_0 = 1e152, squared 1e304) stay finite while
+    ||w||^2 = 1e310; lr 0 keeps every step the same."""
+    from mpidml.optim import SGD
+
+    X, y, model, plan, loop = _linear_loop(zero_column=0)
+    steps = 20
+    params = model.init_params(0)
+    params[0] = 1e155
+    quiet = params.copy()
+    done, _, records = loop.run(params, plan, 0, steps, np.zeros(steps), SGD(6, 0.1), base=0, log_every=5,
+                                total=steps)
+    assert done == 5 and records.shape == (1, 6)  # the first logged step: g = 4
+    assert np.isfinite(records[0, 2]) and records[0, 4] == np.inf
+    assert loop.run(quiet, plan, 0, steps, np.zeros(steps), SGD(6, 0.1))[0] == steps

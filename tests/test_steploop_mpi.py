@@ -118,16 +118,46 @@ def test_compiled_loop_equals_python_loop_bitwise(name, weighted, x_dtype, monke
     assert all(g == gathered[0] for g in gathered)
 
 
-def test_compiled_loop_reports_divergence_like_the_python_loop():
+@pytest.mark.parametrize("run_seconds", [None, 0.0])
+def test_compiled_runs_span_logged_steps(run_seconds, monkeypatch):
+    """After a fit's first run (to its first logged step) a run of the compiled loop goes to
+    the epoch's end, through the logged steps, or to RUN_SECONDS of steps (0: one step per
+    run); either way the parameters and log records are the Python loop's, bit for bit."""
+    from mpidml.parallel import allreduce
+    from mpidml.parallel.steploop import StepLoop
+
+    if run_seconds is not None:
+        monkeypatch.setattr(allreduce, "RUN_SECONDS", run_seconds)
+    calls = []
+    run = StepLoop.run
+    monkeypatch.setattr(StepLoop, "run", lambda self, *a, **kw: calls.append(a[2:4]) or run(self, *a, **kw))
+    X, y = make_problem("logistic", n=1003, d=7, seed=3)
+    options = dict(optimizer="sgd", lr=0.2, batch_size=64, epochs=3, momentum=0.9, log_every=5)
+    got, trainer, ref, ref_trainer = _both("logistic", options, X, y, monkeypatch=monkeypatch)
+    assert np.array_equal(got, ref) and trainer.logged == ref_trainer.logged
+    assert len(trainer.logged) == 48 // 5 + 1  # 16 steps per epoch, 3 epochs: steps 5, 10, ..., 45 and 48
+    if run_seconds is None:  # [0, 5) to the first logged step, [5, 16), then one run per epoch
+        assert calls == [(0, 5), (5, 16), (0, 16), (0, 16)]
+    else:
+        assert calls[0] == (0, 5) and len(calls) == 1 + 43 and all(b - a == 1 for a, b in calls[1:])
+
+
+@pytest.mark.parametrize("log_every", [1000, 1, 3])
+def test_compiled_loop_reports_divergence_like_the_python_loop(log_every):
+    """The same error at the same step: through a non-finite reduced gradient (log_every 1000:
+    no step logs), or through a logged step's loss, which overflows (linear: (z - y)^2) steps
+    before the gradient does; there the compiled run stops right after that logged step."""
     X, y = make_problem("linear", n=1003, d=7, seed=3)
     messages = []
     for loop in ("auto", "python"):
         with pytest.raises(DivergedError) as err:
             train(Context(MPI.COMM_WORLD), X, y, model="linear", optimizer="sgd", lr=1e6, batch_size=50, epochs=3,
-                  log_every=1000, step_loop=loop)
+                  log_every=log_every, step_loop=loop)
         messages.append(str(err.value))
     assert "diverged at step" in messages[0] and "loss=" in messages[0]
     assert messages[0] == messages[1]
+    if log_every == 1:  # the loss overflowed first: an infinite objective, not a NaN gradient's
+        assert "loss=inf" in messages[0], messages[0]
 
 
 def test_one_rank_that_cannot_run_it_keeps_every_rank_in_python(monkeypatch):

@@ -55,6 +55,17 @@ class Schedule:
         frac = min(step, total) / total
         return lr * (r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
+    def values(self, start: int, n: int):
+        """float64 (n,): the rates of steps start .. start+n-1, each exactly ``self(step)``
+        (a constant schedule without a Python call per step: the trainer asks for an epoch's)."""
+        import numpy as np
+
+        if start < 0:
+            raise ValueError(f"schedule step must be >= 0, got {start}")
+        if self.name == "constant":
+            return np.full(n, float(self.lr))
+        return np.array([self(start + k) for k in range(n)], dtype=np.float64)
+
     def __repr__(self) -> str:
         kw = "".join(f", {k}={v!r}" for k, v in self.params.items())
         return f"make_schedule({self.name!r}, {self.lr!r}{kw})"

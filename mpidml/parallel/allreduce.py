@@ -358,7 +358,7 @@ class AllreduceTrainer:
         n_cls = getattr(model, "n_classes", 0) if model.is_classifier else 0
         P = self.n_params
         n_pen = self._n_pen()
-        # Runs of steps up to the next logged one go through the compiled loop (steploop) where
+        # Runs of steps, logged ones included, go through the compiled loop (steploop) where
         # every rank can; steps with a checkpoint or test fault due, and every step of other
         # models, through Python below.
         self.node_reducer()  # collective, once: how the steps' sums are reduced (both loops)
@@ -380,58 +380,76 @@ class AllreduceTrainer:
             (kernels.penalty_norm2) where the penalised entries lead, so both loops log the same bits."""
             return 0.5 * l2 * kernels.penalty_norm2(params, n_pen) if n_pen >= 0 else l2_penalty(params, l2, pen)
 
-        def log_step(step, epoch, s, lr, red, pen_value):
+        def log_step(step, epoch, s, lr, tail, pen_value, now=None):
             """The log record of 0-based ``step`` (step s of its epoch, taken with ``lr``; params
-            already updated, their penalty ``pen_value``) from its reduced [grad_sum, correct,
-            counted, loss, weight] ``red``."""
+            already updated, their penalty ``pen_value``) from its reduced [correct, counted, loss,
+            weight] ``tail`` (the reduced buffer's last four values); ``now``: when the step ended
+            (perf_counter seconds; default: now)."""
             nonlocal samples_since, t_log
-            f = red[-2] / red[-1] + pen_value
+            f = tail[2] / tail[3] + pen_value
             if not math.isfinite(f):
                 raise _diverged(step + 1, "loss", f, self.checkpointer)
-            now = time.perf_counter()
+            now = time.perf_counter() if now is None else now
             rec = {"step": step + 1, "epoch": epoch + (s + 1) / steps_per_epoch, "loss": f, "lr": lr,
                    "samples_per_s": samples_since / max(now - t_log, 1e-12)}
-            if n_cls and red[P + 1] > 0:
-                rec["accuracy"] = float(red[P] / red[P + 1])
+            if n_cls and tail[1] > 0:
+                rec["accuracy"] = float(tail[0] / tail[1])
             self.reporter.log(rec)
             samples_since, t_log = 0, now
 
+        run_cap = None  # steps per run of the compiled loop after the first (see below)
         for epoch in range(start // steps_per_epoch, cfg.epochs):
             t0 = time.perf_counter()
             plan.build(epoch)
             t_compute += time.perf_counter() - t0
             base = epoch * steps_per_epoch
             if loop is not None:  # the epoch's learning rates at once: the loop's runs take views
-                lrs_epoch = np.array([schedule(base + k) for k in range(steps_per_epoch)], dtype=np.float64)
+                lrs_epoch = schedule.values(base, steps_per_epoch)
             first = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
             s = first
             while s < steps_per_epoch:
                 step = epoch * steps_per_epoch + s
                 if loop is not None and not python_only(step):
-                    # a run of steps up to the next one that logs (its loss and batch accuracy
-                    # are reduced in the loop too) or the one before a checkpoint or test fault
-                    next_log = (step // log_every + 1) * log_every - 1  # the first step >= step that logs
-                    end = min(next_log - base + 1, steps_per_epoch)  # (an epoch's last step ends it too)
+                    # A run of steps, logged ones included (their loss and batch accuracy are
+                    # reduced in the loop and their records written from its sums afterwards): the
+                    # fit's first run to its first logged step, later ones to the epoch's end or
+                    # run_cap steps (about RUN_SECONDS, so that the log lines of a long epoch come
+                    # out as it goes), and any run to the step before a checkpoint or test fault.
+                    if run_cap is None:
+                        next_log = (step // log_every + 1) * log_every - 1  # the first step >= step that logs
+                        end = min(next_log - base + 1, steps_per_epoch)
+                    else:
+                        end = min(s + run_cap, steps_per_epoch)
                     if ckpt is not None or faults.active:
                         stop = s + 1
                         while stop < end and not python_only(base + stop):
                             stop += 1
                         end = stop
-                    log_last = logs(base + end - 1)
                     t0 = time.perf_counter()
-                    done, comm_s = loop.run(params, plan, s, end, lrs_epoch[s:end], opt, log_last)
+                    done, comm_s, records = loop.run(params, plan, s, end, lrs_epoch[s:end], opt, base, log_every,
+                                                     total)
                     t_run = time.perf_counter() - t0
                     t_compute += t_run - comm_s
                     t_comm += comm_s
-                    samples_since += plan.global_count(s, s + done)
                     self.steps = step + done
                     self.ctx.beat()
+                    logged = _logged_steps(step, step + done, log_every, total)
+                    if len(logged) != len(records):
+                        raise RuntimeError(f"step loop: {len(records)} log records for {len(logged)} logged steps")
+                    counted = s
+                    for g, r in zip(logged, records):  # r: [correct, counted, loss, weight, ||w||^2, seconds]
+                        samples_since += plan.global_count(counted, g - base + 1)
+                        counted = g - base + 1
+                        log_step(g, epoch, g - base, float(lrs_epoch[g - base]), r, 0.5 * l2 * r[4], t0 + r[5])
+                    if counted < s + done:
+                        samples_since += plan.global_count(counted, s + done)
                     s += done
                     if s < end:  # the reduced gradient of step s is not finite (loop.red holds its sums)
                         self._raise_diverged(self.steps, plan.rows(s), params)
-                    if log_last:
-                        log_step(self.steps - 1, epoch, s - 1, float(lrs_epoch[s - 1]), loop.red,
-                                 0.5 * l2 * loop.penalty_norm2)
+                    if run_cap is None:  # agreed once (collective; every rank runs the same runs)
+                        cap = np.array([RUN_SECONDS * done / max(t_run, 1e-9)])
+                        self.comm.Allreduce(MPI.IN_PLACE, cap, op=MPI.MIN)
+                        run_cap = max(1, int(min(cap[0], 2**40)))
                     continue
                 log_now = logs(step)
                 t0 = time.perf_counter()
@@ -461,7 +479,7 @@ class AllreduceTrainer:
                 samples_since += plan.global_count(s)
                 self.steps = step + 1
                 if log_now:
-                    log_step(step, epoch, s, lr, buf, penalty())
+                    log_step(step, epoch, s, lr, buf[P:], penalty())
                 self._step_done(step + 1, epoch, params, state)
                 s += 1
             self.epochs_done = epoch + 1
@@ -666,6 +684,21 @@ class EpochPlan:
         of steps s .. s_end-1 together (a run of the compiled loop: no per-step sum)."""
         s_end = s + 1 if s_end is None else s_end
         return min(s_end * self.batch, self.n_rows) - s * self.batch
+
+
+# Seconds of steps in one call of the compiled step loop (after a fit's first, which ends at its
+# first logged step): the log records of its logged steps are written when it returns, so
+# this bounds how late a log line comes out. One call per epoch of a small epoch instead of one
+# per logged step (~10 per epoch): ~30 us of Python and call overhead less per logged step.
+RUN_SECONDS = 1.0
+
+
+def _logged_steps(g0: int, g1: int, log_every: int, total: int) -> list:
+    """The 0-based steps in [g0, g1) that log: (g + 1) % log_every == 0, or the fit's last."""
+    out = list(range((g0 // log_every + 1) * log_every - 1, g1, log_every))
+    if g0 <= total - 1 < g1 and total % log_every != 0:
+        out.append(total - 1)
+    return out
 
 
 def _diverged(step, what, value, checkpointer=None):

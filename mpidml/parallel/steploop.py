@@ -1,16 +1,18 @@
 """The mini-batch step loop of the allreduce trainer, compiled: kernel, Allreduce, optimizer.
 
-Between two log points a mini-batch step of a linear, logistic or softmax model (dense or CSR
+A mini-batch step of a linear, logistic or softmax model (dense or CSR
 rows) does nothing but: the loss kernel on this rank's rows of the batch, one Allreduce of
 ``[grad_sum (P), correct, counted, loss_sum, weight_sum]``, the gradient finish and the
 optimizer update. In Python each step also ran the interpreter, mpi4py's and NumPy's call
 overhead and the trainer's bookkeeping, all cache-cold after the kernel's sweep through L2
 (``scripts/bench_step.py``: ~50 us per step at a global batch of 4096, a sixth of the step).
 :func:`_make_steps`' loops run a whole run of such steps in one Numba call that calls MPI itself
-(:mod:`mpidml.parallel.native`), up to and including the next step that logs (its loss sum and
-a classifier's batch accuracy are reduced with its gradient; Python writes the record from the
-reduced sums); Python takes over at steps with a checkpoint or test fault due, and for every
-model, shard or option the compiled loop does not cover.
+(:mod:`mpidml.parallel.native`), logged steps included (their loss sum and a classifier's batch
+accuracy are reduced with the gradient and kept in a table; Python writes the records from it
+after the call): a fit's first run ends at its first logged step, later ones at the epoch's end
+or after about a second (``mpidml.parallel.allreduce.RUN_SECONDS``). Python takes over at steps
+with a checkpoint or test fault due, and for every model, shard or option the compiled loop
+does not cover.
 
 It is the Python loop's arithmetic in the same order with the same kernels (the model's
 ``loss_grad`` kernel: ``logistic_loss_grad_hits``, ``softmax_loss_grad_hits`` and their CSR twins
@@ -65,6 +67,13 @@ _penalty_norm2 = njit(nogil=True, fastmath=False)(update.penalty_norm2.py_func)
 _node_allreduce = njit(nogil=True)(nodereduce.node_allreduce.py_func)  # the Python loop's sum, same source
 
 
+@njit(nogil=True, fastmath=False)
+def _log_objective(loss_sum, weight_sum, l2, pn):
+    """A log record's objective, as the trainer's log_step computes it (same operations, same
+    order, no contraction): loss_sum / weight_sum + 0.5 * l2 * pn."""
+    return loss_sum / weight_sum + 0.5 * l2 * pn
+
+
 def _make_steps(kind: int):
     """The compiled loop for one kernel ``kind`` (DENSE_LOGISTIC, ...), a compile-time constant of
     the closure: the other kinds' branches are pruned before typing, so only this kernel is
@@ -74,7 +83,7 @@ def _make_steps(kind: int):
     @njit(cache=True, nogil=True, fastmath=FASTMATH)
     def steps(data, y, sw, params, order, starts, s0, s1, lrs, opt_kind, velocity, momentum, nesterov,
               m, v, beta1, beta2, bias1, bias2, eps, l2, n_pen, sums, send32, recv32, red, grad,
-              dtype_h, op_h, comm_h, progress, stats, work, n_classes, log_last, node):
+              dtype_h, op_h, comm_h, progress, stats, work, n_classes, base, log_every, total, logs, node):
         """Mini-batch steps ``s0 .. s1-1`` of an epoch, each: kernel, Allreduce, gradient finish, update.
 
         data: dense (X,) with X (n, D) float32/float64 C-contiguous, or CSR (indptr, indices,
@@ -93,20 +102,26 @@ def _make_steps(kind: int):
         arguments (:class:`mpidml.parallel.nodereduce.NodeReducer`'s ``args``: sums -> red through
         shared memory, float64) or :data:`NO_NODE` (MPI_Allreduce).
         progress: int64 (1,), incremented after each step (the watchdog's heartbeat);
-        stats: float64 (4,): stats[0] += seconds inside the reduction (with the float32 casts),
+        stats: float64 (5,): stats[0] += seconds inside the reduction (with the float32 casts),
         stats[1] = the MPI error code of a failed call (0 otherwise; -1: an lr is negative or not
         finite, no step taken), stats[2] += seconds in the kernel and the batch's weight sum
-        (MPI_Wtime, ~20 ns a call), stats[3] = ||params[:n_pen]||^2 after the last step when it
-        logs (``kernels.penalty_norm2``: the log record's penalty, as the Python loop computes it).
+        (MPI_Wtime, ~20 ns a call), stats[3] = MPI_Wtime at the loop's start, stats[4] = the
+        rows of ``logs`` written.
 
-        log_last: the last step logs: its kernel adds the loss sum, and a classifier's batch
-        accuracy goes into the reduced [correct, counted] (the loss kernel counts the hits, counted
-        is the batch's weight sum, as ``model.loss_grad_hits``); red
-        keeps that step's sums.
+        Logged steps: step s logs when its 0-based step of the fit, g = base + s, has
+        ``(g + 1) % log_every == 0`` or ``g + 1 == total`` (log_every >= 1). Its kernel adds the
+        loss sum, and a classifier's batch accuracy goes into the reduced [correct, counted] (the
+        loss kernel counts the hits, counted is the batch's weight sum, as
+        ``model.loss_grad_hits``). After its update, the next row of ``logs`` (float64 (L, 6), L
+        at least the run's logged steps) gets [correct, counted, loss_sum, weight_sum,
+        ||params[:n_pen]||^2 (``kernels.penalty_norm2``: the log record's penalty, as the Python
+        loop computes it), MPI_Wtime]; the run stops after a logged step whose objective
+        loss_sum / weight_sum + 0.5 l2 ||params[:n_pen]||^2 is not finite (the Python loop
+        raises there).
 
         Returns the number of steps completed. Fewer than ``s1 - s0``: the reduced gradient of
-        step ``s0 + returned`` was not finite (red holds its sums; params not updated) or the
-        Allreduce failed (stats[1] != 0).
+        step ``s0 + returned`` was not finite (red holds its sums; params not updated), the
+        Allreduce failed (stats[1] != 0), or the last completed step logged a non-finite objective.
         """
         P = params.size
         n_tail = sums.size - P
@@ -115,6 +130,8 @@ def _make_steps(kind: int):
             if not (lrs[k] >= 0.0 and math.isfinite(lrs[k])):
                 stats[1] = -1.0
                 return 0
+        stats[3] = native.mpi_wtime()
+        n_logged = 0
         for s in range(s0, s1):
             rows = order[starts[s]:starts[s + 1]]
             for j in range(sums.size):
@@ -123,7 +140,7 @@ def _make_steps(kind: int):
             tk = native.mpi_wtime()
             # with_loss: a run-time bool, never a literal False, which would make Numba compile a
             # second specialisation of the kernel for Literal[bool](False) (~6 s)
-            wl = log_last and s == s1 - 1
+            wl = (base + s + 1) % log_every == 0 or base + s + 1 == total
             hits = sums[P:P + 1] if wl else sums[P:P]  # a classifier's logged step: its hits (sums[P])
             if kind == DENSE_LOGISTIC:  # a logged step's hits from the same pass (sums[P]; none: size 0)
                 sums[P + n_tail - 2] = kernels.logistic_loss_grad_hits(data[0], y, sw, params, rows, grad_sum, wl,
@@ -173,8 +190,16 @@ def _make_steps(kind: int):
             else:
                 _sgd_update(params, grad, velocity, lrs[k], momentum, nesterov)
             progress[0] += 1
-        if log_last and s1 > s0:
-            stats[3] = _penalty_norm2(params, n_pen)
+            if wl:
+                pn = _penalty_norm2(params, n_pen)
+                for j in range(4):
+                    logs[n_logged, j] = red[P + j]
+                logs[n_logged, 4] = pn
+                logs[n_logged, 5] = native.mpi_wtime()
+                n_logged += 1
+                stats[4] = n_logged
+                if not math.isfinite(_log_objective(red[P + n_tail - 2], red[P + n_tail - 1], l2, pn)):
+                    return s - s0 + 1
         return s1 - s0
 
     return steps
@@ -278,7 +303,8 @@ class StepLoop:
         self.node = reducer.args if reducer is not None else NO_NODE
         self.l2, self.n_pen = float(l2), int(n_pen)
         self.progress = np.zeros(1, dtype=np.int64)
-        self.stats = np.zeros(4)
+        self.stats = np.zeros(5)
+        self.logs = np.zeros((1, 6))  # the logged steps' sums (run: grown to a run's logged steps)
         self.seconds = {"kernel": 0.0, "allreduce": 0.0, "steps": 0}
         self._empty = np.zeros(0)
         # compiled (or loaded) in this process already: for these dtypes, every rank has it too
@@ -295,20 +321,26 @@ class StepLoop:
         self.fn(self.data, self.shard.y, self.shard.sw, np.zeros(P), np.zeros(0, dtype=np.int64),
                 np.zeros(1, dtype=np.int64), 0, 0, e, SGD_KIND, e, 0.0, False, e, e, 0.9, 0.999, e, e, 1e-8,
                 self.l2, self.n_pen, self.sums, self.send32, self.recv32, self.red, self.grad, *self.handles,
-                self.progress, self.stats, self.work, self.n_classes, False, self.node)
+                self.progress, self.stats, self.work, self.n_classes, 0, 1, 0, self.logs, self.node)
         self.compiled = True
         _COMPILED.add(self._key)
 
-    def run(self, params, plan, s0: int, s1: int, lrs, opt, log_last: bool = False) -> tuple[int, float]:
+    def run(self, params, plan, s0: int, s1: int, lrs, opt, base: int = 0, log_every: int = 0,
+            total: int = 0) -> tuple[int, float, np.ndarray]:
         """Steps s0 .. s1-1 of ``plan``'s epoch with ``opt`` (optim.SGD or optim.Adam, updated in place).
 
-        ``lrs``: the learning rates of those steps. ``log_last``: step s1-1 logs (its loss sum and
-        a classifier's [correct, counted] are reduced with its gradient; ``self.red`` keeps them).
-        Returns (steps completed, seconds in MPI_Allreduce); after a logged last step,
-        ``self.penalty_norm2`` is ||params[:n_pen]||^2 (``kernels.penalty_norm2``). Raises
-        ValueError for a negative or non-finite lr (no step taken), mpi4py.MPI.Exception if an
-        Allreduce failed. Fewer steps than asked and no exception: the next step's reduced
-        gradient is not finite (``self.red`` holds its sums).
+        ``lrs``: the learning rates of those steps. Logged steps (``log_every`` >= 1): step s
+        logs when ``g = base + s`` (its 0-based step of the fit) has ``(g + 1) % log_every == 0``
+        or ``g + 1 == total``; its loss sum and a classifier's [correct, counted] are reduced with
+        its gradient. ``log_every`` 0: no step logs.
+
+        Returns (steps completed, seconds in MPI_Allreduce, records): records float64 (L, 6),
+        one row per logged step completed, in order: [correct, counted, loss_sum, weight_sum,
+        ||params[:n_pen]||^2 after its update (``kernels.penalty_norm2``), seconds since the
+        run started (MPI_Wtime)]. Raises ValueError for a negative or non-finite lr (no step
+        taken), mpi4py.MPI.Exception if an Allreduce failed. Fewer steps than asked and no
+        exception: the next step's reduced gradient is not finite (``self.red`` holds its sums),
+        or the last completed step logged a non-finite objective.
         """
         n = s1 - s0
         lrs = np.asarray(lrs, dtype=np.float64)  # the caller's float64 array itself: no copy
@@ -324,14 +356,18 @@ class StepLoop:
             bias1 = bias2 = e
             kind, vel, mom, nest, m, v, b1, b2, eps = (SGD_KIND, opt._velocity, opt.momentum, opt.nesterov, e, e,
                                                        0.9, 0.999, 1e-8)
+        if log_every < 1:  # no step logs
+            log_every, total = 2**62, -1
+        n_logs = n // log_every + 2  # at most: every log_every-th step, and the fit's last
+        if self.logs.shape[0] < n_logs:
+            self.logs = np.zeros((n_logs, 6))
         self.stats[:] = 0.0
         sh = self.shard
         done = self.fn(self.data, sh.y, sh.sw, params, plan.order, plan.starts, s0, s1, lrs, kind, vel, mom,
                        nest, m, v, b1, b2, bias1, bias2, eps, self.l2, self.n_pen, self.sums, self.send32,
                        self.recv32, self.red, self.grad, *self.handles, self.progress, self.stats, self.work,
-                       self.n_classes, bool(log_last), self.node)
+                       self.n_classes, int(base), int(log_every), int(total), self.logs, self.node)
         opt.t += done
-        self.penalty_norm2 = float(self.stats[3])  # after a run that ended with a logged step
         self.seconds["kernel"] += float(self.stats[2])
         self.seconds["allreduce"] += float(self.stats[0])
         self.seconds["steps"] += int(done)
@@ -339,4 +375,6 @@ class StepLoop:
             raise ValueError("step lr must be finite and >= 0")
         if self.stats[1] != 0:
             raise MPI.Exception(int(self.stats[1]))
-        return int(done), float(self.stats[0])
+        records = self.logs[:int(self.stats[4])].copy()
+        records[:, 5] -= self.stats[3]
+        return int(done), float(self.stats[0]), records
