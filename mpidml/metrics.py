@@ -95,11 +95,15 @@ class Reporter:
         self.t0 = time.perf_counter()
         self._last_len = 0
 
-    def log(self, record: dict) -> None:
-        """One metrics line (step, epoch, loss, ...); also shown on the terminal."""
+    def log(self, record: dict, at: float | None = None) -> None:
+        """One metrics line (step, epoch, loss, ...); also shown on the terminal. ``at``: when
+        the logged event happened (time.perf_counter() seconds; default: now), for records
+        written after the fact (the compiled step loop's logged steps, written when its run
+        returns): their "time" is their step's, not the moment they were written."""
         if not self.enabled:
             return
-        record = {"time": round(time.perf_counter() - self.t0, 6), **record}
+        now = time.perf_counter() if at is None else at
+        record = {"time": round(now - self.t0, 6), **record}
         if self.file is not None:
             self.file.write(json.dumps(_clean(record)) + "\n")
             self.file.flush()

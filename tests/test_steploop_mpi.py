@@ -44,7 +44,7 @@ def _logged(monkeypatch):
     from mpidml.metrics import Reporter
 
     records = []
-    monkeypatch.setattr(Reporter, "log", lambda self, rec: records.append(
+    monkeypatch.setattr(Reporter, "log", lambda self, rec, at=None: records.append(
         {k: v for k, v in rec.items() if k != "samples_per_s"}))
     return records
 
@@ -140,6 +140,43 @@ def test_compiled_runs_span_logged_steps(run_seconds, monkeypatch):
         assert calls == [(0, 5), (5, 16), (0, 16), (0, 16)]
     else:
         assert calls[0] == (0, 5) and len(calls) == 1 + 43 and all(b - a == 1 for a, b in calls[1:])
+
+
+def test_log_records_carry_their_steps_time(tmp_path, monkeypatch):
+    """Records written after a compiled run returns carry the time their step ended (Reporter.log's
+    ``at``, from the loop's MPI_Wtime), not the moment they were written: before it returned,
+    in step order; and metrics.jsonl's "time" is that moment."""
+    import json
+    import time
+
+    from mpidml.config import TrainConfig
+    from mpidml.metrics import Reporter
+    from mpidml.models import make_model
+    from mpidml.parallel import AllreduceTrainer
+
+    from helpers import shard_of
+
+    seen = []
+    log = Reporter.log
+    monkeypatch.setattr(Reporter, "log", lambda self, rec, at=None: (seen.append((at, time.perf_counter())),
+                                                                    log(self, rec, at=at)))
+    world = MPI.COMM_WORLD
+    X, y = make_problem("logistic", n=1003, d=7, seed=3)
+    cfg = TrainConfig(data="<memory>", out="<none>", progress="none", model="logistic", optimizer="sgd", lr=0.2,
+                      batch_size=64, epochs=3, l2=1e-3, seed=7, log_every=5)
+    model = make_model("logistic", 7, 2)
+    reporter = Reporter(str(tmp_path) if world.rank == 0 else None, mode="none")  # rank 0 writes metrics.jsonl
+    trainer = AllreduceTrainer(Context(world), model, shard_of(X, y, world.rank, world.size), cfg, reporter,
+                               float(len(X)))
+    trainer.fit(model.init_params(7))
+    reporter.close()
+    assert trainer.summary_section()["step_loop"]["loop"] == "compiled" and len(seen) == 48 // 5 + 1
+    ats = [a for a, _ in seen]
+    assert all(a is not None for a in ats) and all(a <= w for a, w in seen)
+    assert all(b >= a for a, b in zip(ats, ats[1:]))
+    if world.rank == 0:
+        times = [json.loads(line)["time"] for line in open(tmp_path / "metrics.jsonl")]
+        assert times == [round(a - reporter.t0, 6) for a in ats]
 
 
 @pytest.mark.parametrize("log_every", [1000, 1, 3])

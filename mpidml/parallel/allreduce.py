@@ -394,7 +394,7 @@ class AllreduceTrainer:
                    "samples_per_s": samples_since / max(now - t_log, 1e-12)}
             if n_cls and tail[1] > 0:
                 rec["accuracy"] = float(tail[0] / tail[1])
-            self.reporter.log(rec)
+            self.reporter.log(rec, at=now)
             samples_since, t_log = 0, now
 
         run_cap = None  # steps per run of the compiled loop after the first (see below)
