@@ -219,7 +219,7 @@ def test_step_loop_logs_several_steps_in_one_run():
                                 total=steps)
     assert done == steps
     logged = [g for g in range(steps) if (g + 1) % log_every == 0 or g + 1 == steps]  # 2, 5, ..., 17, 19
-    assert records.shape == (len(logged), 6)
+    assert records.shape == (len(logged), 7) and records[:, 6].tolist() == logged  # each row names its step
     # replay one step at a time (runs of one step, nothing logged), keeping the parameters
     replay, before = start.copy(), {}
     opt = SGD(6, lr)
@@ -253,6 +253,6 @@ def test_step_loop_stops_after_a_logged_step_with_a_non_finite_objective():
     quiet = params.copy()
     done, _, records = loop.run(params, plan, 0, steps, np.zeros(steps), SGD(6, 0.1), base=0, log_every=5,
                                 total=steps)
-    assert done == 5 and records.shape == (1, 6)  # the first logged step: g = 4
+    assert done == 5 and records.shape == (1, 7) and records[0, 6] == 4  # the first logged step: g = 4
     assert np.isfinite(records[0, 2]) and records[0, 4] == np.inf
     assert loop.run(quiet, plan, 0, steps, np.zeros(steps), SGD(6, 0.1))[0] == steps

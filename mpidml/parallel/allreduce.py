@@ -433,14 +433,12 @@ class AllreduceTrainer:
                     t_comm += comm_s
                     self.steps = step + done
                     self.ctx.beat()
-                    logged = _logged_steps(step, step + done, log_every, total)
-                    if len(logged) != len(records):
-                        raise RuntimeError(f"step loop: {len(records)} log records for {len(logged)} logged steps")
                     counted = s
-                    for g, r in zip(logged, records):  # r: [correct, counted, loss, weight, ||w||^2, seconds]
-                        samples_since += plan.global_count(counted, g - base + 1)
-                        counted = g - base + 1
-                        log_step(g, epoch, g - base, float(lrs_epoch[g - base]), r, 0.5 * l2 * r[4], t0 + r[5])
+                    for r in records:  # [correct, counted, loss, weight, ||w||^2, seconds, step of the epoch]
+                        sl = int(r[6])
+                        samples_since += plan.global_count(counted, sl + 1)
+                        counted = sl + 1
+                        log_step(base + sl, epoch, sl, float(lrs_epoch[sl]), r, 0.5 * l2 * r[4], t0 + r[5])
                     if counted < s + done:
                         samples_since += plan.global_count(counted, s + done)
                     s += done
@@ -691,14 +689,6 @@ class EpochPlan:
 # this bounds how late a log line comes out. One call per epoch of a small epoch instead of one
 # per logged step (~10 per epoch): ~30 us of Python and call overhead less per logged step.
 RUN_SECONDS = 1.0
-
-
-def _logged_steps(g0: int, g1: int, log_every: int, total: int) -> list:
-    """The 0-based steps in [g0, g1) that log: (g + 1) % log_every == 0, or the fit's last."""
-    out = list(range((g0 // log_every + 1) * log_every - 1, g1, log_every))
-    if g0 <= total - 1 < g1 and total % log_every != 0:
-        out.append(total - 1)
-    return out
 
 
 def _diverged(step, what, value, checkpointer=None):

@@ -112,10 +112,10 @@ def _make_steps(kind: int):
         ``(g + 1) % log_every == 0`` or ``g + 1 == total`` (log_every >= 1). Its kernel adds the
         loss sum, and a classifier's batch accuracy goes into the reduced [correct, counted] (the
         loss kernel counts the hits, counted is the batch's weight sum, as
-        ``model.loss_grad_hits``). After its update, the next row of ``logs`` (float64 (L, 6), L
+        ``model.loss_grad_hits``). After its update, the next row of ``logs`` (float64 (L, 7), L
         at least the run's logged steps) gets [correct, counted, loss_sum, weight_sum,
         ||params[:n_pen]||^2 (``kernels.penalty_norm2``: the log record's penalty, as the Python
-        loop computes it), MPI_Wtime]; the run stops after a logged step whose objective
+        loop computes it), MPI_Wtime, s]; the run stops after a logged step whose objective
         loss_sum / weight_sum + 0.5 l2 ||params[:n_pen]||^2 is not finite (the Python loop
         raises there).
 
@@ -196,6 +196,7 @@ def _make_steps(kind: int):
                     logs[n_logged, j] = red[P + j]
                 logs[n_logged, 4] = pn
                 logs[n_logged, 5] = native.mpi_wtime()
+                logs[n_logged, 6] = s
                 n_logged += 1
                 stats[4] = n_logged
                 if not math.isfinite(_log_objective(red[P + n_tail - 2], red[P + n_tail - 1], l2, pn)):
@@ -304,7 +305,7 @@ class StepLoop:
         self.l2, self.n_pen = float(l2), int(n_pen)
         self.progress = np.zeros(1, dtype=np.int64)
         self.stats = np.zeros(5)
-        self.logs = np.zeros((1, 6))  # the logged steps' sums (run: grown to a run's logged steps)
+        self.logs = np.zeros((1, 7))  # the logged steps' sums (run: grown to a run's logged steps)
         self.seconds = {"kernel": 0.0, "allreduce": 0.0, "steps": 0}
         self._empty = np.zeros(0)
         # compiled (or loaded) in this process already: for these dtypes, every rank has it too
@@ -334,10 +335,10 @@ class StepLoop:
         or ``g + 1 == total``; its loss sum and a classifier's [correct, counted] are reduced with
         its gradient. ``log_every`` 0: no step logs.
 
-        Returns (steps completed, seconds in MPI_Allreduce, records): records float64 (L, 6),
+        Returns (steps completed, seconds in MPI_Allreduce, records): records float64 (L, 7),
         one row per logged step completed, in order: [correct, counted, loss_sum, weight_sum,
         ||params[:n_pen]||^2 after its update (``kernels.penalty_norm2``), seconds since the
-        run started (MPI_Wtime)]. Raises ValueError for a negative or non-finite lr (no step
+        run started (MPI_Wtime), the step s (of the epoch)]. Raises ValueError for a negative or non-finite lr (no step
         taken), mpi4py.MPI.Exception if an Allreduce failed. Fewer steps than asked and no
         exception: the next step's reduced gradient is not finite (``self.red`` holds its sums),
         or the last completed step logged a non-finite objective.
@@ -360,7 +361,7 @@ class StepLoop:
             log_every, total = 2**62, -1
         n_logs = n // log_every + 2  # at most: every log_every-th step, and the fit's last
         if self.logs.shape[0] < n_logs:
-            self.logs = np.zeros((n_logs, 6))
+            self.logs = np.zeros((n_logs, 7))
         self.stats[:] = 0.0
         sh = self.shard
         done = self.fn(self.data, sh.y, sh.sw, params, plan.order, plan.starts, s0, s1, lrs, kind, vel, mom,
