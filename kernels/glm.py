@@ -4,7 +4,8 @@ from numba import njit
 from .simd import ld, vabs, vadd, vdiv, vexp_nonpos, vfma, vhsum8, vlane, vload, vload_n, vlog1p_unit, vmax, vmul, \
     vselect_eq, vselect_ge, vselect_gt, vset8, vsplat, vstore, vsub
 from .util import CACHE_LINE, FASTMATH, LINEAR, LOSS_PREFETCH_BYTES, LOSS_PREFETCH_ROWS, PREFETCH_BYTES, \
-    SCATTERED_ROWS_AHEAD, _prefetch, link_residual, next_run, prefetch_ahead, prefetch_rows, prefetch_scattered
+    SCATTERED_ROWS_AHEAD, _prefetch, link_residual, next_run, prefetch_ahead, prefetch_rows, prefetch_scattered, \
+    stream_prefetch
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
@@ -89,7 +90,7 @@ def _row_dot(X, params, a, D8, lead, pf, shift):
     s = vsplat(0.0)
     for j in range(0, D8, 8):
         if lead >= 0:
-            _prefetch(X, pf + (j >> shift))
+            stream_prefetch(X, pf + (j >> shift))
         s = vfma(vload(X, a + j), vload(params, j), s)
     return s
 
@@ -192,6 +193,10 @@ def _eight_rows(X, y, sw, params, i0, i1, i2, i3, i4, i5, i6, i7, grad, with_los
     0.65-0.67, D = 5 0.59-0.61 vs 0.50-0.51; 256-byte rows (D = 32 float64, 64 float32), D = 16
     float32 and D = 67 the same within the noise.
 
+    The streamed lines are requested into L1, or into L2 on Intel cores (util.stream_prefetch:
+    there a prefetch into L1 that misses holds one of the core's 16 line-fill buffers for a whole
+    memory latency; util.STREAM_PREFETCH_INTO_L2 has the numbers).
+
     nxt >= 0 (scattered rows, lead = -1): rows[nxt:nxt + 8] are prefetched during the gradient
     sweep, one line of each of the 8 rows per line of the sweep (the caller requests lines past
     the first D8 features). Before, the caller requested the next block's whole rows at the
@@ -234,10 +239,10 @@ def _eight_rows(X, y, sw, params, i0, i1, i2, i3, i4, i5, i6, i7, grad, with_los
     for j in range(0, D8, 8):
         if lead >= 0:  # the second half of the block's lines, lead ahead, in address order
             q = a0 + lead + 4 * D + 4 * j
-            _prefetch(X, q)
-            _prefetch(X, q + 8)
-            _prefetch(X, q + 16)
-            _prefetch(X, q + 24)
+            stream_prefetch(X, q)
+            stream_prefetch(X, q + 8)
+            stream_prefetch(X, q + 16)
+            stream_prefetch(X, q + 24)
         if nxt >= 0 and (j & (step - 1)) == 0:  # scattered: a line of each of 8 rows further on
             _prefetch(X, ld(rows, nxt) * D + j)
             _prefetch(X, ld(rows, nxt + 1) * D + j)
@@ -257,7 +262,7 @@ def _eight_rows(X, y, sw, params, i0, i1, i2, i3, i4, i5, i6, i7, grad, with_los
     if lead >= 0:  # lines the two loops did not reach: D % 8 > 0, or all of them (D < 8)
         q = a0 + lead + (4 * (D + D8) if D8 > 0 else 0)
         while q < a0 + lead + 8 * D:
-            _prefetch(X, q)
+            stream_prefetch(X, q)
             q += 8
     for j in range(D8, D):
         grad[j] += (((c0 * ld(X, a0 + j) + c1 * ld(X, a1 + j)) + (c2 * ld(X, a2 + j) + c3 * ld(X, a3 + j)))

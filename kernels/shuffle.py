@@ -19,7 +19,7 @@ pure function of the seed and the epoch number (checkpoints store nothing else).
 import numpy as np
 from numba import njit
 
-from .util import TWO52, TWO52_BITS, _i64_as_f64, prefetch_l2
+from .util import TWO52, TWO52_BITS, _i64_as_f64, prefetch_l2, x86_other_than_zen
 
 N_ROUNDS = 4
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -166,15 +166,9 @@ def _round_lo32(x, key, mask, s1, s2):
 
 def _rounds_in_u64_lanes():
     """True where the plan's rounds for N <= 2^32 run faster in uint64 lanes
-    (:func:`_rounds32_u64`): x86 CPUs other than AMD's Zen (LLVM's CPU name, or
-    NUMBA_CPU_NAME when set). Elsewhere uint32 lanes (AMD Zen: measured; ARM's NEON has no
-    64-bit lane multiply). Numba's cache keys compiled code by the CPU's name, so a cache
-    filled on one kind of CPU is not loaded on another with this constant differing."""
-    import platform
-    from llvmlite import binding as llvm
-    from numba.core import config
-    name = config.CPU_NAME or llvm.get_host_cpu_name()
-    return platform.machine().lower() in ("x86_64", "amd64") and not name.startswith("znver")
+    (:func:`_rounds32_u64`): x86 CPUs other than AMD's Zen (util.x86_other_than_zen).
+    Elsewhere uint32 lanes (AMD Zen: measured; ARM's NEON has no 64-bit lane multiply)."""
+    return x86_other_than_zen()
 
 
 ROUNDS_IN_U64_LANES = _rounds_in_u64_lanes()

@@ -77,6 +77,33 @@ _prefetch = _make_prefetch(3)  # into L1: the lines a kernel reads next
 prefetch_l2 = _make_prefetch(2)  # into L2: further ahead, without crowding L1 (the softmax vector path)
 
 
+def x86_other_than_zen():
+    """True on x86 CPUs other than AMD's Zen (LLVM's name for the host CPU, or NUMBA_CPU_NAME
+    when set): the cores (Intel's) where some choices below differ from the ones measured best on
+    Zen. Numba's cache keys compiled code by the CPU's name, so a cache filled on one kind of CPU
+    is not loaded on another where this differs."""
+    import platform
+    from llvmlite import binding as llvm
+    from numba.core import config
+    name = config.CPU_NAME or llvm.get_host_cpu_name()
+    return platform.machine().lower() in ("x86_64", "amd64") and not name.startswith("znver")
+
+
+# Where glm_loss_grad's runs of consecutive rows request their lines ahead (the scattered rows
+# of a mini-batch always into L1). Into L1 on AMD Zen (measured best on Zen 3 and Zen 5: into
+# L2 was slower there). Into L2 on Intel cores: a 2-core KVM guest of a Xeon with AVX-512 and
+# AMX, 480 MiB L3, one thread reading at 18-20 GB/s, 1e6 x 64 float64, logistic gradient, one
+# process per version, min of 9 (2026-12-02): into L1 45.9-49.0 ms (0.54x-0.60x of the read),
+# into L2 39.3-40.1 (0.68x-0.71x), into L2 far plus L1 near (2-8 KiB) the same 39.7-40.4, no
+# prefetch 49.5, non-temporal 100; 16-256 KiB ahead the same within the noise. A prefetch into
+# L1 that misses holds a line-fill buffer (16 per core) for the whole memory latency, which caps
+# it near 16 x 64 bytes per latency (~11 GB/s here, the kernel's speed on both Intel VMs seen);
+# the hardware's L2 streamer, which a plain read rides at 20 GB/s, has a longer queue. 2048
+# fresh scattered rows: 70.6-75.5 ns per row into L1 vs 75.8-77.4 into L2, so those stay in L1.
+STREAM_PREFETCH_INTO_L2 = x86_other_than_zen()
+stream_prefetch = prefetch_l2 if STREAM_PREFETCH_INTO_L2 else _prefetch
+
+
 @intrinsic
 def _i64_as_f64(typingctx, i):
     """Reinterpret the bits of an int64 as a float64 (no conversion)."""
