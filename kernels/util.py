@@ -94,8 +94,10 @@ def x86_other_than_zen():
 # L2 was slower there). Into L2 on Intel cores: a 2-core KVM guest of a Xeon with AVX-512 and
 # AMX, 480 MiB L3, one thread reading at 18-20 GB/s, 1e6 x 64 float64, logistic gradient, one
 # process per version, min of 9 (2026-12-02): into L1 45.9-49.0 ms (0.54x-0.60x of the read),
-# into L2 39.3-40.1 (0.68x-0.71x), into L2 far plus L1 near (2-8 KiB) the same 39.7-40.4, no
-# prefetch 49.5, non-temporal 100; 16-256 KiB ahead the same within the noise. A prefetch into
+# into L2 39.3-40.1 (0.67x-0.71x), into L2 far plus L1 near (2-8 KiB) the same 38.8-40.4, no
+# prefetch 49.5, non-temporal 77-100; 16-256 KiB ahead the same within the noise; into L2 one or
+# two lines per 4 KiB page instead of every line (to start the hardware's streamer there) 50-55.
+# bench_kernels.py after the change: 0.69x-0.70x (two runs). A prefetch into
 # L1 that misses holds a line-fill buffer (16 per core) for the whole memory latency, which caps
 # it near 16 x 64 bytes per latency (~11 GB/s here, the kernel's speed on both Intel VMs seen);
 # the hardware's L2 streamer, which a plain read rides at 20 GB/s, has a longer queue. 2048
