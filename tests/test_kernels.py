@@ -673,3 +673,23 @@ def test_kernels_with_vector_paths_refuse_or_avoid_a_non_contiguous_x():
     for loss, g in ((loss_c, g_c), (loss_f, g_f)):
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
         np.testing.assert_allclose(g, ref_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_cpu_dependent_choices_follow_the_cpu_name(monkeypatch):
+    """util.x86_other_than_zen, which picks the streamed GLM passes' prefetch level
+    (util.STREAM_PREFETCH_INTO_L2) and the plan's lane width (shuffle.ROUNDS_IN_U64_LANES):
+    False for AMD Zen names, True for Intel ones on x86 (NUMBA_CPU_NAME overrides the host's
+    name), False off x86; and the constants agree with it for this host."""
+    import platform
+
+    from numba.core import config
+
+    from mpidml.kernels import shuffle, util
+
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    for name, want in (("znver3", False), ("znver5", False), ("sapphirerapids", x86), ("skylake-avx512", x86)):
+        monkeypatch.setattr(config, "CPU_NAME", name)
+        assert util.x86_other_than_zen() is want, name
+    monkeypatch.setattr(config, "CPU_NAME", None)
+    assert util.STREAM_PREFETCH_INTO_L2 == util.x86_other_than_zen() == shuffle.ROUNDS_IN_U64_LANES
+    assert util.stream_prefetch is (util.prefetch_l2 if util.STREAM_PREFETCH_INTO_L2 else util._prefetch)
