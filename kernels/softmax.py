@@ -251,7 +251,7 @@ def _offsets16(rows, i, r, run, nvalid, D):
             _row_id(rows, i, r, 14, run, nvalid) * D, _row_id(rows, i, r, 15, run, nvalid) * D)
 
 
-# _transpose8, _softmax8 and the blocks are called, not inlined (see _vector_blocks), and compile
+# _transpose8, _softmax16 and the blocks are called, not inlined (see _vector_blocks), and compile
 # without Numba's reference counting (_nrt=False; they allocate nothing): with it every call
 # increfed and decrefed its array arguments, atomic operations that the refcount pruning cannot
 # pair across the `run` branches (the transposes of 16 rows: 15 vs 12 ns per row, ad hoc).
@@ -280,69 +280,116 @@ def _transpose8(X, rows, i, r, run, nvalid, h, work, o):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
-def _softmax8(y, sw, rows, i, r, run, nvalid, h, K, work, oZ, oGB, with_loss, oH):
-    """Softmax across the lanes of rows 8h..8h+7: the logits work[oZ + 16 k + 8 h:][:8] of each
-    class k become the weighted residuals s (p_k - [k == y]); the intercepts' per-lane sums in
-    work[oGB + 8 k:] grow by them. Returns the rows' loss sum s (log(sum) - (z_y - max))
-    (0.0 unless with_loss). Padding lanes (past nvalid) have weight 0: residuals and loss 0.
-    oH >= 0: the per-lane batch hits work[oH:oH + 8] grow by s where the row's label is the
-    first index of its largest logit (a NaN counts as largest: argmax_hits' rule)."""
-    ids = (_row_id(rows, i, r, 8 * h, run, nvalid), _row_id(rows, i, r, 8 * h + 1, run, nvalid),
-           _row_id(rows, i, r, 8 * h + 2, run, nvalid), _row_id(rows, i, r, 8 * h + 3, run, nvalid),
-           _row_id(rows, i, r, 8 * h + 4, run, nvalid), _row_id(rows, i, r, 8 * h + 5, run, nvalid),
-           _row_id(rows, i, r, 8 * h + 6, run, nvalid), _row_id(rows, i, r, 8 * h + 7, run, nvalid))
+def _softmax16(y, sw, rows, i, r, run, nvalid, K, work, oZ, oGB, with_loss, oH):
+    """Softmax across the lanes of the block's 16 rows, as two vectors of 8 (a: rows 0-7, b: rows
+    8-15): the logits work[oZ + 16 k:][:8] (a) and work[oZ + 16 k + 8:][:8] (b) of each class k
+    become the weighted residuals s (p_k - [k == y]); the intercepts' per-lane sums in
+    work[oGB + 8 k:] grow by those of a, then of b. Returns the rows' loss sum s (log(sum) - (z_y
+    - max)), a's lanes summed in order, then b's, then the two added (0.0 unless with_loss).
+    Padding lanes (past nvalid) have weight 0: residuals and loss 0. oH >= 0: the per-lane batch
+    hits work[oH:oH + 8] grow by s where the row's label is the first index of its largest logit
+    (a NaN counts as largest: argmax_hits' rule), a's then b's.
+
+    The two halves' steps are interleaved: each is a chain of dependent steps (the max over the
+    classes, the exponentials, their sum, one division), and side by side their latencies overlap.
+    Each lane's arithmetic is the same as when the halves ran one after the other (two calls of an
+    8-row version): the same bits. Side by side with that (ad hoc, one process per version, two
+    rounds, min of 9, 1e6 x 64 float64, K = 10, Intel Xeon with AVX-512): gradient 53.7-54.1 vs
+    55.7-56.3 ns per row from memory, 42.2-43.5 vs 44.7-44.9 in L2; loss + gradient 56.1-56.5 vs
+    58.8-59.6 and 43.9-45.4 vs 47.7-47.8; compiled for AVX2 (NUMBA_CPU_NAME=znver3 on the same
+    core) the same within the noise (81.8-82.3 vs 83.7-85.0 from memory). A tree for the max
+    gained nothing more."""
+    ids = (_row_id(rows, i, r, 0, run, nvalid), _row_id(rows, i, r, 1, run, nvalid),
+           _row_id(rows, i, r, 2, run, nvalid), _row_id(rows, i, r, 3, run, nvalid),
+           _row_id(rows, i, r, 4, run, nvalid), _row_id(rows, i, r, 5, run, nvalid),
+           _row_id(rows, i, r, 6, run, nvalid), _row_id(rows, i, r, 7, run, nvalid),
+           _row_id(rows, i, r, 8, run, nvalid), _row_id(rows, i, r, 9, run, nvalid),
+           _row_id(rows, i, r, 10, run, nvalid), _row_id(rows, i, r, 11, run, nvalid),
+           _row_id(rows, i, r, 12, run, nvalid), _row_id(rows, i, r, 13, run, nvalid),
+           _row_id(rows, i, r, 14, run, nvalid), _row_id(rows, i, r, 15, run, nvalid))
     # labels and weights as lanes, built in registers (no scalar stores into vectors)
-    yv = vset8(float(ld(y, ids[0])), float(ld(y, ids[1])), float(ld(y, ids[2])), float(ld(y, ids[3])),
+    ya = vset8(float(ld(y, ids[0])), float(ld(y, ids[1])), float(ld(y, ids[2])), float(ld(y, ids[3])),
                float(ld(y, ids[4])), float(ld(y, ids[5])), float(ld(y, ids[6])), float(ld(y, ids[7])))
+    yb = vset8(float(ld(y, ids[8])), float(ld(y, ids[9])), float(ld(y, ids[10])), float(ld(y, ids[11])),
+               float(ld(y, ids[12])), float(ld(y, ids[13])), float(ld(y, ids[14])), float(ld(y, ids[15])))
     if sw.size == 0:
-        s = vsplat(1.0)
+        sa = vsplat(1.0)
+        sb = vsplat(1.0)
     else:
-        s = vset8(ld(sw, ids[0]), ld(sw, ids[1]), ld(sw, ids[2]), ld(sw, ids[3]), ld(sw, ids[4]), ld(sw, ids[5]),
-                  ld(sw, ids[6]), ld(sw, ids[7]))
-    if nvalid < 8 * h + 8:  # a padding lane repeats a row: weight 0
-        s = vselect_gt(vsplat(float(nvalid - 8 * h)), vset8(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0), s, vsplat(0.0))
-    oz = oZ + 8 * h
-    m = vload(work, oz)
+        sa = vset8(ld(sw, ids[0]), ld(sw, ids[1]), ld(sw, ids[2]), ld(sw, ids[3]), ld(sw, ids[4]), ld(sw, ids[5]),
+                   ld(sw, ids[6]), ld(sw, ids[7]))
+        sb = vset8(ld(sw, ids[8]), ld(sw, ids[9]), ld(sw, ids[10]), ld(sw, ids[11]), ld(sw, ids[12]),
+                   ld(sw, ids[13]), ld(sw, ids[14]), ld(sw, ids[15]))
+    lanes = vset8(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)
+    if nvalid < 8:  # a padding lane repeats a row: weight 0
+        sa = vselect_gt(vsplat(float(nvalid)), lanes, sa, vsplat(0.0))
+    if nvalid < 16:
+        sb = vselect_gt(vsplat(float(nvalid - 8)), lanes, sb, vsplat(0.0))
+    oa = oZ
+    ob = oZ + 8
+    ma = vload(work, oa)
+    mb = vload(work, ob)
     for k in range(1, K):
-        m = vmax(m, vload(work, oz + 16 * k))
+        ma = vmax(ma, vload(work, oa + 16 * k))
+        mb = vmax(mb, vload(work, ob + 16 * k))
     zero = vsplat(0.0)
     one = vsplat(1.0)
     if oH >= 0:  # the batch accuracy: each lane's first largest logit, as _argmax_row
-        zb = vload(work, oz)
-        best = zero
+        za = vload(work, oa)
+        zb = vload(work, ob)
+        besta = zero
+        bestb = zero
         kv = zero
         for k in range(1, K):
             kv = vadd(kv, one)
-            zc = vload(work, oz + 16 * k)
-            # 1.0 where zc is NaN and zb is not (x == x fails for NaN only), else zc > zb
+            # 1.0 where zc is NaN and the best so far is not (x == x fails for NaN only), else zc > best
+            zc = vload(work, oa + 16 * k)
+            take = vselect_gt(zc, za, one, vselect_eq(za, za, vselect_eq(zc, zc, zero, one), zero))
+            za = vselect_gt(take, zero, zc, za)
+            besta = vselect_gt(take, zero, kv, besta)
+            zc = vload(work, ob + 16 * k)
             take = vselect_gt(zc, zb, one, vselect_eq(zb, zb, vselect_eq(zc, zc, zero, one), zero))
             zb = vselect_gt(take, zero, zc, zb)
-            best = vselect_gt(take, zero, kv, best)
-        vstore(work, oH, vadd(vload(work, oH), vselect_eq(best, yv, s, zero)))
-    zy = zero
-    ssum = zero
+            bestb = vselect_gt(take, zero, kv, bestb)
+        vstore(work, oH, vadd(vload(work, oH), vselect_eq(besta, ya, sa, zero)))
+        vstore(work, oH, vadd(vload(work, oH), vselect_eq(bestb, yb, sb, zero)))
+    zya = zero
+    zyb = zero
+    suma = zero
+    sumb = zero
     kv = zero  # the class index k in every lane (counted up: no int -> float conversion per class)
     for k in range(K):
-        zk = vsub(vload(work, oz + 16 * k), m)
+        zka = vsub(vload(work, oa + 16 * k), ma)
+        zkb = vsub(vload(work, ob + 16 * k), mb)
         if with_loss:  # the shifted logit of the label
-            zy = vselect_eq(yv, kv, zk, zy)
-        e = vexp_nonpos(zk)
-        vstore(work, oz + 16 * k, e)
-        ssum = vadd(ssum, e)
+            zya = vselect_eq(ya, kv, zka, zya)
+            zyb = vselect_eq(yb, kv, zkb, zyb)
+        ea = vexp_nonpos(zka)
+        eb = vexp_nonpos(zkb)
+        vstore(work, oa + 16 * k, ea)
+        vstore(work, ob + 16 * k, eb)
+        suma = vadd(suma, ea)
+        sumb = vadd(sumb, eb)
         kv = vadd(kv, one)
-    loss = 0.0
+    loss_a = 0.0
+    loss_b = 0.0
     if with_loss:  # s (log(sum) - (z_y - max)); sum >= 1 (the max term is exp(0)) or NaN
-        lv = vmul(s, vsub(vlog_ge1(ssum), zy))
+        lva = vmul(sa, vsub(vlog_ge1(suma), zya))
+        lvb = vmul(sb, vsub(vlog_ge1(sumb), zyb))
         for t in range(8):
-            loss += vlane(lv, t)
-    c = vfence(vdiv(s, ssum))  # one division per 8 rows: see vfence
+            loss_a += vlane(lva, t)
+            loss_b += vlane(lvb, t)
+    ca = vfence(vdiv(sa, suma))  # one division per 8 rows: see vfence
+    cb = vfence(vdiv(sb, sumb))
     kv = zero
     for k in range(K):
-        q = vsub(vmul(vload(work, oz + 16 * k), c), vselect_eq(yv, kv, s, zero))
-        vstore(work, oz + 16 * k, q)
-        vstore(work, oGB + 8 * k, vadd(vload(work, oGB + 8 * k), q))
+        qa = vsub(vmul(vload(work, oa + 16 * k), ca), vselect_eq(ya, kv, sa, zero))
+        qb = vsub(vmul(vload(work, ob + 16 * k), cb), vselect_eq(yb, kv, sb, zero))
+        vstore(work, oa + 16 * k, qa)
+        vstore(work, ob + 16 * k, qb)
+        vstore(work, oGB + 8 * k, vadd(vadd(vload(work, oGB + 8 * k), qa), qb))
         kv = vadd(kv, one)
-    return loss
+    return loss_a + loss_b
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, _nrt=False)
@@ -353,13 +400,13 @@ def _block16(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT
        lane t of a vector holds row t (or t + 8);
     2. logits, CLASS_TILE classes x 16 rows per register tile (20 accumulators): z_k += x_j *
        coef[k, j], each broadcast of coef[k, j] feeding two FMAs; stored to work[oZ + 16 k:];
-    3. softmax across the lanes (_softmax8, each half);
+    3. softmax across the lanes (_softmax16, both halves);
     4. gradient G[k, j:j+16] += sum_t R[k, t] X[row t, j:j+16] in CLASS_TILE-class x
        16-feature register tiles (features in the lanes), 16 rows per tile load and store.
     Sixteen rows instead of eight halve the broadcasts per FMA of the logits and the loads and
     stores of G per row, and a short last block needs no scalar tail; alone that gained little
     (1e6 x 64, K = 10, ad-hoc, X in L2: 58 vs 60 ns per row): the fenced division and the
-    vector log in _softmax8 and the spread prefetch (_vector_path) made the difference.
+    vector log in the softmax step and the spread prefetch (_vector_path) made the difference.
     """
     D = X.shape[1]
     Dp = D + (-D) % 8
@@ -436,8 +483,7 @@ def _block16(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB, oZ, oT
         vstore(work, oz + 136, b8)
         vstore(work, oz + 144, a9)
         vstore(work, oz + 152, b9)
-    loss = _softmax8(y, sw, rows, i, r, run, nvalid, 0, K, work, oZ, oGB, with_loss, oH)
-    loss += _softmax8(y, sw, rows, i, r, run, nvalid, 1, K, work, oZ, oGB, with_loss, oH)
+    loss = _softmax16(y, sw, rows, i, r, run, nvalid, K, work, oZ, oGB, with_loss, oH)
     # Padding classes (k >= K) keep their logits (0: zero coefficients and intercepts) as
     # residuals; their rows of G are never read.
     D16 = D - D % 16
@@ -614,8 +660,7 @@ def _block16_narrow(X, y, sw, rows, i, r, run, nvalid, K, kq, work, oW, oG, oGB,
                     prefetch_l2(X, nb + j * step)
                 a0, a1, a2, a3, a4 = _tile5(vload(work, ox + 8 * j), work, oW + j * kq + k, 1, a0, a1, a2, a3, a4)
             _store5(work, oZ + 16 * k + 8 * h, 16, a0, a1, a2, a3, a4)
-    loss = _softmax8(y, sw, rows, i, r, run, nvalid, 0, K, work, oZ, oGB, with_loss, oH)
-    loss += _softmax8(y, sw, rows, i, r, run, nvalid, 1, K, work, oZ, oGB, with_loss, oH)
+    loss = _softmax16(y, sw, rows, i, r, run, nvalid, K, work, oZ, oGB, with_loss, oH)
     offs = _offsets16(rows, i, r, run, nvalid, D)  # scattered rows' offsets, read once
     for k in range(0, kq, 5):
         for j in range(0, Dp, 8):
@@ -658,7 +703,7 @@ def _vector_blocks(X, y, sw, params, rows, grad, with_loss, work, hits, block):
     only that one is compiled and called directly. (An inlined helper choosing between them by
     a flag kept five NRT refcount pairs per block: tests/test_kernel_ir.py.)
 
-    The blocks, and _transpose8 and _softmax8 in them, are calls, not inlined: Numba's inlining
+    The blocks, and _transpose8 and _softmax16 in them, are calls, not inlined: Numba's inlining
     copies a callee's IR block by block, each copy with its whole variable scope, and this path,
     built by inlining, took ~110 s to compile per dtype on an AVX2 CPU (AMD Zen 3), now ~16 s
     (and 8 more for the other CPU's tiles); the few calls per 16 rows cost nothing measurable

@@ -202,7 +202,7 @@ def test_softmax_vector_path_has_no_refcount_calls_from_inlined_helpers(wide):
                        (block, (X, y, np.empty(0), rows, 0, 0, False, 16, k, kq, work, oW, oG, oGB, oZ, oT, oB, oH,
                                 True, -1)),
                        (softmax._transpose8, (X, rows, 0, 0, False, 16, 1, work, oT)),
-                       (softmax._softmax8, (y, np.empty(0), rows, 0, 0, False, 16, 1, k, work, oZ, oGB, True, oH))):
+                       (softmax._softmax16, (y, np.empty(0), rows, 0, 0, False, 16, k, work, oZ, oGB, True, oH))):
         ir = _ir(func.py_func, *args)
         assert not INLINED_REFCOUNT.findall(ir), (func.__name__, sorted(set(INLINED_REFCOUNT.findall(ir))))
 
