@@ -164,14 +164,10 @@ def _round_lo32(x, key, mask, s1, s2):
     return x ^ (x >> s2)
 
 
-def _rounds_in_u64_lanes():
-    """True where the plan's rounds for N <= 2^32 run faster in uint64 lanes
-    (:func:`_rounds32_u64`): x86 CPUs other than AMD's Zen (util.x86_other_than_zen).
-    Elsewhere uint32 lanes (AMD Zen: measured; ARM's NEON has no 64-bit lane multiply)."""
-    return x86_other_than_zen()
-
-
-ROUNDS_IN_U64_LANES = _rounds_in_u64_lanes()
+# The plan's rounds for N <= 2^32 run faster in uint64 lanes (:func:`_rounds32_u64`) on x86 CPUs
+# other than AMD's Zen; elsewhere uint32 lanes (AMD Zen: measured; ARM's NEON has no 64-bit lane
+# multiply).
+ROUNDS_IN_U64_LANES = x86_other_than_zen()
 
 PLAN_CHUNK = 2048  # rows hashed at a time: the chunk's values and walk list stay in L1
 
