@@ -193,9 +193,10 @@ def _eight_rows(X, y, sw, params, i0, i1, i2, i3, i4, i5, i6, i7, grad, with_los
     0.65-0.67, D = 5 0.59-0.61 vs 0.50-0.51; 256-byte rows (D = 32 float64, 64 float32), D = 16
     float32 and D = 67 the same within the noise.
 
-    The streamed lines are requested into L1, or into L2 on Intel cores (util.stream_prefetch:
-    there a prefetch into L1 that misses holds one of the core's 16 line-fill buffers for a whole
-    memory latency; util.STREAM_PREFETCH_INTO_L2 has the numbers).
+    The streamed lines are requested into L1 on AMD Zen 3 and Zen 5, into L2 on other x86 cores
+    (util.stream_prefetch: on Intel cores a prefetch into L1 that misses holds one of the core's 16
+    line-fill buffers for a whole memory latency; on Zen 4 into L2 took a pass from 0.55x to ~0.8x
+    of the read; util.STREAM_PREFETCH_INTO_L2 has the numbers).
 
     nxt >= 0 (scattered rows, lead = -1): rows[nxt:nxt + 8] are prefetched during the gradient
     sweep, one line of each of the 8 rows per line of the sweep (the caller requests lines past

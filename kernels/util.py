@@ -77,32 +77,59 @@ _prefetch = _make_prefetch(3)  # into L1: the lines a kernel reads next
 prefetch_l2 = _make_prefetch(2)  # into L2: further ahead, without crowding L1 (the softmax vector path)
 
 
+def cpu_name():
+    """LLVM's name for the host CPU (``znver4``, ``sapphirerapids``, ...), or NUMBA_CPU_NAME when set:
+    the name Numba compiles for and keys its cache by."""
+    from llvmlite import binding as llvm
+    from numba.core import config
+    return config.CPU_NAME or llvm.get_host_cpu_name()
+
+
 def x86_other_than_zen():
     """True on x86 CPUs other than AMD's Zen (LLVM's name for the host CPU, or NUMBA_CPU_NAME
     when set): the cores (Intel's) where some choices below differ from the ones measured best on
     Zen. Numba's cache keys compiled code by the CPU's name, so a cache filled on one kind of CPU
     is not loaded on another where this differs."""
     import platform
-    from llvmlite import binding as llvm
-    from numba.core import config
-    name = config.CPU_NAME or llvm.get_host_cpu_name()
-    return platform.machine().lower() in ("x86_64", "amd64") and not name.startswith("znver")
+    return platform.machine().lower() in ("x86_64", "amd64") and not cpu_name().startswith("znver")
 
 
-# Where glm_loss_grad's runs of consecutive rows request their lines ahead (the scattered rows
-# of a mini-batch always into L1). Into L1 on AMD Zen (measured best on Zen 3 and Zen 5: into
-# L2 was slower there). Into L2 on Intel cores: a 2-core KVM guest of a Xeon with AVX-512 and
-# AMX, 480 MiB L3, one thread reading at 18-20 GB/s, 1e6 x 64 float64, logistic gradient, one
-# process per version, min of 9 (2026-12-02): into L1 45.9-49.0 ms (0.54x-0.60x of the read),
-# into L2 39.3-40.1 (0.67x-0.71x), into L2 far plus L1 near (2-8 KiB) the same 38.8-40.4, no
-# prefetch 49.5, non-temporal 77-100; 16-256 KiB ahead the same within the noise; into L2 one or
-# two lines per 4 KiB page instead of every line (to start the hardware's streamer there) 50-55.
-# bench_kernels.py after the change: 0.69x-0.70x (two runs). A prefetch into
-# L1 that misses holds a line-fill buffer (16 per core) for the whole memory latency, which caps
-# it near 16 x 64 bytes per latency (~11 GB/s here, the kernel's speed on both Intel VMs seen);
-# the hardware's L2 streamer, which a plain read rides at 20 GB/s, has a longer queue. 2048
-# fresh scattered rows: 70.6-75.5 ns per row into L1 vs 75.8-77.4 into L2, so those stay in L1.
-STREAM_PREFETCH_INTO_L2 = x86_other_than_zen()
+# The x86 CPUs on which the streamed GLM passes' prefetches into L1 were measured faster than
+# into L2 (STREAM_PREFETCH_INTO_L2 below). Zen 4 (znver4) is not one of them.
+L1_STREAM_PREFETCH_CPUS = ("znver3", "znver5")
+
+
+def stream_prefetch_into_l2():
+    """True on x86 CPUs other than those in L1_STREAM_PREFETCH_CPUS: see STREAM_PREFETCH_INTO_L2."""
+    import platform
+    return platform.machine().lower() in ("x86_64", "amd64") and cpu_name() not in L1_STREAM_PREFETCH_CPUS
+
+
+# Where glm_loss_grad's runs of consecutive rows (and glm_margin's) request their lines ahead
+# (the scattered rows of a mini-batch always into L1), measured per kind of CPU, 1e6 x 64 float64,
+# logistic gradient, in ratios of a plain read of the same X:
+# * AMD Zen 3 and Zen 5: into L1, measured best there (into L2 was slower).
+# * Intel, a 2-core KVM guest of a Xeon with AVX-512 and AMX, 480 MiB L3, one thread reading at
+#   18-20 GB/s (2026-12-02), one process per version, min of 9: into L1 45.9-49.0 ms (0.54x-0.60x
+#   of the read), into L2 39.3-40.1 (0.67x-0.71x), into L2 far plus L1 near (2-8 KiB) the same
+#   38.8-40.4, no prefetch 49.5, non-temporal 77-100; 16-256 KiB ahead the same within the noise;
+#   into L2 one or two lines per 4 KiB page instead of every line (to start the hardware's
+#   streamer there) 50-55. bench_kernels.py after the change: 0.69x-0.70x (two runs). A prefetch
+#   into L1 that misses holds a line-fill buffer (16 per core) for the whole memory latency,
+#   which caps it near 16 x 64 bytes per latency (~11 GB/s here, the kernel's speed on both Intel
+#   VMs seen); the hardware's L2 streamer, which a plain read rides at 20 GB/s, has a longer queue.
+#   2048 fresh scattered rows: 70.6-75.5 ns per row into L1 vs 75.8-77.4 into L2, so those stay
+#   in L1.
+# * AMD Zen 4, a 2-core KVM guest of an EPYC of family 25 model 17 (LLVM znver4), AVX-512, one
+#   thread reading at 31-33 GB/s (2026-12-02), three processes per version alternating, min of 15:
+#   into L1 29.9-30.4 ms (0.54x-0.56x), into L2 19.0-22.5 ms (0.77x-0.83x); loss + gradient 0.51x
+#   vs 0.70x-0.82x; with X in L2 the same 16-21 ns per row either way. bench_kernels.py --kernels
+#   linear,logistic --repeats 5, L1 then L2: every D from 16 to 1024, both dtypes, faster into L2
+#   or the same (logistic float64 D = 16, 64, 256, 1024: 0.74, 0.53, 0.63, 0.41x vs 0.79, 0.78,
+#   0.79, 0.64x; float32 0.59, 0.55, 0.52, 0.38x vs 0.58, 0.61, 0.68, 0.63x). Distances 16-192
+#   KiB into L2: the same within the noise (0.74x-0.86x).
+# Unmeasured x86 CPUs take L2: on the two kinds where L1 lost, it lost by far more.
+STREAM_PREFETCH_INTO_L2 = stream_prefetch_into_l2()
 stream_prefetch = prefetch_l2 if STREAM_PREFETCH_INTO_L2 else _prefetch
 
 

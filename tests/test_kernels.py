@@ -676,10 +676,11 @@ def test_kernels_with_vector_paths_refuse_or_avoid_a_non_contiguous_x():
 
 
 def test_cpu_dependent_choices_follow_the_cpu_name(monkeypatch):
-    """util.x86_other_than_zen, which picks the streamed GLM passes' prefetch level
-    (util.STREAM_PREFETCH_INTO_L2) and the plan's lane width (shuffle.ROUNDS_IN_U64_LANES):
-    False for AMD Zen names, True for Intel ones on x86 (NUMBA_CPU_NAME overrides the host's
-    name), False off x86; and the constants agree with it for this host."""
+    """The choices made by CPU name (NUMBA_CPU_NAME overrides the host's name), all False off x86:
+    util.x86_other_than_zen, which picks the plan's lane width (shuffle.ROUNDS_IN_U64_LANES), False
+    for AMD Zen names and True for Intel ones; util.stream_prefetch_into_l2, which picks the streamed
+    GLM passes' prefetch level (util.STREAM_PREFETCH_INTO_L2), False only for the Zen generations
+    measured faster into L1 (Zen 4 is not one); and the constants agree with them for this host."""
     import platform
 
     from numba.core import config
@@ -687,9 +688,13 @@ def test_cpu_dependent_choices_follow_the_cpu_name(monkeypatch):
     from mpidml.kernels import shuffle, util
 
     x86 = platform.machine().lower() in ("x86_64", "amd64")
-    for name, want in (("znver3", False), ("znver5", False), ("sapphirerapids", x86), ("skylake-avx512", x86)):
+    for name, other, into_l2 in (("znver3", False, False), ("znver5", False, False), ("znver4", False, x86),
+                                 ("sapphirerapids", x86, x86), ("skylake-avx512", x86, x86)):
         monkeypatch.setattr(config, "CPU_NAME", name)
-        assert util.x86_other_than_zen() is want, name
+        assert util.cpu_name() == name
+        assert util.x86_other_than_zen() is other, name
+        assert util.stream_prefetch_into_l2() is into_l2, name
     monkeypatch.setattr(config, "CPU_NAME", None)
-    assert util.STREAM_PREFETCH_INTO_L2 == util.x86_other_than_zen() == shuffle.ROUNDS_IN_U64_LANES
+    assert util.x86_other_than_zen() == shuffle.ROUNDS_IN_U64_LANES
+    assert util.stream_prefetch_into_l2() == util.STREAM_PREFETCH_INTO_L2
     assert util.stream_prefetch is (util.prefetch_l2 if util.STREAM_PREFETCH_INTO_L2 else util._prefetch)
