@@ -26,6 +26,21 @@ from .update import adam_update, mean_gradient_norm2, penalty_norm2, rows_weight
 from .csr import (csr_glm_margin, csr_linear_loss_grad, csr_logistic_loss_grad, csr_logistic_loss_grad_hits,
                   csr_softmax_decision, csr_softmax_loss_grad_hits, csr_softmax_loss_grad_ws, csr_touched_coords)
 
+
+def cpu_choices() -> dict:
+    """The code paths picked by the CPU Numba compiles for (the same compiled kernels give
+    different speeds on different CPUs; these say which variant a run used): ``cpu``, LLVM's name
+    for it (or NUMBA_CPU_NAME); ``avx512_registers``, the softmax register tiles for AVX-512
+    (simd.WIDE_REGISTERS); ``stream_prefetch``, where the streamed GLM passes request X ahead,
+    "l1" or "l2" (util.STREAM_PREFETCH_INTO_L2); ``plan_rounds``, the lanes of the batch plan's
+    hashing, "uint32" or "uint64" (shuffle.ROUNDS_IN_U64_LANES)."""
+    from . import shuffle, simd, util
+
+    return {"cpu": util.cpu_name(), "avx512_registers": bool(simd.WIDE_REGISTERS),
+            "stream_prefetch": "l2" if util.STREAM_PREFETCH_INTO_L2 else "l1",
+            "plan_rounds": "uint64" if shuffle.ROUNDS_IN_U64_LANES else "uint32"}
+
+
 __all__ = [
     "linear_loss_grad",
     "linear_predict",
@@ -68,4 +83,5 @@ __all__ = [
     "sgd_update",
     "rows_weight_sum",
     "adam_update",
+    "cpu_choices",
 ]

@@ -494,6 +494,7 @@ def cmd_info(args) -> int:
     import numba
     from mpi4py import MPI
 
+    from . import kernels
     from .comm import mpi_vendor
     from .data import h5py_has_mpi
     from .train import huge_pages, thread_settings, versions
@@ -510,6 +511,7 @@ def cmd_info(args) -> int:
         "threads": {"numba": numba.get_num_threads(), "numba_layer": numba.config.THREADING_LAYER,
                     **thread_settings()},
         "huge_pages": huge_pages(),
+        "kernels": kernels.cpu_choices(),
     }
     try:
         from threadpoolctl import threadpool_info

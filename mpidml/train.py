@@ -531,6 +531,8 @@ def _run_train(cfg: TrainConfig, ctx: Context, run_dir: RunDir) -> dict:
     hostnames = ctx.gather_hostnames()
     summary = None
     if ctx.is_root:
+        from .kernels import cpu_choices
+
         summary = {
             "command": "train",
             "model": model.name, "optimizer": cfg.optimizer, "strategy": cfg.strategy,
@@ -565,6 +567,7 @@ def _run_train(cfg: TrainConfig, ctx: Context, run_dir: RunDir) -> dict:
             "config_hash": cfg.training_hash(),
             "threads": thread_settings(),
             "huge_pages": huge_pages(),  # rank 0's node: 4 KiB pages make passes over X slower
+            "kernels": cpu_choices(),  # rank 0's CPU: the kernels' CPU-dependent variants
             "versions": versions(),
             "run_dir": os.path.abspath(cfg.out),
             "model_path": os.path.abspath(model_path),

@@ -197,6 +197,24 @@ def test_info_reports_versions_mpi_and_threads():
     assert hp["numpy_madvise_hugepage"] in (True, False, None)
 
 
+def test_info_reports_the_kernels_cpu_dependent_variants():
+    """`mpidml info` names the CPU the kernels compile for and the variants picked for it
+    (kernels.cpu_choices); NUMBA_CPU_NAME, which changes the compiled code, changes them too."""
+    import platform
+
+    from llvmlite import binding
+
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    host = json.loads(run(MPIDML + ["info"]).stdout)["kernels"]
+    assert host["cpu"] == (os.environ.get("NUMBA_CPU_NAME") or binding.get_host_cpu_name())
+    want = {"znver3": ("l1", "uint32"), "znver4": ("l2" if x86 else "l1", "uint32"),
+            "sapphirerapids": ("l2", "uint64") if x86 else ("l1", "uint32")}
+    for name, (prefetch, rounds) in want.items():
+        k = json.loads(run(MPIDML + ["info"], env={"NUMBA_CPU_NAME": name}).stdout)["kernels"]
+        assert (k["cpu"], k["stream_prefetch"], k["plan_rounds"]) == (name, prefetch, rounds), k
+        assert k["avx512_registers"] == host["avx512_registers"]  # from the features, not the name
+
+
 def test_linear_on_two_ranks_recovers_true_coefficients(tmp_path):
     data = tmp_path / "lin.h5"
     run(MPIDML + ["generate", "linear", "--rows", "20000", "--features", "5", "--noise", "0.01", "-o", str(data)])
@@ -206,6 +224,7 @@ def test_linear_on_two_ranks_recovers_true_coefficients(tmp_path):
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["r2"] > 0.99
     assert set(s["huge_pages"]) == {"transparent_hugepage", "numpy_madvise_hugepage", "large_arrays_get_huge_pages"}
+    assert s["kernels"] == json.loads(run(MPIDML + ["info"]).stdout)["kernels"]  # the same CPU, the same variants
 
 
 def test_progress_bar_on_a_terminal_and_log_lines_otherwise(logistic_h5, tmp_path):
