@@ -79,7 +79,7 @@ except ImportError:  # pragma: no cover
         return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 from mpidml.buffers import aligned_zeros  # noqa: E402
-from mpidml.kernels import linear_loss_grad, logistic_loss_grad, softmax_loss_grad_ws  # noqa: E402
+from mpidml.kernels import cpu_choices, linear_loss_grad, logistic_loss_grad, softmax_loss_grad_ws  # noqa: E402
 from mpidml.kernels.simd import LANES, WIDE_REGISTERS, vadd, vfma, vlane, vsplat  # noqa: E402
 from mpidml.kernels.softmax import WORK_ROWS, work_size  # noqa: E402
 
@@ -238,6 +238,7 @@ def machine_info():
         "numba_num_threads": numba.config.NUMBA_NUM_THREADS,
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "blas": blas_info(),
+        "kernels": cpu_choices(),  # the CPU the kernels compiled for and its variants (prefetch level, ...)
     }
 
 

@@ -25,6 +25,9 @@ def positive(t):
 
 def test_bench_kernels_quick():
     doc = bench("bench_kernels.py")
+    from mpidml.kernels import cpu_choices
+
+    assert doc["machine"]["kernels"] == cpu_choices()  # the variants that ran (this process: the same CPU)
     results = doc["results"]
     assert {(r["kernel"], r["dtype"]) for r in results} == {(k, d) for k in ("linear", "logistic", "softmax")
                                                           for d in ("float32", "float64")}
