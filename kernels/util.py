@@ -85,13 +85,18 @@ def cpu_name():
     return config.CPU_NAME or llvm.get_host_cpu_name()
 
 
+def _on_x86():
+    """True on a 64-bit x86 machine (the CPU-name rules below apply only there)."""
+    import platform
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 def x86_other_than_zen():
     """True on x86 CPUs other than AMD's Zen (LLVM's name for the host CPU, or NUMBA_CPU_NAME
     when set): the cores (Intel's) where some choices below differ from the ones measured best on
     Zen. Numba's cache keys compiled code by the CPU's name, so a cache filled on one kind of CPU
     is not loaded on another where this differs."""
-    import platform
-    return platform.machine().lower() in ("x86_64", "amd64") and not cpu_name().startswith("znver")
+    return _on_x86() and not cpu_name().startswith("znver")
 
 
 # The x86 CPUs on which the streamed GLM passes' prefetches into L1 were measured faster than
@@ -101,8 +106,7 @@ L1_STREAM_PREFETCH_CPUS = ("znver3", "znver5")
 
 def stream_prefetch_into_l2():
     """True on x86 CPUs other than those in L1_STREAM_PREFETCH_CPUS: see STREAM_PREFETCH_INTO_L2."""
-    import platform
-    return platform.machine().lower() in ("x86_64", "amd64") and cpu_name() not in L1_STREAM_PREFETCH_CPUS
+    return _on_x86() and cpu_name() not in L1_STREAM_PREFETCH_CPUS
 
 
 # Where glm_loss_grad's runs of consecutive rows (and glm_margin's) request their lines ahead
