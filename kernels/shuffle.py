@@ -270,10 +270,10 @@ def plan_scratch():
 
 
 @njit(cache=True, nogil=True)
-def _scatter_by_step(n_local, step_of, order, starts):
-    """The counting sort's second half for :func:`epoch_batches`: ``starts[s + 1]`` holds the
-    count of step s on entry; writes ``order`` (rows by step, ascending within a step) and
-    leaves ``starts[s]`` = the first slot of step s.
+def _scatter_rows(j0, j1, n_local, step_of, order, starts):
+    """The counting sort's scatter for rows j0 .. j1-1 (see :func:`plan_advance`): ``starts[s]``
+    holds the next free slot of step s on entry and walks on; writes ``order`` (rows by step,
+    ascending within a step when the rows come in ascending order).
 
     Its own (not inlined) function: inside epoch_batches the loop reloaded its array pointers
     from the stack on every row (register pressure from the rest of that function). Indices as
@@ -283,19 +283,134 @@ def _scatter_by_step(n_local, step_of, order, starts):
     the function alone), 5.5 to 4.1 with two ranks planning at once, 11.9 to 10.5 at
     N = 2^20 + 1 (half the values walk), 6.4 to 4.9 at B = 256.
     """
-    steps = starts.size - 1
-    for s in range(steps):  # starts[s] = first slot of step s
-        starts[s + 1] += starts[s]
     last = np.uint64(max(0, n_local - 1))
-    for j in range(n_local):  # starts[s] walks to the end of step s
-        s = np.uint64(step_of[j])
+    for j in range(j0, j1):
+        s = np.uint64(step_of[np.uint64(j)])
         p = np.uint64(starts[s])
         order[p] = j
         starts[s] = p + np.uint64(1)
         prefetch_l2(order, min(p + np.uint64(32), last))  # 4 lines ahead in this step's stream
-    for s in range(steps, 0, -1):  # back to first slots
-        starts[s] = starts[s - 1]
-    starts[0] = 0
+
+
+# The phases of a batch plan's build (plan_state()[0]); plan_state()[1] is the phase's cursor.
+PLAN_HASH, PLAN_PREFIX, PLAN_SCATTER, PLAN_SHIFT, PLAN_DONE = 0, 1, 2, 3, 4
+
+
+def plan_state() -> np.ndarray:
+    """int64 (2,) [phase, cursor]: where :func:`plan_advance` is in a build (PLAN_DONE: none
+    under way). :func:`plan_begin` starts one."""
+    return np.array([PLAN_DONE, 0], dtype=np.int64)
+
+
+@njit(cache=True, nogil=True)
+def plan_begin(starts, state):
+    """Start a build of a batch plan into ``starts`` (and its ``order``): zeroes the step counts
+    and sets ``state`` (:func:`plan_state`) to the first row of the hashing phase."""
+    for s in range(starts.size):
+        starts[s] = 0
+    state[0] = PLAN_HASH
+    state[1] = 0
+
+
+@njit(cache=True, nogil=True)
+def plan_advance(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_of, order, starts, raw, walk, state,
+                 budget):
+    """Go on with the build :func:`plan_begin` started, for at most about ``budget`` rows' worth
+    of work (a row hashed or scattered, or a step's count summed or moved, is one unit; at least
+    one unit when not done); returns True when the plan is complete. Arguments as for
+    :func:`epoch_batches` (every call of one build must pass the same ones), plus ``state``.
+
+    The build is :func:`epoch_batches`' in slices: its result does not depend on the budgets.
+    The phases (state[0]), each resumed at its cursor (state[1]): hashing (each row's position,
+    step, and the steps' counts, PLAN_CHUNK rows at a time or fewer), the counts' prefix sum,
+    the scatter of the rows by step (:func:`_scatter_rows`), and the move of each step's end
+    back to its start. A step loop calls it with small budgets while it waits for the slower
+    rank (:mod:`mpidml.parallel.steploop`): the next epoch's plan, built in time that is
+    otherwise spent spinning.
+    """
+    if state[0] == PLAN_DONE:
+        return True
+    if keys.size != N_ROUNDS:
+        raise ValueError("plan_advance: keys must have N_ROUNDS entries")
+    if raw.size < 2 * PLAN_CHUNK or walk.size < PLAN_CHUNK:
+        raise ValueError("plan_advance: raw and walk need 2 PLAN_CHUNK and PLAN_CHUNK entries (plan_scratch)")
+    if step_of.size < n_local or order.size < n_local:
+        raise ValueError("plan_advance: step_of and order need n_local entries")
+    steps = starts.size - 1
+    mask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
+    s1 = np.uint64(max(1, bits // 2))
+    s2 = np.uint64(max(1, (bits + 2) // 3))
+    k0, k1, k2, k3 = keys[0] & mask, keys[1] & mask, keys[2] & mask, keys[3] & mask
+    n = np.uint64(n_rows)
+    narrow = bits <= 32  # positions and rounds in uint32 (raw's memory as raw32)
+    raw32 = raw.view(np.uint32)
+    k0_32, k1_32, k2_32, k3_32 = np.uint32(k0), np.uint32(k1), np.uint32(k2), np.uint32(k3)
+    mask32, s1_32, s2_32 = np.uint32(mask), np.uint32(s1), np.uint32(s2)
+    inv_batch = 1.0 / batch
+    batch_f = float(batch)
+    phase, cur = state[0], state[1]
+    while phase != PLAN_DONE and budget > 0:
+        if phase == PLAN_HASH:
+            c0 = cur
+            m = min(n_local - c0, PLAN_CHUNK, budget)
+            if identity and narrow:
+                for j in range(m):
+                    raw32[j] = np.uint32(gids[c0 + j] if gids.size else lo + c0 + j)
+            elif identity:
+                for j in range(m):
+                    raw[j] = np.uint64(gids[c0 + j] if gids.size else lo + c0 + j)
+            elif narrow:
+                _hash_chunk32(gids, np.int64(lo + c0), c0, m, n, k0_32, k1_32, k2_32, k3_32, mask32, s1_32, s2_32,
+                              raw32, walk, ROUNDS_IN_U64_LANES)
+            else:
+                _hash_chunk(gids, np.uint64(lo + c0), c0, m, n, k0, k1, k2, k3, mask, s1, s2, raw, walk)
+            if narrow:
+                # pos, B <= 2^32: the step in float64 vectors (AVX2 has no int64 <-> float64 vector
+                # conversions; this took the plan from 7.7 to 6.3 ns per row on Zen 3). float(pos) and
+                # (s + 1) B are exact; pos * (1/B) is off by < pos 2^-52 < 1/B, so its floor is the step
+                # or, at a multiple of B, one less (B = 49: pos = 49, 98, ...): one correction, upward.
+                for j in range(m):
+                    posf = _i64_as_f64(np.int64(raw32[j]) | _TWO52_BITS) - TWO52  # float(pos), see util.TWO52_BITS
+                    sf = np.floor(posf * inv_batch)
+                    step_of[np.uint64(c0 + j)] = sf + 1.0 if (sf + 1.0) * batch_f <= posf else sf
+            else:
+                for j in range(m):
+                    pos = np.int64(raw[j])
+                    s = np.int64(float(pos) * inv_batch)
+                    step_of[np.uint64(c0 + j)] = s - (s * batch > pos) + ((s + 1) * batch <= pos)
+            for j in range(c0, c0 + m):
+                starts[np.uint64(step_of[np.uint64(j)]) + np.uint64(1)] += 1  # unsigned: see _scatter_rows
+            cur = c0 + m
+            budget -= max(m, 1)
+            if cur >= n_local:
+                phase, cur = PLAN_PREFIX, 0
+        elif phase == PLAN_PREFIX:  # starts[s] = first slot of step s
+            e = min(steps, cur + budget)
+            for s in range(cur, e):
+                starts[s + 1] += starts[s]
+            budget -= max(e - cur, 1)
+            cur = e
+            if cur >= steps:
+                phase, cur = PLAN_SCATTER, 0
+        elif phase == PLAN_SCATTER:  # starts[s] walks to the end of step s
+            e = min(n_local, cur + budget)
+            _scatter_rows(cur, e, n_local, step_of, order, starts)
+            budget -= max(e - cur, 1)
+            cur = e
+            if cur >= n_local:
+                phase, cur = PLAN_SHIFT, steps
+        else:  # PLAN_SHIFT: back to first slots, from the last step down
+            e = max(0, cur - budget)
+            for s in range(cur, e, -1):
+                starts[s] = starts[s - 1]
+            budget -= max(cur - e, 1)
+            cur = e
+            if cur == 0:
+                starts[0] = 0
+                phase = PLAN_DONE
+    state[0] = phase
+    state[1] = cur
+    return phase == PLAN_DONE
 
 
 @njit(cache=True, nogil=True)
@@ -309,7 +424,8 @@ def epoch_batches(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_o
     ceil(N / B) < 2^31); raw, walk: :func:`plan_scratch`. Writes ``order`` int64 (n_local,):
     local row offsets, those of step 0 first, then step 1, ... (ascending within a step), and
     ``starts`` int64 (steps + 1,), steps = ceil(N / B): step s takes
-    ``order[starts[s]:starts[s+1]]``. O(n_local + steps), no allocation.
+    ``order[starts[s]:starts[s+1]]``. O(n_local + steps); no allocation but a 2-entry state.
+    The whole build at once: :func:`plan_begin` and :func:`plan_advance` without a budget.
 
     The positions are :func:`row_position`'s, PLAN_CHUNK rows at a time so that everything
     but the final scatter stays in L1: every row of the chunk through the rounds (no branch,
@@ -332,59 +448,18 @@ def epoch_batches(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_o
     hashing alone 1.1 vs 1.9). Tried and slower there: the walk list from 32-bit masks (3.2 vs
     3.0 ns per row for hashing + list), the scatter in two interleaved halves or blocks of 64,
     and each chunk scattered at once into fixed-capacity step slots (7.9 vs 5.6). The scatter
-    in a function of its own with unsigned indices (:func:`_scatter_by_step`) then took the
+    in a function of its own with unsigned indices (:func:`_scatter_rows`) then took the
     5.5 to 4.1, and uint64 indices wherever LLVM cannot tell that a signed one is >= 0 (the
     chunk's offset c0 + j, the walk list's entries, the steps) to 3.6 (N = 2^20 + 1: 10.5 to
-    9.1; N = 1.4e6: 7.2 to 6.8 with the walk list's alone).
+    9.1; N = 1.4e6: 7.2 to 6.8 with the walk list's alone). Tried on AMD Zen 4 and not kept:
+    the walking values found by the count loop (a branch, or none) instead of a list of their
+    own, with step_of int32 or uint16: 3.0-3.1 vs 2.75 ns per row (min of 21, after a 64 MiB
+    sweep).
     """
-    if keys.size != N_ROUNDS:
-        raise ValueError("epoch_batches: keys must have N_ROUNDS entries")
-    if raw.size < 2 * PLAN_CHUNK or walk.size < PLAN_CHUNK:
-        raise ValueError("epoch_batches: raw and walk need 2 PLAN_CHUNK and PLAN_CHUNK entries (plan_scratch)")
-    steps = starts.size - 1
-    for s in range(steps + 1):
-        starts[s] = 0
-    mask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
-    s1 = np.uint64(max(1, bits // 2))
-    s2 = np.uint64(max(1, (bits + 2) // 3))
-    k0, k1, k2, k3 = keys[0] & mask, keys[1] & mask, keys[2] & mask, keys[3] & mask
-    n = np.uint64(n_rows)
-    narrow = bits <= 32  # positions and rounds in uint32 (raw's memory as raw32)
-    raw32 = raw.view(np.uint32)
-    k0_32, k1_32, k2_32, k3_32 = np.uint32(k0), np.uint32(k1), np.uint32(k2), np.uint32(k3)
-    mask32, s1_32, s2_32 = np.uint32(mask), np.uint32(s1), np.uint32(s2)
-    inv_batch = 1.0 / batch
-    batch_f = float(batch)
-    for c0 in range(0, n_local, PLAN_CHUNK):
-        m = min(n_local - c0, PLAN_CHUNK)
-        if identity and narrow:
-            for j in range(m):
-                raw32[j] = np.uint32(gids[c0 + j] if gids.size else lo + c0 + j)
-        elif identity:
-            for j in range(m):
-                raw[j] = np.uint64(gids[c0 + j] if gids.size else lo + c0 + j)
-        elif narrow:
-            _hash_chunk32(gids, np.int64(lo + c0), c0, m, n, k0_32, k1_32, k2_32, k3_32, mask32, s1_32, s2_32,
-                          raw32, walk, ROUNDS_IN_U64_LANES)
-        else:
-            _hash_chunk(gids, np.uint64(lo + c0), c0, m, n, k0, k1, k2, k3, mask, s1, s2, raw, walk)
-        if narrow:
-            # pos, B <= 2^32: the step in float64 vectors (AVX2 has no int64 <-> float64 vector
-            # conversions; this took the plan from 7.7 to 6.3 ns per row on Zen 3). float(pos) and
-            # (s + 1) B are exact; pos * (1/B) is off by < pos 2^-52 < 1/B, so its floor is the step
-            # or, at a multiple of B, one less (B = 49: pos = 49, 98, ...): one correction, upward.
-            for j in range(m):
-                posf = _i64_as_f64(np.int64(raw32[j]) | _TWO52_BITS) - TWO52  # float(pos), see util.TWO52_BITS
-                sf = np.floor(posf * inv_batch)
-                step_of[np.uint64(c0 + j)] = sf + 1.0 if (sf + 1.0) * batch_f <= posf else sf
-        else:
-            for j in range(m):
-                pos = np.int64(raw[j])
-                s = np.int64(float(pos) * inv_batch)
-                step_of[np.uint64(c0 + j)] = s - (s * batch > pos) + ((s + 1) * batch <= pos)
-        for j in range(c0, c0 + m):
-            starts[np.uint64(step_of[np.uint64(j)]) + np.uint64(1)] += 1  # unsigned: see _scatter_by_step
-    _scatter_by_step(n_local, step_of, order, starts)
+    state = np.empty(2, dtype=np.int64)
+    plan_begin(starts, state)
+    plan_advance(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_of, order, starts, raw, walk, state,
+                 2**62)
 
 
 def epoch_order(n_rows: int, seed: int, epoch: int, identity: bool = False) -> np.ndarray:

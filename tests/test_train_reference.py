@@ -206,6 +206,60 @@ def test_epoch_plan_gives_each_rank_its_rows_of_each_global_batch(shuffle, N, B)
                     assert plan.global_count(s0, s1) == perm[s0 * B:s1 * B].size  # a run of steps
 
 
+@pytest.mark.parametrize("shuffle", ["global", "none"])
+@pytest.mark.parametrize("N,B", [(1003, 49), (4097, 64), (2**20 + 1, 4096)])
+def test_epoch_plan_built_ahead_in_slices_is_the_epochs_plan(shuffle, N, B):
+    """EpochPlan.begin_next + plan_advance in slices of any size (as the compiled step loop
+    calls it while it waits) + build: each step's rows are those of the epoch's global order
+    (epoch_permutation, row_position's one row at a time), for a block and a row-set shard;
+    build() finishes a build left part way (in each of its phases), and a build of another
+    epoch drops one under way (they share the scratch)."""
+    from types import SimpleNamespace
+
+    from mpidml.kernels import shuffle as plan_kernels
+    from mpidml.parallel import epoch_permutation
+    from mpidml.parallel.allreduce import EpochPlan
+
+    seed = 4
+    rng = np.random.default_rng(N)
+    gids = np.sort(rng.choice(N, size=N // 3, replace=False)).astype(np.int64)
+    for shard in (SimpleNamespace(lo=N // 5, n_local=N // 2), SimpleNamespace(lo=0, n_local=gids.size, gids=gids)):
+        held = getattr(shard, "gids", np.arange(shard.lo, shard.lo + shard.n_local))
+
+        def check(plan, epoch):
+            perm = epoch_permutation(N, seed, epoch, shuffle)
+            for s in range(plan.steps):
+                assert np.array_equal(plan.rows(s), np.flatnonzero(np.isin(held, perm[s * B:(s + 1) * B]))), (epoch, s)
+
+        plan = EpochPlan(shard, N, B, seed, shuffle)
+        plan.build(0)
+        assert plan_kernels.plan_advance(*plan.next_args(), 5)  # nothing under way: done at once
+        epoch = 0
+        # budgets: one row's worth at a time (small N), a step loop's slices, more than a build
+        for budget in ([1] if N < 5000 else []) + [7, 256, 10**9]:
+            epoch += 1
+            plan.begin_next(epoch)
+            calls = 0
+            while not plan_kernels.plan_advance(*plan.next_args(), budget):
+                calls += 1
+            assert budget < 10**9 or calls == 0
+            check(plan, epoch - 1)  # the current epoch's rows untouched meanwhile
+            plan.build(epoch)
+            check(plan, epoch)
+        for stop_after in (1, 3, 2 * shard.n_local // 256 + 4):  # left in the hashing, scatter, later phases
+            epoch += 1
+            plan.begin_next(epoch)
+            for _ in range(stop_after):
+                plan_kernels.plan_advance(*plan.next_args(), 256)
+            plan.build(epoch)
+            check(plan, epoch)
+        plan.begin_next(epoch + 1)
+        plan_kernels.plan_advance(*plan.next_args(), 256)
+        plan.build(epoch + 5)  # not the one under way
+        check(plan, epoch + 5)
+        assert plan.next_epoch == -1 and plan_kernels.plan_advance(*plan.next_args(), 1)
+
+
 @pytest.mark.parametrize("N", [2**32, 2**32 + 1, 2**33 + 5])
 def test_epoch_plan_of_huge_datasets_matches_row_position(N):
     """The plan's hash takes a 32 x 32 -> 64-bit multiply path while the domain has <= 32 bits
