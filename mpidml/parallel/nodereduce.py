@@ -53,7 +53,7 @@ from numba.extending import intrinsic
 
 from . import native
 
-__all__ = ["NodeReducer", "node_allreduce"]
+__all__ = ["NodeReducer", "node_allreduce", "node_publish", "node_arrived", "node_complete"]
 
 LINE = 8  # float64 / int64 words per cache line: every flag has a line of its own
 # Every rank of a node reads all of the node's slots: local_size x n x 8 bytes per call. Beyond
@@ -136,18 +136,11 @@ def _wait_for(flags, idx, seq):
             _sched_yield()
 
 
-@njit(cache=True, nogil=True)
-def node_allreduce(mine, out, seg, flags, state, local_rank, local_size, stride, n_nodes, dtype_h, op_h,
-                   leaders_h):
-    """out = the sum of ``mine`` over all ranks (see the module docstring). Returns the MPI error
-    code of the leaders' MPI_Allreduce (0: success; always 0 on one node).
-
-    mine, out: float64 (n,), n <= stride; seg: float64 view of the node's segment, flags: int64
-    view of the same memory (:class:`NodeReducer`'s layout); state: int64 (1,), the call count
-    (incremented here); local_rank, local_size: this rank's place in its node; n_nodes: nodes in
-    the job; dtype_h, op_h, leaders_h: MPI_DOUBLE, MPI_SUM and the leaders' communicator
-    (leaders only; used when n_nodes > 1).
-    """
+@njit(nogil=True, inline="always")
+def node_publish(mine, seg, flags, state, local_rank, local_size, stride):
+    """The first half of :func:`node_allreduce`: this rank's buffer into its slot of this call's
+    set, then its flag (a release store). Returns the call's ``seq`` for :func:`node_arrived` and
+    :func:`node_complete`. Not cached: compiled into its callers."""
     n = mine.size
     seq = state[0] + 1
     state[0] = seq
@@ -157,6 +150,29 @@ def node_allreduce(mine, out, seg, flags, state, local_rank, local_size, stride,
     for i in range(n):
         seg[mine_at + i] = mine[i]
     _store_release(flags, LINE * local_rank, seq)
+    return seq
+
+
+@njit(nogil=True, inline="always")
+def node_arrived(flags, seq, local_rank, local_size, n_nodes):
+    """True when :func:`node_complete` for call ``seq`` would find no flag to wait for on this
+    node: every rank of the node published (a node's leader, or any rank of a one-node job), or
+    the leader published the result (the other ranks of a node, several nodes). A step loop
+    polls it to work while it waits (the leader's MPI_Allreduce among the nodes still blocks)."""
+    if n_nodes == 1 or local_rank == 0:
+        for q in range(local_size):
+            if _load_acquire(flags, LINE * q) < seq:
+                return False
+        return True
+    return _load_acquire(flags, LINE * local_size) >= seq
+
+
+@njit(nogil=True, inline="always")
+def node_complete(n, out, seg, flags, seq, local_rank, local_size, stride, n_nodes, dtype_h, op_h, leaders_h):
+    """The second half of :func:`node_allreduce` for call ``seq`` (:func:`node_publish`'s): out[:n]
+    = the sum over all ranks. Returns the MPI error code of the leaders' MPI_Allreduce."""
+    par = seq & 1
+    data0 = LINE * (local_size + 1) + par * local_size * stride  # this call's set of slots
     if n_nodes == 1 or local_rank == 0:
         for q in range(local_size):
             _wait_for(flags, LINE * q, seq)
@@ -180,6 +196,23 @@ def node_allreduce(mine, out, seg, flags, state, local_rank, local_size, stride,
         for i in range(n):
             out[i] = seg[res0 + i]
     return rc
+
+
+@njit(cache=True, nogil=True)
+def node_allreduce(mine, out, seg, flags, state, local_rank, local_size, stride, n_nodes, dtype_h, op_h,
+                   leaders_h):
+    """out = the sum of ``mine`` over all ranks (see the module docstring). Returns the MPI error
+    code of the leaders' MPI_Allreduce (0: success; always 0 on one node).
+
+    mine, out: float64 (n,), n <= stride; seg: float64 view of the node's segment, flags: int64
+    view of the same memory (:class:`NodeReducer`'s layout); state: int64 (1,), the call count
+    (incremented here); local_rank, local_size: this rank's place in its node; n_nodes: nodes in
+    the job; dtype_h, op_h, leaders_h: MPI_DOUBLE, MPI_SUM and the leaders' communicator
+    (leaders only; used when n_nodes > 1). :func:`node_publish` then :func:`node_complete`.
+    """
+    seq = node_publish(mine, seg, flags, state, local_rank, local_size, stride)
+    return node_complete(mine.size, out, seg, flags, seq, local_rank, local_size, stride, n_nodes, dtype_h, op_h,
+                         leaders_h)
 
 
 def _compile(comm) -> None:
