@@ -275,7 +275,10 @@ def warm_up_groups(model, shard, training: bool = True) -> tuple:
         if not training:
             return
         one = np.zeros(1, dtype=np.int64)
-        EpochPlan(SimpleNamespace(lo=0, n_local=1), 1, 1, 0, "global").build(0)  # the batch plan, its dtypes
+        plan = EpochPlan(SimpleNamespace(lo=0, n_local=1), 1, 1, 0, "global")
+        plan.build(0)  # the batch plan, its dtypes
+        plan.begin_next(1)  # and the next epoch's, built ahead and finished from Python (EpochPlan.build)
+        plan.build(1)
         g = np.zeros(model.n_params)  # the mini-batch loop's fused gradient finish
         kernels.mean_gradient_norm2(g, 1.0, g, 0.0, 0, g.copy())
         kernels.penalty_norm2(g, 0)  # a logged mini-batch step's penalty (the Python loop's log record)

@@ -214,3 +214,39 @@ def test_one_rank_that_cannot_run_it_keeps_every_rank_in_python(monkeypatch):
     ref, _ = train(ctx, X, y, model="logistic", optimizer="sgd", lr=0.2, batch_size=64, epochs=2, l2=1e-3,
                    step_loop="python")
     assert np.array_equal(got, ref)
+
+
+def test_next_epoch_plan_is_built_while_waiting_for_the_slower_rank(monkeypatch):
+    """With the node reducer, a rank that waits for a slower one builds the next epoch's batch
+    plan in that time (EpochPlan.begin_next, steploop's wait): here rank 0 holds 90 % of the
+    rows, so the others wait at every step. The result is still the Python loop's, bit for bit
+    (which builds every plan at its epoch's start), and the waiting ranks did build ahead."""
+    import helpers
+    from mpidml.data import shard_bounds
+
+    world = MPI.COMM_WORLD
+    N = 40_000
+
+    def uneven(n, size, rank):  # rank 0: 90 % of the rows, the rest split evenly
+        if size == 1:
+            return 0, n
+        big = n * 9 // 10
+        if rank == 0:
+            return 0, big
+        lo, hi = shard_bounds(n - big, size - 1, rank - 1)
+        return big + lo, big + hi
+
+    monkeypatch.setattr(helpers, "shard_bounds", uneven)
+    X, y = make_problem("logistic", n=N, d=32, seed=3)
+    options = dict(optimizer="sgd", lr=0.2, batch_size=2000, epochs=3, momentum=0.9)
+    got, trainer, ref, ref_trainer = _both("logistic", options, X, y)
+    assert np.array_equal(got, ref), f"max |diff| {np.max(np.abs(got - ref))}"
+    loop = trainer._step_loop
+    assert loop.seconds["steps"] == trainer.steps == 3 * (N // 2000)
+    assert loop.builds_plan_ahead == (world.size > 1)  # one rank: MPI_Allreduce, nothing to wait for
+    waited = loop.seconds["plan_in_waits"]
+    if world.rank > 0:
+        assert waited > 0.0
+    assert 0.0 <= waited <= loop.seconds["allreduce"]  # part of the time in the reduction
+    if world.size == 1:
+        assert waited == 0.0

@@ -33,6 +33,7 @@ from mpi4py import MPI
 from .. import faults, kernels
 from ..buffers import aligned_zeros
 from ..errors import ConfigError, DivergedError
+from ..kernels.shuffle import N_ROUNDS, PLAN_DONE, plan_advance, plan_begin, plan_state
 from ..optim import LBFGS, SGD, Adam, make_schedule
 
 
@@ -401,6 +402,8 @@ class AllreduceTrainer:
         for epoch in range(start // steps_per_epoch, cfg.epochs):
             t0 = time.perf_counter()
             plan.build(epoch)
+            if loop is not None and loop.builds_plan_ahead and epoch + 1 < cfg.epochs:
+                plan.begin_next(epoch + 1)  # built by the compiled loop while this rank waits (steploop)
             t_compute += time.perf_counter() - t0
             base = epoch * steps_per_epoch
             if loop is not None:  # the epoch's learning rates at once: the loop's runs take views
@@ -649,6 +652,11 @@ class EpochPlan:
     the keyed bijection for its rows only (:func:`mpidml.kernels.epoch_batches`): O(N/P) per
     rank and epoch instead of drawing the whole permutation on every rank. Buffers are
     allocated once. ``rows(s)`` is a view: local row offsets, ascending.
+
+    The next epoch's plan can be built ahead into a second buffer (:meth:`begin_next`): the
+    compiled step loop advances it while the rank waits for a slower one
+    (:meth:`next_args`), and :meth:`build` finishes what is left and swaps the two. Every
+    result is the same as a build from scratch (:func:`mpidml.kernels.shuffle.plan_advance`).
     """
 
     def __init__(self, shard, n_rows: int, batch: int, seed: int, shuffle: str):
@@ -656,7 +664,10 @@ class EpochPlan:
         self.identity = shuffle == "none"
         self.steps = -(-self.n_rows // self.batch)
         gids = getattr(shard, "gids", None)  # --shard stratified|shuffled: a sorted set of global rows
-        self.gids = gids if gids is not None else np.empty(0, dtype=np.int64)
+        self.gids = np.ascontiguousarray(gids, dtype=np.int64).reshape(-1) if gids is not None \
+            else np.empty(0, dtype=np.int64)
+        if not self.gids.flags.writeable:  # one array type for the compiled step loop's next_args
+            self.gids = self.gids.copy()
         self.lo, self.n_local = int(shard.lo), int(shard.n_local)
         self.bits = kernels.domain_bits(self.n_rows)
         # each row's step: int32 halves that scratch's memory traffic (the int64 variant is a
@@ -666,13 +677,51 @@ class EpochPlan:
         self.starts = np.zeros(self.steps + 1, dtype=np.int64)
         self.raw, self.walk = kernels.plan_scratch()
         self.epoch = -1
+        # the next epoch's plan, built ahead (begin_next); its buffers allocated on first use
+        self.next_epoch = -1
+        self._next_order = self._next_starts = None
+        self._next_keys = np.zeros(N_ROUNDS, dtype=np.uint64)
+        self._next_state = plan_state()
+        self._idle = (np.empty(0, dtype=np.int64), np.zeros(1, dtype=np.int64))  # next_args' before begin_next
 
     def build(self, epoch: int) -> None:
-        if epoch != self.epoch:
+        """Make ``rows(s)`` the rows of ``epoch``'s steps: nothing if they are already, the rest
+        of the build :meth:`begin_next` started for that epoch, or a whole build."""
+        if epoch == self.epoch:
+            return
+        if epoch == self.next_epoch:
+            self._advance_next(2**62)
+            self.order, self._next_order = self._next_order, self.order
+            self.starts, self._next_starts = self._next_starts, self.starts
+            self.next_epoch = -1
+        else:
+            self._next_state[0] = PLAN_DONE  # a build under way shares step_of: dropped
+            self.next_epoch = -1
             kernels.epoch_batches(self.gids, self.lo, self.n_local, self.n_rows, self.batch, self.bits,
                                   kernels.shuffle_keys(self.seed, epoch), self.identity, self.step_of,
                                   self.order, self.starts, self.raw, self.walk)
-            self.epoch = epoch
+        self.epoch = epoch
+
+    def begin_next(self, epoch: int) -> None:
+        """Start building ``epoch``'s plan into the second buffer (the current one stays usable):
+        :meth:`next_args` lets the compiled step loop go on with it, :meth:`build` finishes it.
+        The second buffer costs 8 bytes per local row (order) and 8 per step."""
+        if self._next_order is None:
+            self._next_order = np.empty_like(self.order)
+            self._next_starts = np.zeros_like(self.starts)
+        self._next_keys[:] = kernels.shuffle_keys(self.seed, epoch)
+        plan_begin(self._next_starts, self._next_state)
+        self.next_epoch = epoch
+
+    def _advance_next(self, budget: int) -> bool:
+        return plan_advance(*self.next_args()[:13], self._next_state, budget)
+
+    def next_args(self) -> tuple:
+        """:func:`mpidml.kernels.shuffle.plan_advance`'s arguments (all but the budget) for the build
+        :meth:`begin_next` started; its state is PLAN_DONE when none is under way or it is done."""
+        order, starts = (self._next_order, self._next_starts) if self._next_order is not None else self._idle
+        return (self.gids, self.lo, self.n_local, self.n_rows, self.batch, self.bits, self._next_keys, self.identity,
+                self.step_of, order, starts, self.raw, self.walk, self._next_state)
 
     def rows(self, s: int) -> np.ndarray:
         return self.order[self.starts[s]:self.starts[s + 1]]

@@ -37,7 +37,7 @@ from numba import njit
 
 from .. import kernels
 from ..buffers import aligned_zeros
-from ..kernels import update
+from ..kernels import shuffle, update
 from ..kernels.util import FASTMATH, LINEAR, LOGISTIC
 from . import native
 from . import nodereduce
@@ -65,6 +65,11 @@ _sgd_update = njit(nogil=True, fastmath=False)(update.sgd_update.py_func)
 _adam_update = njit(nogil=True, fastmath=False)(update.adam_update.py_func)
 _penalty_norm2 = njit(nogil=True, fastmath=False)(update.penalty_norm2.py_func)
 _node_allreduce = njit(nogil=True)(nodereduce.node_allreduce.py_func)  # the Python loop's sum, same source
+_plan_advance = njit(nogil=True)(shuffle.plan_advance.py_func)  # EpochPlan's build, same source
+# Rows' worth of the next epoch's batch plan built between two looks at the node reducer's flags
+# while a rank waits for the slower one (~0.3-0.6 us of work: a rank whose last peer has arrived
+# goes on at most that late).
+PLAN_SLICE = 256
 
 
 @njit(nogil=True, fastmath=False)
@@ -83,7 +88,7 @@ def _make_steps(kind: int):
     @njit(cache=True, nogil=True, fastmath=FASTMATH)
     def steps(data, y, sw, params, order, starts, s0, s1, lrs, opt_kind, velocity, momentum, nesterov,
               m, v, beta1, beta2, bias1, bias2, eps, l2, n_pen, sums, send32, recv32, red, grad,
-              dtype_h, op_h, comm_h, progress, stats, work, n_classes, base, log_every, total, logs, node):
+              dtype_h, op_h, comm_h, progress, stats, work, n_classes, base, log_every, total, logs, node, nxt):
         """Mini-batch steps ``s0 .. s1-1`` of an epoch, each: kernel, Allreduce, gradient finish, update.
 
         data: dense (X,) with X (n, D) float32/float64 C-contiguous, or CSR (indptr, indices,
@@ -101,12 +106,17 @@ def _make_steps(kind: int):
         (the datatype matches the wire buffers, the op is MPI_SUM). node: the node reducer's
         arguments (:class:`mpidml.parallel.nodereduce.NodeReducer`'s ``args``: sums -> red through
         shared memory, float64) or :data:`NO_NODE` (MPI_Allreduce).
+        nxt: the next epoch's batch plan under way (:meth:`mpidml.parallel.allreduce.EpochPlan.next_args`:
+        :func:`mpidml.kernels.shuffle.plan_advance`'s arguments; its state PLAN_DONE: none). With
+        the node reducer, a rank that has published its sums builds it, PLAN_SLICE rows at a
+        time, until the node's other ranks have published theirs (time it would spin away).
         progress: int64 (1,), incremented after each step (the watchdog's heartbeat);
-        stats: float64 (5,): stats[0] += seconds inside the reduction (with the float32 casts),
+        stats: float64 (6,): stats[0] += seconds inside the reduction (with the float32 casts),
         stats[1] = the MPI error code of a failed call (0 otherwise; -1: an lr is negative or not
         finite, no step taken), stats[2] += seconds in the kernel and the batch's weight sum
         (MPI_Wtime, ~20 ns a call), stats[3] = MPI_Wtime at the loop's start, stats[4] = the
-        rows of ``logs`` written.
+        rows of ``logs`` written, stats[5] += seconds spent on ``nxt`` while waiting (inside
+        stats[0]).
 
         Logged steps: step s logs when its 0-based step of the fit, g = base + s, has
         ``(g + 1) % log_every == 0`` or ``g + 1 == total`` (log_every >= 1). Its kernel adds the
@@ -167,7 +177,19 @@ def _make_steps(kind: int):
                 sums[P + 1] = sums[P + n_tail - 1]
             t0 = native.mpi_wtime()
             stats[2] += t0 - tk
-            if node[4] > 0:  # local_size: the node reducer
+            if node[4] > 0 and nxt[13][0] != shuffle.PLAN_DONE:
+                # the node reducer, with the next epoch's batch plan under way: this rank builds it
+                # in slices while the node's slower ranks have not published their sums yet
+                seq = nodereduce.node_publish(sums, node[0], node[1], node[2], node[3], node[4], node[5])
+                tw = native.mpi_wtime()
+                while not nodereduce.node_arrived(node[1], seq, node[3], node[4], node[6]):
+                    if _plan_advance(nxt[0], nxt[1], nxt[2], nxt[3], nxt[4], nxt[5], nxt[6], nxt[7], nxt[8], nxt[9],
+                                     nxt[10], nxt[11], nxt[12], nxt[13], PLAN_SLICE):
+                        break
+                stats[5] += native.mpi_wtime() - tw
+                rc = nodereduce.node_complete(sums.size, red, node[0], node[1], seq, node[3], node[4], node[5],
+                                              node[6], node[7], node[8], node[9])
+            elif node[4] > 0:  # local_size: the node reducer
                 rc = _node_allreduce(sums, red, *node)
             elif wire32:
                 for j in range(sums.size):
@@ -204,6 +226,14 @@ def _make_steps(kind: int):
         return s1 - s0
 
     return steps
+
+
+def _no_plan() -> tuple:
+    """The loop's ``nxt`` argument when no plan is under way: EpochPlan.next_args()'s types
+    (its step_of int32: fewer than 2^31 steps per epoch), state PLAN_DONE."""
+    return (np.zeros(0, dtype=np.int64), 0, 0, 1, 1, 1, np.zeros(shuffle.N_ROUNDS, dtype=np.uint64), False,
+            np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64),
+            np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64), shuffle.plan_state())
 
 
 _LOOPS = {k: _make_steps(k) for k in (DENSE_LINEAR, DENSE_LOGISTIC, DENSE_SOFTMAX, CSR_LINEAR, CSR_LOGISTIC,
@@ -277,7 +307,8 @@ class StepLoop:
     no_kernel : benchmarks only: the loop without its kernel (its own cost; wrong gradients)
 
     ``seconds``: totals over all :meth:`run` calls: "kernel" (the kernel and the batch's weight
-    sum), "allreduce" (inside MPI_Allreduce, waiting for the slowest rank included) and "steps".
+    sum), "allreduce" (inside the reduction, waiting for the slowest rank included), "plan_in_waits"
+    (the part of "allreduce" spent building the next epoch's batch plan while waiting) and "steps".
     """
 
     def __init__(self, model, shard, comm, n_params: int, n_tail: int, comm_dtype: str, l2: float, n_pen: int,
@@ -302,11 +333,14 @@ class StepLoop:
         if reducer is not None and (wire != np.float64 or reducer.n != n):
             raise ValueError("StepLoop: the node reducer sums float64 buffers of n_params + n_tail values")
         self.node = reducer.args if reducer is not None else NO_NODE
+        # waits for a slower rank happen in the node reducer's own spin, where the loop can work:
+        # on the next epoch's batch plan (EpochPlan.begin_next; MPI_Allreduce blocks instead)
+        self.builds_plan_ahead = reducer is not None
         self.l2, self.n_pen = float(l2), int(n_pen)
         self.progress = np.zeros(1, dtype=np.int64)
-        self.stats = np.zeros(5)
+        self.stats = np.zeros(6)
         self.logs = np.zeros((1, 7))  # the logged steps' sums (run: grown to a run's logged steps)
-        self.seconds = {"kernel": 0.0, "allreduce": 0.0, "steps": 0}
+        self.seconds = {"kernel": 0.0, "allreduce": 0.0, "plan_in_waits": 0.0, "steps": 0}
         self._empty = np.zeros(0)
         # compiled (or loaded) in this process already: for these dtypes, every rank has it too
         self._key = (self.kind, tuple(a.dtype for a in self.data), shard.y.dtype)
@@ -322,7 +356,7 @@ class StepLoop:
         self.fn(self.data, self.shard.y, self.shard.sw, np.zeros(P), np.zeros(0, dtype=np.int64),
                 np.zeros(1, dtype=np.int64), 0, 0, e, SGD_KIND, e, 0.0, False, e, e, 0.9, 0.999, e, e, 1e-8,
                 self.l2, self.n_pen, self.sums, self.send32, self.recv32, self.red, self.grad, *self.handles,
-                self.progress, self.stats, self.work, self.n_classes, 0, 1, 0, self.logs, self.node)
+                self.progress, self.stats, self.work, self.n_classes, 0, 1, 0, self.logs, self.node, _no_plan())
         self.compiled = True
         _COMPILED.add(self._key)
 
@@ -364,13 +398,15 @@ class StepLoop:
             self.logs = np.zeros((n_logs, 7))
         self.stats[:] = 0.0
         sh = self.shard
+        nxt = plan.next_args() if hasattr(plan, "next_args") else _no_plan()
         done = self.fn(self.data, sh.y, sh.sw, params, plan.order, plan.starts, s0, s1, lrs, kind, vel, mom,
                        nest, m, v, b1, b2, bias1, bias2, eps, self.l2, self.n_pen, self.sums, self.send32,
                        self.recv32, self.red, self.grad, *self.handles, self.progress, self.stats, self.work,
-                       self.n_classes, int(base), int(log_every), int(total), self.logs, self.node)
+                       self.n_classes, int(base), int(log_every), int(total), self.logs, self.node, nxt)
         opt.t += done
         self.seconds["kernel"] += float(self.stats[2])
         self.seconds["allreduce"] += float(self.stats[0])
+        self.seconds["plan_in_waits"] += float(self.stats[5])
         self.seconds["steps"] += int(done)
         if self.stats[1] == -1.0:
             raise ValueError("step lr must be finite and >= 0")
