@@ -9,9 +9,15 @@ Launches itself under ``mpirun -n RANKS`` (one thread per rank). Every rank gene
 rows of a synthetic dataset in memory (no I/O in the measurement), then, ``--repeats`` times and
 interleaved so that machine noise hits all parts alike:
 
-* ``step``: the real thing, ``AllreduceTrainer.fit`` (SGD, global batch B, ``--epochs`` epochs;
-  per-epoch shuffle, row selection, kernel, Allreduce, gradient finish, optimizer, logging
-  checks, heartbeat, replica check), wall time / steps, the max over ranks. ``step_loop`` says
+* ``step``: the real thing, ``AllreduceTrainer.fit`` (SGD, global batch B, ``--epochs`` epochs,
+  default 3; per-epoch shuffle, row selection, kernel, Allreduce, gradient finish, optimizer,
+  logging checks, heartbeat, replica check), timed in its steady state: from the start of the
+  second epoch's batch plan to the fit's end, per step, the max over ranks (a training run's
+  steps after its first epoch; ``steady_state`` has the whole fit's time per step and what the
+  first epoch and the set-up took beyond it: a start-up cost, like ``bench_startup.py``'s).
+  The first epoch's plan is built before its first step; each later one is built ahead, by a
+  rank while it waits for a slower one at the node reducer (``in_compiled_loop.plan_in_waits``),
+  and what is left at the epoch's start. ``step_loop`` says
   which loop ran: ``compiled`` (linear, logistic, softmax: runs of steps, logged ones included, in one
   Numba call that calls MPI_Allreduce itself, mpidml.parallel.steploop) or ``python``;
   ``python_loop`` is the same fit with ``--step-loop python`` in the same repeats, and
@@ -50,9 +56,10 @@ the shuffle, row selection, load imbalance beyond the per-step max, ...), report
 microseconds per step and as a fraction of the step; the target (issue 6, item 2) is
 ``other <= 5%`` of the step at a global batch >= 4096 on 2 ranks. ``target`` takes three
 estimates: by subtraction of the parts timed alone, from the loop's no-kernel twin, and (where
-every step ran compiled) in the fit itself, its wall time per step less the compiled loop's own
-kernel and reduction timers and the optimizer; the twin runs the batch plan with warm caches
-and can read low. ``trainer_timers`` is the
+every step ran compiled) in the fit itself, the largest over ranks of a rank's time per step less
+its compiled loop's own kernel and reduction timers, less the optimizer (rank 0's alone reads low
+when the other rank builds its plan while rank 0 waits for it); the twin runs the batch plan with
+warm caches and can read low, and has no waits to build the next plan in, so it can read high. ``trainer_timers`` is the
 trainer's own compute/comm split of the same runs.
 
 ``--comm-dtype float32`` (issue 6, item 4) is measured beside float64 in the same run: the
@@ -86,7 +93,8 @@ def parse(argv=None):
     ap.add_argument("--model", default="logistic", choices=("logistic", "linear", "softmax"))
     ap.add_argument("--classes", type=int, default=10, help="softmax classes")
     ap.add_argument("--batch", type=int, default=4096, help="global mini-batch (default 4096)")
-    ap.add_argument("--epochs", type=int, default=1, help="epochs per timed run")
+    ap.add_argument("--epochs", type=int, default=3,
+                    help="epochs per timed fit (default 3; the step is timed in epochs 2..E, see above)")
     ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--comm-sizes", default="66,1026,10250,102400,1048576",
@@ -186,33 +194,62 @@ def worker(args) -> int:
     loops_used = {}
     reductions_used = {}
 
+    def timed_fit(trainer, params):
+        """trainer.fit(params), timed: (seconds per step of the whole fit, of its steady state,
+        the events of its plan builds and compiled runs (_FitEvents), the steady window's start,
+        the seconds before it: the set-up and the first epoch).
+        The steady state: from the start of the second epoch's plan build to the fit's end (every
+        later epoch's plan, runs, Python between them and replica check; without the first epoch,
+        whose plan no earlier epoch could build ahead, and the fit's set-up); with one epoch, the
+        whole fit. Rank-local seconds."""
+        events = []
+        with _FitEvents(EpochPlan, StepLoop, events):
+            ctx.barrier()
+            t0 = time.perf_counter()
+            trainer.fit(params)
+            t1 = time.perf_counter()
+        builds = [e for e in events if e["what"] == "plan"]
+        ts = builds[1]["t0"] if args.epochs >= 2 and len(builds) >= 2 else t0
+        steady_steps = trainer.steps - (steps_per_epoch if ts != t0 else 0)
+        return (t1 - t0) / trainer.steps, (t1 - ts) / steady_steps, events, ts, ts - t0
+
     def real_steps(dtype, step_loop="auto", reduction="auto"):
-        """Wall seconds per step of AllreduceTrainer.fit, plus the trainer's own split."""
+        """Seconds per step of AllreduceTrainer.fit in its steady state (max over ranks), plus the
+        trainer's own split and the whole fit's seconds per step (max over ranks)."""
         cfg = cfg_for(dtype, step_loop, reduction)
         trainer = AllreduceTrainer(ctx, model, shard, cfg, Reporter(None, enabled=False), float(N))
         params = model.init_params()
         before = dict(ctx.timers.seconds)
-        spent = {"plan": 0.0, "runs": 0.0}
-        with _timed(EpochPlan, "build", spent, "plan"), _timed(StepLoop, "run", spent, "runs"):
-            ctx.barrier()
-            t0 = time.perf_counter()
-            trainer.fit(params)
-            t = time.perf_counter() - t0
+        whole, steady, events, ts, first = timed_fit(trainer, params)
         split = {k: (ctx.timers.seconds[k] - before[k]) / trainer.steps for k in ("compute", "comm")}
+        split["whole_fit"] = max_over_ranks(whole)
+        split["first_epoch"] = max_over_ranks(first)
         loop = getattr(trainer, "_step_loop", None)
         compiled = loop is not None and loop is not False
         loops_used[step_loop] = "compiled" if compiled else "python"
         if hasattr(trainer, "summary_section"):
             reductions_used[(dtype, step_loop)] = trainer.summary_section()["comm"].get("reduction", "mpi")
-        if compiled:  # the compiled loop's own timers: per step of the steps it ran
-            n = max(1, loop.seconds["steps"])
-            n_py = trainer.steps - loop.seconds["steps"]
-            split["in_compiled_loop"] = {"kernel": loop.seconds["kernel"] / n, "allreduce": loop.seconds["allreduce"] / n,
-                                         "share_of_steps": loop.seconds["steps"] / trainer.steps,
-                                         "plan": spent["plan"] / trainer.steps, "runs": spent["runs"] / trainer.steps,
-                                         "python_steps": (t - spent["plan"] - spent["runs"]) / trainer.steps,
-                                         "python_step_each": (t - spent["plan"] - spent["runs"]) / n_py if n_py else None}
-        return max_over_ranks(t) / trainer.steps, split, params
+        if compiled:  # the compiled loop's own timers, rank 0's: per step of the steady window's runs
+            runs = [e for e in events if e["what"] == "run" and e["t0"] >= ts]
+            n = max(1, sum(e["steps"] for e in runs))
+            n_window = trainer.steps - (steps_per_epoch if args.epochs >= 2 else 0)
+            window = steady * n_window
+            plan_s = sum(e["t1"] - e["t0"] for e in events if e["what"] == "plan" and e["t0"] >= ts)
+            runs_s = sum(e["t1"] - e["t0"] for e in runs)
+            n_py = n_window - n
+            split["in_compiled_loop"] = {
+                "kernel": sum(e["kernel"] for e in runs) / n, "allreduce": sum(e["allreduce"] for e in runs) / n,
+                "plan_in_waits": sum(e["plan_in_waits"] for e in runs) / n,
+                "share_of_steps": n / n_window,
+                "plan": plan_s / n_window, "runs": runs_s / n_window,
+                "python_steps": (window - plan_s - runs_s) / n_window,
+                "python_step_each": (window - plan_s - runs_s) / n_py if n_py else None}
+            # 'other' in the fit, each rank's own (its steady time per step less its loop's kernel
+            # and reduction timers), the largest over ranks: a rank that waits for a slower one
+            # counts the slower one's work in its reduction, so rank 0's alone can read low
+            own = steady - (sum(e["kernel"] for e in runs) + sum(e["allreduce"] for e in runs)) / n
+            split["in_compiled_loop"]["other_max_rank"] = max_over_ranks(own)
+        return max_over_ranks(steady), split, params
 
     class NullModel:
         """The model's interface with a no-op loss_grad: the trainer loop's own cost."""
@@ -226,8 +263,9 @@ def worker(args) -> int:
             return 0.0
 
     def null_steps(compiled=False):
-        """Seconds per step of the loop with a no-op kernel: the Python loop (NullModel), or
-        (compiled) the compiled loop without its kernel call (steploop.NO_KERNEL)."""
+        """Seconds per step of the loop with a no-op kernel, in its steady state as real_steps
+        (max over ranks): the Python loop (NullModel), or (compiled) the compiled loop without its
+        kernel call (steploop.NO_KERNEL)."""
         if compiled:
 
             # the no-op model for the logged steps (Python), the loop without kernel for the others
@@ -241,10 +279,7 @@ def worker(args) -> int:
             trainer = AllreduceTrainer(ctx, NullModel(), shard, cfg_for("float64", "python"),
                                        Reporter(None, enabled=False), float(N))
         params = model.init_params()
-        ctx.barrier()
-        t0 = time.perf_counter()
-        trainer.fit(params)
-        return max_over_ranks((time.perf_counter() - t0) / trainer.steps)
+        return max_over_ranks(timed_fit(trainer, params)[1])
 
     class TimedModel:
         """The model, with its per-step calls timed (in_loop)."""
@@ -453,7 +488,8 @@ def worker(args) -> int:
         _optimizer_steps(p, gs, g, vel, total, lr, args.momentum, 1e-4, model.penalized.stop, 1.0 / B)
         return max_over_ranks((time.perf_counter() - t0) / total)
 
-    rec = {d: {"step": [], "compute": [], "comm": [], "in_compiled_loop": []} for d in dtypes}
+    rec = {d: {"step": [], "whole_fit": [], "first_epoch": [], "compute": [], "comm": [], "in_compiled_loop": []}
+           for d in dtypes}
     rec_py, rec_null_compiled, rec_mpi_red = [], [], []
     rec_kernel, rec_kernel_mean, rec_ar, rec_ar32, rec_opt, rec_null, rec_perm = [], [], [], [], [], [], []
     rec_loop, rec_probe, rec_ar_cold, rec_opt_compiled = [], [], [], []
@@ -479,6 +515,8 @@ def worker(args) -> int:
         for d in dtypes:
             t, split, params_end = real_steps(d)
             rec[d]["step"].append(t)
+            rec[d]["whole_fit"].append(split["whole_fit"])
+            rec[d]["first_epoch"].append(split["first_epoch"])
             rec[d]["compute"].append(split["compute"])
             rec[d]["comm"].append(split["comm"])
             if "in_compiled_loop" in split:
@@ -535,7 +573,7 @@ def worker(args) -> int:
     by_sub = (step["min"] - kern["min"] - ar["min"] - opt["min"]) / step["min"]
     null_default = rec_null_compiled if compiled else rec_null  # the no-op-kernel twin of the loop "step" ran
     by_null = (min(null_default) - ar["min"] - opt["min"]) / step["min"]
-    by_fit = _other_in_fit(rec["float64"]["in_compiled_loop"], rec_opt_used)
+    by_fit = _other_in_fit(rec["float64"]["in_compiled_loop"], rec["float64"]["step"], rec_opt_used)
     estimates = [by_sub, by_null] + ([by_fit["fastest_fit"]] if by_fit else [])  # the target's verdict takes all
     out = {
         "benchmark": "bench_step",
@@ -545,6 +583,20 @@ def worker(args) -> int:
         "step_loop": loops_used["auto"],
         "unit": "microseconds per step (min, median over repeats)",
         "step": in_us(rec["float64"]["step"]),
+        "steady_state": {
+            "what": "'step' (and every estimate of 'other') is timed in the fits' steady state: from the start of "
+                    "the second epoch's batch plan to the fit's end (epochs 2..E: their plans, runs, replica "
+                    "checks), max over ranks; with --epochs 1, the whole fit. step_whole_fit: the whole fit's "
+                    "time per step (its set-up and first epoch, whose plan no earlier epoch can build ahead, "
+                    "included); first_epoch_ms: from the fit's start to the second epoch's plan (set-up and "
+                    "first epoch), beside steady_epoch_ms: an epoch's steps at the steady 'step' (min: the "
+                    "min step's)",
+            "epochs": args.epochs,
+            "step_whole_fit": in_us(rec["float64"]["whole_fit"]),
+            **({"first_epoch_ms": {k: v / 1e3 for k, v in in_us(rec["float64"]["first_epoch"]).items()},
+                "steady_epoch_ms": {k: v * steps_per_epoch / 1e3 for k, v in in_us(rec["float64"]["step"]).items()}}
+               if args.epochs >= 2 else {}),
+        },
         "kernel": in_us(rec_kernel),
         "kernel_mean_rank": in_us(rec_kernel_mean),
         "allreduce": in_us(rec_ar),
@@ -619,14 +671,15 @@ def worker(args) -> int:
         "target": {
             "other_fraction_max": 0.05, "batch_global_min": 4096, "ranks": 2,
             "applies": bool(B >= 4096 and size == 2),
-            "how": "estimates of 'other' / step, each from the minimum (least disturbed) time of every "
+            "how": "estimates of 'other' / step (steady state, see steady_state), each from the minimum "
+                   "(least disturbed) time of every "
                    "part: by subtraction, min(step) - min(kernel) - min(reduction alone) - min(optimizer); "
                    "from the no-op-kernel twin of the loop that 'step' ran (step_loop: the compiled loop "
                    "without its kernel call, or the Python loop with a no-op model), min(null) - "
                    "min(reduction alone) - min(optimizer); and, where every step ran compiled, in the fit "
-                   "itself (other_fraction_in_fit: per repeat, rank 0's fit time per step less the compiled "
-                   "loop's own kernel and reduction timers, the wait for the slower rank counted as "
-                   "reduction, and less the optimizer ('optimizer': in the compiled loop, its own compiled "
+                   "itself (other_fraction_in_fit: per repeat, the largest over ranks of a rank's time per step "
+                   "less its compiled loop's own kernel and reduction timers, the wait for a slower rank "
+                   "counted as reduction, and less the optimizer ('optimizer': in the compiled loop, its own compiled "
                    "cost); its value in the fastest fit counts, min and "
                    "median over repeats beside it). The twin's batch plan runs "
                    "with warm caches, where the real fit's follows the kernel's sweep, so the twin can read "
@@ -662,23 +715,20 @@ def worker(args) -> int:
     return 0
 
 
-def _other_in_fit(recs, rec_opt) -> dict | None:
-    """'other' / step measured in the 'step' fits themselves (rank 0), min and median over repeats:
-    the fit's wall time per step (batch plan + compiled runs + Python around them) less the
-    compiled loop's own kernel and reduction timers (MPI_Wtime inside the loop; the reduction's
-    wait for the slower rank included) and the optimizer alone of the same repeat; fastest_fit:
-    that fraction in the repeat whose fit was fastest (the target's value). None unless
-    every step of every fit ran in the compiled loop (its timers cover only those)."""
+def _other_in_fit(recs, rec_step, rec_opt) -> dict | None:
+    """'other' / step measured in the 'step' fits themselves, min and median over repeats: per
+    repeat, the largest over ranks of a rank's steady-state time per step less its compiled
+    loop's own kernel and reduction timers (MPI_Wtime inside the loop; the reduction's wait for
+    a slower rank included: on the rank waited for, that work is 'other'), less the optimizer
+    alone of the same repeat, over the step (the max over ranks); fastest_fit: that fraction in
+    the repeat whose fit was fastest (the target's value). None unless every step of every fit
+    ran in the compiled loop (its timers cover only those)."""
     if not recs or any(r["share_of_steps"] != 1.0 for r in recs):
         return None
-    fracs, per_steps = [], []
-    for r, opt in zip(recs, rec_opt):
-        per_step = r["plan"] + r["runs"] + r["python_steps"]
-        per_steps.append(per_step)
-        fracs.append((per_step - r["kernel"] - r["allreduce"] - opt) / per_step)
+    fracs = [(r["other_max_rank"] - opt) / step for r, step, opt in zip(recs, rec_step, rec_opt)]
     # the verdict's value: the fraction in the fastest (least disturbed) fit; the minimum fraction
     # is biased low (a disturbance inside the kernel inflates its timer and shrinks the fraction)
-    return {**benchlib.stats(fracs), "fastest_fit": fracs[per_steps.index(min(per_steps))]}
+    return {**benchlib.stats(fracs), "fastest_fit": fracs[rec_step.index(min(rec_step))]}
 
 
 def _noisy(estimates) -> bool:
@@ -698,28 +748,41 @@ def _python_loop(rec_py, rec_step, kern, ar, opt, in_us) -> dict:
                                                "median": float(np.median(rec_step) / np.median(rec_py))}}
 
 
-class _timed:
-    """Context manager: while active, ``cls.name`` adds its wall seconds to ``spent[key]``."""
+class _FitEvents:
+    """Context manager: while active, every ``plan_cls.build`` and ``loop_cls.run`` call appends
+    a dict to ``events``: what ("plan" or "run"), t0 and t1 (perf_counter), and for a run the
+    loop's own timers over it (kernel, allreduce, plan_in_waits seconds; steps)."""
 
-    def __init__(self, cls, name, spent, key):
-        self.cls, self.name, self.spent, self.key = cls, name, spent, key
-        self.orig = getattr(cls, name)
+    def __init__(self, plan_cls, loop_cls, events):
+        self.plan_cls, self.loop_cls, self.events = plan_cls, loop_cls, events
+        self.build, self.run = plan_cls.build, loop_cls.run
 
     def __enter__(self):
-        orig, spent, key = self.orig, self.spent, self.key
+        build, run, events = self.build, self.run, self.events
 
-        def timed(*a, **k):
+        def timed_build(plan, *a, **k):
             t0 = time.perf_counter()
             try:
-                return orig(*a, **k)
+                return build(plan, *a, **k)
             finally:
-                spent[key] += time.perf_counter() - t0
+                events.append({"what": "plan", "t0": t0, "t1": time.perf_counter()})
 
-        setattr(self.cls, self.name, timed)
+        def timed_run(loop, *a, **k):
+            sec = loop.seconds
+            k0, a0, w0, n0 = sec["kernel"], sec["allreduce"], sec.get("plan_in_waits", 0.0), sec["steps"]
+            t0 = time.perf_counter()
+            try:
+                return run(loop, *a, **k)
+            finally:
+                events.append({"what": "run", "t0": t0, "t1": time.perf_counter(), "kernel": sec["kernel"] - k0,
+                               "allreduce": sec["allreduce"] - a0,
+                               "plan_in_waits": sec.get("plan_in_waits", 0.0) - w0, "steps": sec["steps"] - n0})
+
+        self.plan_cls.build, self.loop_cls.run = timed_build, timed_run
         return self
 
     def __exit__(self, *exc):
-        setattr(self.cls, self.name, self.orig)
+        self.plan_cls.build, self.loop_cls.run = self.build, self.run
         return False
 
 
@@ -728,10 +791,13 @@ def _in_compiled(recs, rec_kernel_mean, in_us) -> dict:
     import numpy as np
 
     k = [r["kernel"] for r in recs]
-    return {"what": "the compiled loop's MPI_Wtime timers in the 'step' runs, rank 0, microseconds per step it "
-                    "ran (share_of_steps: the rest ran in Python); kernel includes the batch's weight sum and, "
-                    "on logged steps, the batch accuracy; allreduce includes the wait for the slower rank",
+    return {"what": "the compiled loop's MPI_Wtime timers in the 'step' runs (steady state), rank 0, microseconds "
+                    "per step it ran (share_of_steps: the rest ran in Python); kernel includes the batch's weight "
+                    "sum and, on logged steps, the batch accuracy; allreduce includes the wait for the slower "
+                    "rank, and in it plan_in_waits: the next epoch's batch plan built while waiting "
+                    "(EpochPlan.begin_next, with the node reducer)",
             "kernel": in_us(k), "allreduce": in_us([r["allreduce"] for r in recs]),
+            "plan_in_waits": in_us([r["plan_in_waits"] for r in recs]),
             "share_of_steps": float(np.median([r["share_of_steps"] for r in recs])),
             "fit_split": {
                 "what": "the same fits' wall time on rank 0 (Python timers around EpochPlan.build and "

@@ -76,6 +76,13 @@ def test_bench_step_quick():
     assert positive(parts["python_call"]) and positive(parts["in_compiled_loop"])
     assert doc["optimizer"] == parts["in_compiled_loop"]
     assert doc["in_compiled_loop"]["share_of_steps"] > 0.25 and positive(doc["in_compiled_loop"]["kernel"])
+    # the step in the fits' steady state (epochs 2..3), the whole fit's beside it; the next epoch's
+    # plan is built while a rank waits at the node reducer (rank 0's share of that wait: >= 0)
+    steady = doc["steady_state"]
+    assert steady["epochs"] == 3 and positive(steady["step_whole_fit"])
+    assert positive(steady["first_epoch_ms"]) and positive(steady["steady_epoch_ms"])
+    waits = doc["in_compiled_loop"]["plan_in_waits"]
+    assert 0 <= waits["min"] <= waits["median"] <= doc["in_compiled_loop"]["allreduce"]["median"]
     assert positive(doc["other_parts"]["null_model_compiled_loop"])
     # 2 ranks on one node: the steps sum through shared memory; MPI's sum measured beside it
     red = doc["reduction"]
