@@ -59,7 +59,8 @@ estimates: by subtraction of the parts timed alone, from the loop's no-kernel tw
 every step ran compiled) in the fit itself, the largest over ranks of a rank's time per step less
 its compiled loop's own kernel and reduction timers, less the optimizer (rank 0's alone reads low
 when the other rank builds its plan while rank 0 waits for it); the twin runs the batch plan with
-warm caches and can read low, and has no waits to build the next plan in, so it can read high. ``trainer_timers`` is the
+warm caches and can read low, and builds each plan at its epoch's start (it has no kernel to
+wait for), so with the next plan built in the real fit's waits it reads high. ``trainer_timers`` is the
 trainer's own compute/comm split of the same runs.
 
 ``--comm-dtype float32`` (issue 6, item 4) is measured beside float64 in the same run: the
@@ -274,6 +275,9 @@ def worker(args) -> int:
             null = StepLoop(model, shard, comm, P, 4, "float64", trainer.l2, model.penalized.stop,
                             reducer=trainer.node_reducer(), no_kernel=True)
             null.compile()
+            # each plan built at its epoch's start: without kernels the ranks' waits for each other
+            # are the loop's own, and building in them would only add overruns to its cost
+            null.builds_plan_ahead = False
             trainer._step_loop = null
         else:
             trainer = AllreduceTrainer(ctx, NullModel(), shard, cfg_for("float64", "python"),
