@@ -458,8 +458,10 @@ def epoch_batches(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_o
     """
     state = np.empty(2, dtype=np.int64)
     plan_begin(starts, state)
+    # the budget an int64, not a literal: one compiled plan_advance for this call, EpochPlan's from
+    # Python and the step loop's (a Literal[int] argument is a specialisation of its own: ~2 s)
     plan_advance(gids, lo, n_local, n_rows, batch, bits, keys, identity, step_of, order, starts, raw, walk, state,
-                 2**62)
+                 np.int64(2**62))
 
 
 def epoch_order(n_rows: int, seed: int, epoch: int, identity: bool = False) -> np.ndarray:

@@ -65,7 +65,6 @@ _sgd_update = njit(nogil=True, fastmath=False)(update.sgd_update.py_func)
 _adam_update = njit(nogil=True, fastmath=False)(update.adam_update.py_func)
 _penalty_norm2 = njit(nogil=True, fastmath=False)(update.penalty_norm2.py_func)
 _node_allreduce = njit(nogil=True)(nodereduce.node_allreduce.py_func)  # the Python loop's sum, same source
-_plan_advance = njit(nogil=True)(shuffle.plan_advance.py_func)  # EpochPlan's build, same source
 # Rows' worth of the next epoch's batch plan built between two looks at the node reducer's flags
 # while a rank waits for the slower one (~0.3-0.6 us of work: a rank whose last peer has arrived
 # goes on at most that late).
@@ -183,8 +182,9 @@ def _make_steps(kind: int):
                 seq = nodereduce.node_publish(sums, node[0], node[1], node[2], node[3], node[4], node[5])
                 tw = native.mpi_wtime()
                 while not nodereduce.node_arrived(node[1], seq, node[3], node[4], node[6]):
-                    if _plan_advance(nxt[0], nxt[1], nxt[2], nxt[3], nxt[4], nxt[5], nxt[6], nxt[7], nxt[8], nxt[9],
-                                     nxt[10], nxt[11], nxt[12], nxt[13], PLAN_SLICE):
+                    # EpochPlan's compiled build itself (np.int64 budget: the same specialisation)
+                    if shuffle.plan_advance(nxt[0], nxt[1], nxt[2], nxt[3], nxt[4], nxt[5], nxt[6], nxt[7], nxt[8],
+                                            nxt[9], nxt[10], nxt[11], nxt[12], nxt[13], np.int64(PLAN_SLICE)):
                         break
                 stats[5] += native.mpi_wtime() - tw
                 rc = nodereduce.node_complete(sums.size, red, node[0], node[1], seq, node[3], node[4], node[5],
